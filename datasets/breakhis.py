@@ -1,0 +1,60 @@
+"""BreakHis: breast-tumour histopathology at one magnification, benign vs malignant, split by patient."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from datasets.base import Catalog, DataNotFound, DatasetSpec, FileReader, locate, relative
+
+TOP = "BreaKHis_v1"
+CLASSES = ["benign", "malignant"]
+MAGNIFICATIONS = (40, 100, 200, 400)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "-mag", type=int, choices=MAGNIFICATIONS, default=40, help="magnification to use, in X (default: 40)"
+    )
+
+
+def patient_of(folder: str) -> str:
+    """'SOB_M_DC_14-13412' -> '14-13412'; one patient can appear under two tumour types."""
+    return folder.rsplit("_", 1)[-1]
+
+
+def catalog(data: Path, args: argparse.Namespace) -> Catalog:
+    base = locate(data, "histology_slides/breast", [TOP], args) / "histology_slides" / "breast"
+    samples, labels, groups = [], [], []
+    for label, name in enumerate(CLASSES):
+        # <class>/SOB/<tumour type>/<patient>/<mag>X/<image>.png
+        for path in sorted((base / name).glob(f"SOB/*/*/{args.mag}X/*.png")):
+            samples.append(relative(path, data))
+            labels.append(label)
+            groups.append(patient_of(path.parent.parent.name))
+    if not samples or len(set(labels)) < 2:
+        raise DataNotFound(f"found no {args.mag}X images under {base}/benign and {base}/malignant")
+    return Catalog.from_columns(samples, labels, CLASSES, FileReader(data), groups=groups)
+
+
+SPEC = DatasetSpec(
+    name="breakhis",
+    title="BreakHis",
+    domain="medical",
+    num_classes=2,
+    image_size=(448, 672),
+    catalog=catalog,
+    source=(
+        "https://web.inf.ufpr.br/vri/databases/breast-cancer-histopathological-database-breakhis/ "
+        "(request the BreaKHis_v1.tar.gz archive there; no automatic download)"
+    ),
+    layout=(
+        f"--data/{TOP}/histology_slides/breast/{{benign,malignant}}/SOB/<tumour type>/<patient>/<mag>X/*.png, "
+        "e.g. benign/SOB/adenosis/SOB_B_A_14-22549AB/40X/SOB_B_A-14-22549AB-40-001.png"
+    ),
+    test_fraction=0.3,
+    mean=(0.787, 0.622, 0.765),
+    std=(0.106, 0.143, 0.092),
+    add_arguments=add_arguments,
+    notes="split ~70/30 by patient (stratified on the patient's label), so no patient is in both train and test",
+)

@@ -1,0 +1,54 @@
+"""CIFAR-10: 60,000 32x32 natural images in 10 classes, official 50,000/10,000 split."""
+
+from __future__ import annotations
+
+import argparse
+import pickle
+from pathlib import Path
+
+import numpy as np
+
+from datasets.base import ArrayReader, Catalog, DataNotFound, DatasetSpec, locate
+
+TOP = "cifar-10-batches-py"
+TRAIN_BATCHES = [f"data_batch_{i}" for i in range(1, 6)]
+TEST_BATCHES = ["test_batch"]
+
+
+def read_batch(path: Path) -> dict:
+    """One pickled batch of the 'python version' archive: uint8 rows of 3x32x32 (channel-major) and labels."""
+    if not path.is_file():
+        raise DataNotFound(f"{path} is missing (a partial extraction?)")
+    with open(path, "rb") as file:
+        return pickle.load(file, encoding="latin1")
+
+
+def catalog(data: Path, args: argparse.Namespace) -> Catalog:
+    import torchvision
+
+    base = locate(data, "batches.meta", [TOP], args, lambda: torchvision.datasets.CIFAR10(data, download=True))
+    classes = read_batch(base / "batches.meta")["label_names"]
+    arrays, samples, labels, splits = {}, [], [], []
+    for split, names in (("train", TRAIN_BATCHES), ("test", TEST_BATCHES)):
+        for name in names:
+            batch = read_batch(base / name)
+            arrays[name] = np.asarray(batch["data"], dtype=np.uint8).reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
+            samples += [f"{name}/{i}" for i in range(len(arrays[name]))]
+            labels += list(batch["labels"])
+            splits += [split] * len(arrays[name])
+    return Catalog.from_columns(samples, labels, list(classes), ArrayReader(arrays), splits)
+
+
+SPEC = DatasetSpec(
+    name="cifar10",
+    title="CIFAR-10",
+    domain="natural",
+    num_classes=10,
+    image_size=(256, 256),
+    catalog=catalog,
+    source="https://www.cs.toronto.edu/~kriz/cifar.html (downloaded automatically by torchvision)",
+    layout=f"--data/{TOP}/{{data_batch_1..5, test_batch, batches.meta}} (the 'python version' archive)",
+    augment="trivialaugment",
+    mean=(0.4914, 0.4822, 0.4465),
+    std=(0.2470, 0.2435, 0.2616),
+)

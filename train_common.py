@@ -1,0 +1,532 @@
+"""The one fine-tune/evaluate loop every dataset script shares.
+
+Protocol (design.md): phase 1 AdamW until `--patience` epochs without validation improvement, reload the best
+weights, phase 2 SGD with the same rule; the test set is evaluated once, on the best checkpoint. Selection uses
+a validation split carved from the training data; `--protocol paper` reproduces the original's selection on the
+test set and says so.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import csv
+import fcntl
+import json
+import os
+import platform
+import random
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from sklearn.metrics import balanced_accuracy_score
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+from torchvision.transforms import v2
+from tqdm import tqdm
+
+import models
+from datasets.base import DataNotFound, DatasetSpec, assign_splits
+from errors import UserError, run_cli
+
+PROJECT_DIR = Path(__file__).resolve().parent
+RESULT_COLUMNS = [
+    "finished", "dataset", "model", "weights", "protocol", "seed", "image_size", "num_classes",
+    "n_train", "n_val", "n_test", "top1", "top5", "balanced_accuracy", "epochs", "train_seconds", "params",
+    "device", "out",
+]  # fmt: skip
+
+
+# ----------------------------------------------------------------------------------------------- command line
+def positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def fraction(text: str) -> float:
+    value = float(text)
+    if not 0 <= value < 1:
+        raise argparse.ArgumentTypeError(f"must be in [0, 1), got {value}")
+    return value
+
+
+def image_size(text: str) -> tuple[int, int]:
+    """'224' or '448x672' (height x width)."""
+    try:
+        parts = [int(p) for p in text.lower().split("x")]
+    except ValueError:
+        parts = []
+    if len(parts) not in (1, 2) or min(parts) < 8:
+        raise argparse.ArgumentTypeError(f"expected S or HxW with sides of at least 8 pixels, got '{text}'")
+    return (parts[0], parts[-1])
+
+
+def build_parser(spec: DatasetSpec) -> argparse.ArgumentParser:
+    height, width = spec.image_size
+    parser = argparse.ArgumentParser(
+        description=f"Fine-tune an ImageNet-pretrained backbone on {spec.title} ({spec.domain}, "
+        f"{spec.num_classes} classes) and report test top-1 accuracy. Data: {spec.source}. Layout: {spec.layout}.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    add = parser.add_argument
+    add("-model", required=True, help=f"backbone: {', '.join(models.list_models())}, an alias, or timm:<name>")
+    add("-bs", type=positive_int, default=32, help="batch size")
+    add("--data", type=Path, default=Path(spec.default_data), help="dataset root: where its archive was extracted")
+    add("--no-download", dest="download", action="store_false", help="never download the dataset")
+    add("--weights", default="imagenet", help="'imagenet' (pretrained), 'none' (random init) or a checkpoint FILE")
+    add("--image-size", type=image_size, default=f"{height}x{width}", help="training/evaluation size, S or HxW")
+    add("--max-epochs", type=positive_int, default=None, help="cap on epochs per optimizer phase (none: no cap)")
+    add("--patience", type=positive_int, default=10, help="epochs without improvement before a phase stops")
+    add("--lr", type=float, default=1e-3, help="AdamW learning rate (phase 1)")
+    add("--weight-decay", type=float, default=0.01, help="AdamW weight decay (phase 1)")
+    add("--sgd-lr", type=float, default=1e-3, help="SGD learning rate, momentum 0.9 (phase 2)")
+    add("--val-fraction", type=fraction, default=0.1, help="share of training data held out for validation, "
+        "per class, where the dataset has no official validation split")  # fmt: skip
+    add("--protocol", choices=("val", "paper"), default="val",
+        help="'val': select checkpoints on the validation split; 'paper': the original's selection on the test "
+        "set (optimistic; for comparison only)")  # fmt: skip
+    add("--bn-images", type=int, default=2048, help="before each evaluation, recompute BatchNorm statistics over "
+        "this many training images (0: off)")  # fmt: skip
+    add("--seed", type=int, default=None, help="seeds splits, init and data order (default: 0, or the seed "
+        "recorded in the --weights checkpoint with --eval-only)")  # fmt: skip
+    add("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
+    add("--workers", type=int, default=min(4, os.cpu_count() or 1), help="data-loading processes")
+    add("--compile", action="store_true", help="compile the model with torch.compile")
+    add("--eval-only", action="store_true", help="evaluate --weights FILE on the test split without training")
+    add("--out", type=Path, default=None, help="this run's folder (default: a new folder under runs/)")
+    add("--results", type=Path, default=Path("results/results.csv"), help="results table to append a row to")
+    if spec.add_arguments:
+        spec.add_arguments(parser)
+    return parser
+
+
+# ----------------------------------------------------------------------------------------------------- data
+class ImageDataset(Dataset):
+    def __init__(self, samples: pd.DataFrame, read, transform) -> None:
+        self.ids = samples["sample"].tolist()
+        self.labels = samples["label"].tolist()
+        self.read, self.transform = read, transform
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        return self.transform(self.read(self.ids[index])), self.labels[index]
+
+
+def make_transforms(spec: DatasetSpec, size: tuple[int, int], train: bool) -> v2.Compose:
+    steps: list = [v2.Resize(size, antialias=True)]
+    if train and spec.augment in ("hflip", "trivialaugment"):
+        steps.append(v2.RandomHorizontalFlip())
+    if train and spec.augment == "trivialaugment":
+        steps.append(v2.TrivialAugmentWide())
+    steps += [v2.ToImage(), v2.ToDtype(torch.float32, scale=True), v2.Normalize(spec.mean, spec.std)]
+    return v2.Compose(steps)
+
+
+def seed_worker(worker_id: int) -> None:
+    np.random.seed(torch.initial_seed() % 2**32)
+
+
+def make_loader(dataset: Dataset, args: argparse.Namespace, device: torch.device, train: bool) -> DataLoader:
+    generator = torch.Generator().manual_seed(args.seed)
+    return DataLoader(
+        dataset,
+        batch_size=args.bs,
+        shuffle=train,
+        drop_last=train and len(dataset) > args.bs,  # a batch of one breaks BatchNorm in training mode
+        num_workers=args.workers,
+        pin_memory=device.type == "cuda",
+        persistent_workers=args.workers > 0,
+        worker_init_fn=seed_worker,
+        generator=generator,
+    )
+
+
+# ---------------------------------------------------------------------------------------------------- model
+@dataclass
+class Precision:
+    """How tensors are computed on this device: mixed precision and memory format (CUDA only)."""
+
+    device: torch.device
+    amp_dtype: torch.dtype | None
+    channels_last: bool
+
+    def autocast(self):
+        if self.amp_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.amp_dtype)
+
+    def to_device(self, images: torch.Tensor) -> torch.Tensor:
+        images = images.to(self.device, non_blocking=True)
+        return images.contiguous(memory_format=torch.channels_last) if self.channels_last else images
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        return torch.device("mps" if torch.backends.mps.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError as err:
+        raise UserError(f"Unknown --device '{name}'. Use auto, cpu, cuda, cuda:N or mps.") from err
+    if device.type == "cuda" and (not torch.cuda.is_available() or (device.index or 0) >= torch.cuda.device_count()):
+        raise UserError(f"--device {name} was asked for, but this machine has {torch.cuda.device_count()} CUDA "
+                        "devices visible to PyTorch. Use --device cpu, or check the driver and CUDA_VISIBLE_DEVICES.")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise UserError("--device mps was asked for, but MPS is not available here. Use --device cpu.")
+    return device
+
+
+def make_precision(device: torch.device) -> Precision:
+    if device.type != "cuda":
+        return Precision(device, None, False)
+    dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return Precision(device, dtype, True)
+
+
+# ----------------------------------------------------------------------------------------------------- loop
+def train_one_epoch(model, loader, optimizer, scaler, precision: Precision, desc: str) -> tuple[float, float]:
+    """One pass over the training data; returns (mean loss, top-1 %) counted over samples."""
+    model.train()
+    criterion = nn.CrossEntropyLoss()
+    total_loss, correct, seen = 0.0, 0, 0
+    bar = tqdm(loader, desc=desc, leave=False, disable=None)
+    for images, labels in bar:
+        images, labels = precision.to_device(images), labels.to(precision.device, non_blocking=True)
+        with precision.autocast():
+            logits = model(images)
+            loss = criterion(logits, labels)
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+        total_loss += loss.item() * len(labels)
+        correct += (logits.argmax(1) == labels).sum().item()
+        seen += len(labels)
+        bar.set_postfix(loss=f"{total_loss / seen:.4f}", acc=f"{100 * correct / seen:.2f}%")
+    return total_loss / max(seen, 1), 100 * correct / max(seen, 1)
+
+
+@dataclass
+class Evaluation:
+    loss: float
+    top1: float
+    logits: torch.Tensor
+    labels: torch.Tensor
+
+
+@torch.inference_mode()
+def evaluate(model, loader, precision: Precision, desc: str) -> Evaluation:
+    """Loss and top-1 over every sample of `loader` (not averaged over batches)."""
+    model.eval()
+    all_logits, all_labels = [], []
+    for images, labels in tqdm(loader, desc=desc, leave=False, disable=None):
+        with precision.autocast():
+            all_logits.append(model(precision.to_device(images)).float().cpu())
+        all_labels.append(labels)
+    logits, labels = torch.cat(all_logits), torch.cat(all_labels)
+    loss = nn.functional.cross_entropy(logits, labels).item()
+    top1 = 100 * (logits.argmax(1) == labels).float().mean().item()
+    return Evaluation(loss, top1, logits, labels)
+
+
+@torch.no_grad()
+def recompute_bn_stats(model, loader, precision: Precision, max_images: int) -> None:
+    """Re-estimate BatchNorm running statistics from training images ("precise BN").
+
+    Torchvision's MobileNetV3/EfficientNet use BN momentum 0.01, so after a short run the running statistics still
+    describe the initial weights and evaluation falls to chance. A cumulative average over fresh batches fixes
+    that for every backbone, and is what the checkpoint then stores.
+    """
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+    if not norms or max_images <= 0:
+        return
+    momenta = [m.momentum for m in norms]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative moving average
+    model.train()
+    seen = 0
+    for images, _ in loader:
+        with precision.autocast():
+            model(precision.to_device(images))
+        seen += len(images)
+        if seen >= max_images:
+            break
+    for m, momentum in zip(norms, momenta):
+        m.momentum = momentum
+
+
+def top_k(logits: torch.Tensor, labels: torch.Tensor, k: int) -> float:
+    k = min(k, logits.shape[1])
+    return 100 * (logits.topk(k, dim=1).indices == labels[:, None]).any(1).float().mean().item()
+
+
+# ------------------------------------------------------------------------------------------------- run files
+class RunLog:
+    """Prints a line and keeps it for the run's log file (attached once the run folder exists)."""
+
+    def __init__(self) -> None:
+        self.lines: list[str] = []
+        self.path: Path | None = None
+
+    def __call__(self, line: str) -> None:
+        print(line, flush=True)
+        self.lines.append(line)
+        if self.path:
+            with open(self.path, "a") as file:
+                file.write(line + "\n")
+
+    def attach(self, path: Path) -> None:
+        self.path = path
+        path.write_text("".join(line + "\n" for line in self.lines))
+
+
+def make_out_dir(requested: Path | None, name: str) -> Path:
+    """A fresh folder for this run; an existing non-empty folder is never reused."""
+    if requested is not None:
+        if requested.exists() and (not requested.is_dir() or any(requested.iterdir())):
+            raise UserError(
+                f"--out {requested} already exists and is not an empty folder; this tool never overwrites a run. "
+                f"Choose a new --out, or leave it out to get a fresh folder under runs/."
+            )
+        requested.mkdir(parents=True, exist_ok=True)
+        return requested
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    for attempt in range(1, 1000):
+        path = Path("runs") / f"{name}-{stamp}" if attempt == 1 else Path("runs") / f"{name}-{stamp}-{attempt}"
+        try:
+            path.mkdir(parents=True, exist_ok=False)
+            return path
+        except FileExistsError:
+            continue
+    raise UserError("Could not create a fresh run folder under runs/; pass --out DIR.")
+
+
+def atomic_save(obj: object, path: Path) -> None:
+    temporary = path.with_name(path.name + ".tmp")
+    torch.save(obj, temporary)
+    os.replace(temporary, path)
+
+
+def write_json(data: dict, path: Path) -> None:
+    temporary = path.with_name(path.name + ".tmp")
+    temporary.write_text(json.dumps(data, indent=2, default=str) + "\n")
+    os.replace(temporary, path)
+
+
+def append_result(row: dict, table: Path) -> None:
+    """Append one row under an exclusive lock, so concurrent runs never interleave or corrupt the table."""
+    table.parent.mkdir(parents=True, exist_ok=True)
+    with open(table, "a+", newline="") as file:
+        fcntl.flock(file, fcntl.LOCK_EX)
+        file.seek(0)
+        header = next(csv.reader(file), None)
+        writer = csv.DictWriter(file, fieldnames=header or RESULT_COLUMNS, extrasaction="ignore")
+        if header is None:
+            writer.writeheader()
+        file.seek(0, os.SEEK_END)
+        writer.writerow(row)
+        file.flush()
+        os.fsync(file.fileno())
+
+
+def git_commit() -> str | None:
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=PROJECT_DIR, capture_output=True, text=True,
+                                check=True).stdout.strip()  # fmt: skip
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=PROJECT_DIR,
+                               capture_output=True, text=True, check=True).stdout.strip()  # fmt: skip
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return commit + ("-dirty" if dirty else "")
+
+
+def library_versions() -> dict[str, str]:
+    import timm
+    import torchvision
+
+    return {"python": platform.python_version(), "torch": torch.__version__, "torchvision": torchvision.__version__,
+            "timm": timm.__version__, "numpy": np.__version__}  # fmt: skip
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+# ------------------------------------------------------------------------------------------------------ main
+def load_splits(spec: DatasetSpec, args: argparse.Namespace):
+    """Read the dataset and give every sample its split; a missing or mis-laid-out dataset is a `UserError`."""
+    if args.data.exists() and not args.data.is_dir():
+        raise UserError(f"--data {args.data} is a file; it must be the folder the dataset was extracted into.")
+    try:
+        catalog = spec.catalog(args.data, args)
+    except DataNotFound as err:
+        raise UserError(
+            f"{spec.title} was not found under --data {args.data}: {err}. Expected layout: {spec.layout}. "
+            f"Get it from {spec.source}, or point --data at the folder it was extracted into."
+        ) from err
+    samples = catalog.samples
+    if args.protocol == "paper":  # the original trained on train + official val and selected on test
+        samples = samples.assign(split=samples["split"].replace("val", "train"))
+    val_fraction = 0.0 if args.protocol == "paper" else args.val_fraction
+    samples = assign_splits(samples, spec.test_fraction, val_fraction, args.seed)
+    if len(catalog.classes) != spec.num_classes:
+        raise UserError(f"{spec.title} should have {spec.num_classes} classes but {args.data} has "
+                        f"{len(catalog.classes)}; check that --data points at the complete dataset.")  # fmt: skip
+    return catalog, samples
+
+
+def main(spec: DatasetSpec, argv: list[str] | None = None) -> dict:
+    """Fine-tune (or with --eval-only, evaluate) one backbone on one dataset; returns the metrics written."""
+    args = build_parser(spec).parse_args(argv)
+    log = RunLog()
+    model_name = models.resolve_name(args.model)
+    checkpoint_meta = {}
+    if args.eval_only:
+        if args.weights in ("imagenet", "none"):
+            raise UserError("--eval-only evaluates a trained checkpoint: pass it with --weights FILE "
+                            "(e.g. runs/<run>/best.pt).")  # fmt: skip
+        checkpoint_meta = models.load_checkpoint(Path(args.weights)).get("meta", {})
+    if args.seed is None:
+        args.seed = int(checkpoint_meta.get("seed", 0))
+    multiple = models.input_multiple(model_name)
+    if any(side % multiple for side in args.image_size):
+        raise UserError(f"{model_name} needs an input height and width that are multiples of {multiple}, got "
+                        f"--image-size {args.image_size[0]}x{args.image_size[1]}; try "
+                        f"{max(multiple, round(args.image_size[0] / multiple) * multiple)}.")  # fmt: skip
+    seed_everything(args.seed)
+    device = resolve_device(args.device)
+    precision = make_precision(device)
+
+    catalog, samples = load_splits(spec, args)
+    counts = samples["split"].value_counts()
+    n_train, n_val, n_test = (int(counts.get(s, 0)) for s in ("train", "val", "test"))
+    if n_train == 0 or n_test == 0 or (args.protocol == "val" and not args.eval_only and n_val == 0):
+        raise UserError(f"{spec.title} under {args.data} gives {n_train} training, {n_val} validation and "
+                        f"{n_test} test images; every split needs at least one. Add data or raise --val-fraction.")
+
+    model = models.create_model(model_name, spec.num_classes, args.weights)
+    params = sum(p.numel() for p in model.parameters())
+    model.to(device)
+    if precision.channels_last:
+        model.to(memory_format=torch.channels_last)
+    forward = torch.compile(model) if args.compile else model
+
+    mode = "evaluation of " + args.weights if args.eval_only else f"protocol {args.protocol}"
+    name = f"{spec.name}-{model_name.replace(':', '_')}-s{args.seed}"
+    out = make_out_dir(args.out, name)
+    log.attach(out / "log.txt")
+    log(f"{spec.title}: {n_train} train / {n_val} val / {n_test} test images, {spec.num_classes} classes; "
+        f"{model_name} ({params / 1e6:.1f}M params, weights {args.weights}) at {args.image_size[0]}x"
+        f"{args.image_size[1]} on {device}{' with ' + str(precision.amp_dtype) if precision.amp_dtype else ''}; "
+        f"{mode}; seed {args.seed}; writing to {out}")  # fmt: skip
+    if args.protocol == "paper":
+        log("PROTOCOL paper: checkpoints are chosen on the TEST set, as in the original benchmark. The accuracy "
+            "below is optimistically biased; use it only to compare with the original's numbers.")  # fmt: skip
+    samples[["sample", "label", "split"]].to_csv(out / "split.csv", index=False)
+
+    def loader(split: str, train: bool) -> DataLoader:
+        rows = samples[samples["split"] == split]
+        return make_loader(ImageDataset(rows, catalog.read, make_transforms(spec, args.image_size, train)),
+                           args, device, train)  # fmt: skip
+
+    test_loader = loader("test", train=False)
+    history: list[dict] = []
+    best: dict = {}
+    train_seconds = 0.0
+    if not args.eval_only:
+        train_loader = loader("train", train=True)
+        select_loader = test_loader if args.protocol == "paper" else loader("val", train=False)
+        select_name = "test" if args.protocol == "paper" else "val"
+        config = {k: (list(v) if isinstance(v, tuple) else str(v) if isinstance(v, Path) else v)
+                  for k, v in vars(args).items()}  # fmt: skip
+        meta = {"dataset": spec.name, "model": model_name, "num_classes": spec.num_classes,
+                "classes": catalog.classes, "seed": args.seed, "image_size": list(args.image_size),
+                "config": json.dumps(config)}  # fmt: skip
+        started = time.perf_counter()
+        best, history = fit(model, forward, train_loader, select_loader, select_name, precision, args, meta, out, log)
+        train_seconds = time.perf_counter() - started
+        model.load_state_dict(torch.load(out / "best.pt", map_location=device, weights_only=True)["model"])
+
+    test = evaluate(forward, test_loader, precision, "test")
+    predictions = test.logits.argmax(1).numpy()
+    metrics = {
+        "dataset": spec.name, "model": model_name, "weights": args.weights, "seed": args.seed,
+        "protocol": args.protocol, "eval_only": args.eval_only,
+        "selection": None if args.eval_only else ("test" if args.protocol == "paper" else "val"),
+        "num_classes": spec.num_classes, "classes": catalog.classes,
+        "n_train": n_train, "n_val": n_val, "n_test": n_test, "image_size": list(args.image_size),
+        "top1": round(test.top1, 4), "top5": round(top_k(test.logits, test.labels, 5), 4),
+        "balanced_accuracy": round(100 * balanced_accuracy_score(test.labels.numpy(), predictions), 4),
+        "test_loss": round(test.loss, 6), "epochs": len(history), "best_epoch": best.get("epoch"),
+        "best_selection_top1": best.get("top1"), "train_seconds": round(train_seconds, 2), "params": params,
+        "device": str(device), "amp_dtype": str(precision.amp_dtype) if precision.amp_dtype else None,
+        "history": history, "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+        "versions": library_versions(), "git_commit": git_commit(),
+        "finished": datetime.now().isoformat(timespec="seconds"), "out": str(out),
+    }  # fmt: skip
+    write_json(metrics, out / "metrics.json")
+    if not args.eval_only:
+        append_result({**metrics, "image_size": "x".join(map(str, args.image_size))}, args.results)
+    log(f"balanced accuracy {metrics['balanced_accuracy']:.2f}%, top-5 {metrics['top5']:.2f}%, "
+        f"{len(history)} epochs in {train_seconds:.0f}s; files in {out}")  # fmt: skip
+    log(f"Top-1 accuracy: {test.top1:.2f}%")
+    return metrics
+
+
+def fit(model, forward, train_loader, select_loader, select_name, precision, args, meta, out, log):
+    """The two-phase protocol. Every improvement is saved to best.pt; each phase starts from the best so far."""
+    phases = [
+        ("adamw", lambda p: torch.optim.AdamW(p, lr=args.lr, weight_decay=args.weight_decay)),
+        ("sgd", lambda p: torch.optim.SGD(p, lr=args.sgd_lr, momentum=0.9)),
+    ]
+    scaler = torch.amp.GradScaler(precision.device.type, enabled=precision.amp_dtype == torch.float16)
+    best: dict = {}
+    history: list[dict] = []
+    for phase, make_optimizer in phases:
+        if best:
+            model.load_state_dict(torch.load(out / "best.pt", map_location=precision.device, weights_only=True)["model"])
+        optimizer = make_optimizer(model.parameters())
+        stale, phase_epochs = 0, 0
+        while stale < args.patience and (args.max_epochs is None or phase_epochs < args.max_epochs):
+            epoch = len(history) + 1
+            started = time.perf_counter()
+            train_loss, train_top1 = train_one_epoch(forward, train_loader, optimizer, scaler, precision,
+                                                     f"epoch {epoch} {phase}")  # fmt: skip
+            recompute_bn_stats(forward, train_loader, precision, args.bn_images)
+            selection = evaluate(forward, select_loader, precision, select_name)
+            phase_epochs += 1
+            improved = not best or (selection.top1, -selection.loss) > (best["top1"], -best["loss"])
+            if improved:
+                best = {"epoch": epoch, "top1": round(selection.top1, 4), "loss": selection.loss}
+                atomic_save({"model": model.state_dict(), "meta": {**meta, "epoch": epoch, "phase": phase}},
+                            out / "best.pt")  # fmt: skip
+                stale = 0
+            else:
+                stale += 1
+            seconds = time.perf_counter() - started
+            history.append({"epoch": epoch, "phase": phase, "train_loss": round(train_loss, 6),
+                            "train_top1": round(train_top1, 4), f"{select_name}_loss": round(selection.loss, 6),
+                            f"{select_name}_top1": round(selection.top1, 4), "seconds": round(seconds, 2)})  # fmt: skip
+            log(f"epoch {epoch:3d} {phase:5s} train loss {train_loss:.4f} acc {train_top1:6.2f}% | {select_name} "
+                f"loss {selection.loss:.4f} acc {selection.top1:6.2f}% | {seconds:5.1f}s{'  *best*' if improved else ''}")
+    return best, history
+
+
+def run(spec: DatasetSpec) -> None:
+    """Entry point of a dataset script."""
+    run_cli(lambda: main(spec))
