@@ -17,7 +17,6 @@ import os
 import platform
 import random
 import subprocess
-import sys
 import time
 from dataclasses import dataclass
 from datetime import datetime
@@ -38,10 +37,26 @@ from errors import UserError, run_cli
 
 PROJECT_DIR = Path(__file__).resolve().parent
 RESULT_COLUMNS = [
-    "finished", "dataset", "model", "weights", "protocol", "seed", "image_size", "num_classes",
-    "n_train", "n_val", "n_test", "top1", "top5", "balanced_accuracy", "epochs", "train_seconds", "params",
-    "device", "out",
-]  # fmt: skip
+    "finished",
+    "dataset",
+    "model",
+    "weights",
+    "protocol",
+    "seed",
+    "image_size",
+    "num_classes",
+    "n_train",
+    "n_val",
+    "n_test",
+    "top1",
+    "top5",
+    "balanced_accuracy",
+    "epochs",
+    "train_seconds",
+    "params",
+    "device",
+    "out",
+]
 
 
 # ----------------------------------------------------------------------------------------------- command line
@@ -89,15 +104,33 @@ def build_parser(spec: DatasetSpec) -> argparse.ArgumentParser:
     add("--lr", type=float, default=1e-3, help="AdamW learning rate (phase 1)")
     add("--weight-decay", type=float, default=0.01, help="AdamW weight decay (phase 1)")
     add("--sgd-lr", type=float, default=1e-3, help="SGD learning rate, momentum 0.9 (phase 2)")
-    add("--val-fraction", type=fraction, default=0.1, help="share of training data held out for validation, "
-        "per class, where the dataset has no official validation split")  # fmt: skip
-    add("--protocol", choices=("val", "paper"), default="val",
+    add(
+        "--val-fraction",
+        type=fraction,
+        default=0.1,
+        help="share of training data held out for validation, "
+        "per class, where the dataset has no official validation split",
+    )
+    add(
+        "--protocol",
+        choices=("val", "paper"),
+        default="val",
         help="'val': select checkpoints on the validation split; 'paper': the original's selection on the test "
-        "set (optimistic; for comparison only)")  # fmt: skip
-    add("--bn-images", type=int, default=2048, help="before each evaluation, recompute BatchNorm statistics over "
-        "this many training images (0: off)")  # fmt: skip
-    add("--seed", type=int, default=None, help="seeds splits, init and data order (default: 0, or the seed "
-        "recorded in the --weights checkpoint with --eval-only)")  # fmt: skip
+        "set (optimistic; for comparison only)",
+    )
+    add(
+        "--bn-images",
+        type=int,
+        default=2048,
+        help="before each evaluation, recompute BatchNorm statistics over this many training images (0: off)",
+    )
+    add(
+        "--seed",
+        type=int,
+        default=None,
+        help="seeds splits, init and data order (default: 0, or the seed "
+        "recorded in the --weights checkpoint with --eval-only)",
+    )
     add("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
     add("--workers", type=int, default=min(4, os.cpu_count() or 1), help="data-loading processes")
     add("--compile", action="store_true", help="compile the model with torch.compile")
@@ -181,8 +214,10 @@ def resolve_device(name: str) -> torch.device:
     except RuntimeError as err:
         raise UserError(f"Unknown --device '{name}'. Use auto, cpu, cuda, cuda:N or mps.") from err
     if device.type == "cuda" and (not torch.cuda.is_available() or (device.index or 0) >= torch.cuda.device_count()):
-        raise UserError(f"--device {name} was asked for, but this machine has {torch.cuda.device_count()} CUDA "
-                        "devices visible to PyTorch. Use --device cpu, or check the driver and CUDA_VISIBLE_DEVICES.")
+        raise UserError(
+            f"--device {name} was asked for, but this machine has {torch.cuda.device_count()} CUDA "
+            "devices visible to PyTorch. Use --device cpu, or check the driver and CUDA_VISIBLE_DEVICES."
+        )
     if device.type == "mps" and not torch.backends.mps.is_available():
         raise UserError("--device mps was asked for, but MPS is not available here. Use --device cpu.")
     return device
@@ -264,7 +299,7 @@ def recompute_bn_stats(model, loader, precision: Precision, max_images: int) -> 
         seen += len(images)
         if seen >= max_images:
             break
-    for m, momentum in zip(norms, momenta):
+    for m, momentum in zip(norms, momenta, strict=True):
         m.momentum = momentum
 
 
@@ -344,10 +379,16 @@ def append_result(row: dict, table: Path) -> None:
 
 def git_commit() -> str | None:
     try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=PROJECT_DIR, capture_output=True, text=True,
-                                check=True).stdout.strip()  # fmt: skip
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=PROJECT_DIR,
-                               capture_output=True, text=True, check=True).stdout.strip()  # fmt: skip
+        commit = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=PROJECT_DIR, capture_output=True, text=True, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=PROJECT_DIR,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return None
     return commit + ("-dirty" if dirty else "")
@@ -357,8 +398,13 @@ def library_versions() -> dict[str, str]:
     import timm
     import torchvision
 
-    return {"python": platform.python_version(), "torch": torch.__version__, "torchvision": torchvision.__version__,
-            "timm": timm.__version__, "numpy": np.__version__}  # fmt: skip
+    return {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "torchvision": torchvision.__version__,
+        "timm": timm.__version__,
+        "numpy": np.__version__,
+    }
 
 
 def seed_everything(seed: int) -> None:
@@ -385,8 +431,10 @@ def load_splits(spec: DatasetSpec, args: argparse.Namespace):
     val_fraction = 0.0 if args.protocol == "paper" else args.val_fraction
     samples = assign_splits(samples, spec.test_fraction, val_fraction, args.seed)
     if len(catalog.classes) != spec.num_classes:
-        raise UserError(f"{spec.title} should have {spec.num_classes} classes but {args.data} has "
-                        f"{len(catalog.classes)}; check that --data points at the complete dataset.")  # fmt: skip
+        raise UserError(
+            f"{spec.title} should have {spec.num_classes} classes but {args.data} has "
+            f"{len(catalog.classes)}; check that --data points at the complete dataset."
+        )
     return catalog, samples
 
 
@@ -398,16 +446,19 @@ def main(spec: DatasetSpec, argv: list[str] | None = None) -> dict:
     checkpoint_meta = {}
     if args.eval_only:
         if args.weights in ("imagenet", "none"):
-            raise UserError("--eval-only evaluates a trained checkpoint: pass it with --weights FILE "
-                            "(e.g. runs/<run>/best.pt).")  # fmt: skip
+            raise UserError(
+                "--eval-only evaluates a trained checkpoint: pass it with --weights FILE (e.g. runs/<run>/best.pt)."
+            )
         checkpoint_meta = models.load_checkpoint(Path(args.weights)).get("meta", {})
     if args.seed is None:
         args.seed = int(checkpoint_meta.get("seed", 0))
     multiple = models.input_multiple(model_name)
     if any(side % multiple for side in args.image_size):
-        raise UserError(f"{model_name} needs an input height and width that are multiples of {multiple}, got "
-                        f"--image-size {args.image_size[0]}x{args.image_size[1]}; try "
-                        f"{max(multiple, round(args.image_size[0] / multiple) * multiple)}.")  # fmt: skip
+        raise UserError(
+            f"{model_name} needs an input height and width that are multiples of {multiple}, got "
+            f"--image-size {args.image_size[0]}x{args.image_size[1]}; try "
+            f"{max(multiple, round(args.image_size[0] / multiple) * multiple)}."
+        )
     seed_everything(args.seed)
     device = resolve_device(args.device)
     precision = make_precision(device)
@@ -416,8 +467,10 @@ def main(spec: DatasetSpec, argv: list[str] | None = None) -> dict:
     counts = samples["split"].value_counts()
     n_train, n_val, n_test = (int(counts.get(s, 0)) for s in ("train", "val", "test"))
     if n_train == 0 or n_test == 0 or (args.protocol == "val" and not args.eval_only and n_val == 0):
-        raise UserError(f"{spec.title} under {args.data} gives {n_train} training, {n_val} validation and "
-                        f"{n_test} test images; every split needs at least one. Add data or raise --val-fraction.")
+        raise UserError(
+            f"{spec.title} under {args.data} gives {n_train} training, {n_val} validation and "
+            f"{n_test} test images; every split needs at least one. Add data or raise --val-fraction."
+        )
 
     model = models.create_model(model_name, spec.num_classes, args.weights)
     params = sum(p.numel() for p in model.parameters())
@@ -430,19 +483,24 @@ def main(spec: DatasetSpec, argv: list[str] | None = None) -> dict:
     name = f"{spec.name}-{model_name.replace(':', '_')}-s{args.seed}"
     out = make_out_dir(args.out, name)
     log.attach(out / "log.txt")
-    log(f"{spec.title}: {n_train} train / {n_val} val / {n_test} test images, {spec.num_classes} classes; "
+    log(
+        f"{spec.title}: {n_train} train / {n_val} val / {n_test} test images, {spec.num_classes} classes; "
         f"{model_name} ({params / 1e6:.1f}M params, weights {args.weights}) at {args.image_size[0]}x"
         f"{args.image_size[1]} on {device}{' with ' + str(precision.amp_dtype) if precision.amp_dtype else ''}; "
-        f"{mode}; seed {args.seed}; writing to {out}")  # fmt: skip
+        f"{mode}; seed {args.seed}; writing to {out}"
+    )
     if args.protocol == "paper":
-        log("PROTOCOL paper: checkpoints are chosen on the TEST set, as in the original benchmark. The accuracy "
-            "below is optimistically biased; use it only to compare with the original's numbers.")  # fmt: skip
+        log(
+            "PROTOCOL paper: checkpoints are chosen on the TEST set, as in the original benchmark. The accuracy "
+            "below is optimistically biased; use it only to compare with the original's numbers."
+        )
     samples[["sample", "label", "split"]].to_csv(out / "split.csv", index=False)
 
     def loader(split: str, train: bool) -> DataLoader:
         rows = samples[samples["split"] == split]
-        return make_loader(ImageDataset(rows, catalog.read, make_transforms(spec, args.image_size, train)),
-                           args, device, train)  # fmt: skip
+        return make_loader(
+            ImageDataset(rows, catalog.read, make_transforms(spec, args.image_size, train)), args, device, train
+        )
 
     test_loader = loader("test", train=False)
     history: list[dict] = []
@@ -452,11 +510,19 @@ def main(spec: DatasetSpec, argv: list[str] | None = None) -> dict:
         train_loader = loader("train", train=True)
         select_loader = test_loader if args.protocol == "paper" else loader("val", train=False)
         select_name = "test" if args.protocol == "paper" else "val"
-        config = {k: (list(v) if isinstance(v, tuple) else str(v) if isinstance(v, Path) else v)
-                  for k, v in vars(args).items()}  # fmt: skip
-        meta = {"dataset": spec.name, "model": model_name, "num_classes": spec.num_classes,
-                "classes": catalog.classes, "seed": args.seed, "image_size": list(args.image_size),
-                "config": json.dumps(config)}  # fmt: skip
+        config = {
+            k: (list(v) if isinstance(v, tuple) else str(v) if isinstance(v, Path) else v)
+            for k, v in vars(args).items()
+        }
+        meta = {
+            "dataset": spec.name,
+            "model": model_name,
+            "num_classes": spec.num_classes,
+            "classes": catalog.classes,
+            "seed": args.seed,
+            "image_size": list(args.image_size),
+            "config": json.dumps(config),
+        }
         started = time.perf_counter()
         best, history = fit(model, forward, train_loader, select_loader, select_name, precision, args, meta, out, log)
         train_seconds = time.perf_counter() - started
@@ -465,25 +531,44 @@ def main(spec: DatasetSpec, argv: list[str] | None = None) -> dict:
     test = evaluate(forward, test_loader, precision, "test")
     predictions = test.logits.argmax(1).numpy()
     metrics = {
-        "dataset": spec.name, "model": model_name, "weights": args.weights, "seed": args.seed,
-        "protocol": args.protocol, "eval_only": args.eval_only,
+        "dataset": spec.name,
+        "model": model_name,
+        "weights": args.weights,
+        "seed": args.seed,
+        "protocol": args.protocol,
+        "eval_only": args.eval_only,
         "selection": None if args.eval_only else ("test" if args.protocol == "paper" else "val"),
-        "num_classes": spec.num_classes, "classes": catalog.classes,
-        "n_train": n_train, "n_val": n_val, "n_test": n_test, "image_size": list(args.image_size),
-        "top1": round(test.top1, 4), "top5": round(top_k(test.logits, test.labels, 5), 4),
+        "num_classes": spec.num_classes,
+        "classes": catalog.classes,
+        "n_train": n_train,
+        "n_val": n_val,
+        "n_test": n_test,
+        "image_size": list(args.image_size),
+        "top1": round(test.top1, 4),
+        "top5": round(top_k(test.logits, test.labels, 5), 4),
         "balanced_accuracy": round(100 * balanced_accuracy_score(test.labels.numpy(), predictions), 4),
-        "test_loss": round(test.loss, 6), "epochs": len(history), "best_epoch": best.get("epoch"),
-        "best_selection_top1": best.get("top1"), "train_seconds": round(train_seconds, 2), "params": params,
-        "device": str(device), "amp_dtype": str(precision.amp_dtype) if precision.amp_dtype else None,
-        "history": history, "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
-        "versions": library_versions(), "git_commit": git_commit(),
-        "finished": datetime.now().isoformat(timespec="seconds"), "out": str(out),
-    }  # fmt: skip
+        "test_loss": round(test.loss, 6),
+        "epochs": len(history),
+        "best_epoch": best.get("epoch"),
+        "best_selection_top1": round(best["top1"], 4) if best else None,
+        "train_seconds": round(train_seconds, 2),
+        "params": params,
+        "device": str(device),
+        "amp_dtype": str(precision.amp_dtype) if precision.amp_dtype else None,
+        "history": history,
+        "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+        "versions": library_versions(),
+        "git_commit": git_commit(),
+        "finished": datetime.now().isoformat(timespec="seconds"),
+        "out": str(out),
+    }
     write_json(metrics, out / "metrics.json")
     if not args.eval_only:
         append_result({**metrics, "image_size": "x".join(map(str, args.image_size))}, args.results)
-    log(f"balanced accuracy {metrics['balanced_accuracy']:.2f}%, top-5 {metrics['top5']:.2f}%, "
-        f"{len(history)} epochs in {train_seconds:.0f}s; files in {out}")  # fmt: skip
+    log(
+        f"balanced accuracy {metrics['balanced_accuracy']:.2f}%, top-5 {metrics['top5']:.2f}%, "
+        f"{len(history)} epochs in {train_seconds:.0f}s; files in {out}"
+    )
     log(f"Top-1 accuracy: {test.top1:.2f}%")
     return metrics
 
@@ -499,31 +584,46 @@ def fit(model, forward, train_loader, select_loader, select_name, precision, arg
     history: list[dict] = []
     for phase, make_optimizer in phases:
         if best:
-            model.load_state_dict(torch.load(out / "best.pt", map_location=precision.device, weights_only=True)["model"])
+            model.load_state_dict(
+                torch.load(out / "best.pt", map_location=precision.device, weights_only=True)["model"]
+            )
         optimizer = make_optimizer(model.parameters())
         stale, phase_epochs = 0, 0
         while stale < args.patience and (args.max_epochs is None or phase_epochs < args.max_epochs):
             epoch = len(history) + 1
             started = time.perf_counter()
-            train_loss, train_top1 = train_one_epoch(forward, train_loader, optimizer, scaler, precision,
-                                                     f"epoch {epoch} {phase}")  # fmt: skip
+            train_loss, train_top1 = train_one_epoch(
+                forward, train_loader, optimizer, scaler, precision, f"epoch {epoch} {phase}"
+            )
             recompute_bn_stats(forward, train_loader, precision, args.bn_images)
             selection = evaluate(forward, select_loader, precision, select_name)
             phase_epochs += 1
             improved = not best or (selection.top1, -selection.loss) > (best["top1"], -best["loss"])
             if improved:
-                best = {"epoch": epoch, "top1": round(selection.top1, 4), "loss": selection.loss}
-                atomic_save({"model": model.state_dict(), "meta": {**meta, "epoch": epoch, "phase": phase}},
-                            out / "best.pt")  # fmt: skip
+                best = {"epoch": epoch, "top1": selection.top1, "loss": selection.loss}
+                atomic_save(
+                    {"model": model.state_dict(), "meta": {**meta, "epoch": epoch, "phase": phase}}, out / "best.pt"
+                )
                 stale = 0
             else:
                 stale += 1
             seconds = time.perf_counter() - started
-            history.append({"epoch": epoch, "phase": phase, "train_loss": round(train_loss, 6),
-                            "train_top1": round(train_top1, 4), f"{select_name}_loss": round(selection.loss, 6),
-                            f"{select_name}_top1": round(selection.top1, 4), "seconds": round(seconds, 2)})  # fmt: skip
-            log(f"epoch {epoch:3d} {phase:5s} train loss {train_loss:.4f} acc {train_top1:6.2f}% | {select_name} "
-                f"loss {selection.loss:.4f} acc {selection.top1:6.2f}% | {seconds:5.1f}s{'  *best*' if improved else ''}")
+            history.append(
+                {
+                    "epoch": epoch,
+                    "phase": phase,
+                    "train_loss": round(train_loss, 6),
+                    "train_top1": round(train_top1, 4),
+                    f"{select_name}_loss": round(selection.loss, 6),
+                    f"{select_name}_top1": round(selection.top1, 4),
+                    "seconds": round(seconds, 2),
+                }
+            )
+            log(
+                f"epoch {epoch:3d} {phase:5s} train loss {train_loss:.4f} acc {train_top1:6.2f}% | {select_name} "
+                f"loss {selection.loss:.4f} acc {selection.top1:6.2f}% | {seconds:5.1f}s"
+                + ("  *best*" if improved else "")
+            )
     return best, history
 
 

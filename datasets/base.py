@@ -148,9 +148,7 @@ def stratified_holdout(
     return held_units[unit_of]
 
 
-def assign_splits(
-    samples: pd.DataFrame, test_fraction: float | None, val_fraction: float, seed: int
-) -> pd.DataFrame:
+def assign_splits(samples: pd.DataFrame, test_fraction: float | None, val_fraction: float, seed: int) -> pd.DataFrame:
     """Fill in the splits the dataset leaves open: test by the dataset's rule, then validation from training."""
     samples = samples.copy()
     open_rows = samples["split"] == ""

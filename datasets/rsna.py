@@ -52,7 +52,9 @@ def catalog(data: Path, args: argparse.Namespace) -> Catalog:
     paths = [base / IMAGES / f"{patient}.dcm" for patient in patients.index]
     missing = [p for p in paths if not p.is_file()]
     if missing:
-        raise DataNotFound(f"{len(missing)} of {len(paths)} images listed in {LABELS_CSV} are missing, e.g. {missing[0]}")
+        raise DataNotFound(
+            f"{len(missing)} of {len(paths)} images listed in {LABELS_CSV} are missing, e.g. {missing[0]}"
+        )
     samples = [relative(p, data) for p in paths]
     return Catalog.from_columns(samples, patients.to_numpy(), ["no_lung_opacity", "lung_opacity"], DicomReader(data))
 

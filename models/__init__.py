@@ -21,8 +21,7 @@ from errors import UserError
 from models.wavemix import wavemix_192_16
 
 WAVEMIX_IMAGENET_URL = (
-    "https://huggingface.co/cloudwalker/wavemix/resolve/main/"
-    "Saved_Models_Weights/ImageNet/wavemix_192_16_75.06.pth"
+    "https://huggingface.co/cloudwalker/wavemix/resolve/main/Saved_Models_Weights/ImageNet/wavemix_192_16_75.06.pth"
 )
 
 
@@ -49,15 +48,11 @@ BACKBONES: dict[str, Backbone] = {
     "efficientnet_v2_s": Backbone(
         tvm.efficientnet_v2_s, tvm.EfficientNet_V2_S_Weights.IMAGENET1K_V1, "classifier.1", 21.5, ("efficientnet",)
     ),
-    "densenet161": Backbone(
-        tvm.densenet161, tvm.DenseNet161_Weights.IMAGENET1K_V1, "classifier", 28.7, ("densenet",)
-    ),
+    "densenet161": Backbone(tvm.densenet161, tvm.DenseNet161_Weights.IMAGENET1K_V1, "classifier", 28.7, ("densenet",)),
     "mobilenet_v3_large": Backbone(
         tvm.mobilenet_v3_large, tvm.MobileNet_V3_Large_Weights.IMAGENET1K_V2, "classifier.3", 5.5, ("mobilenet",)
     ),
-    "regnet_y_3_2gf": Backbone(
-        tvm.regnet_y_3_2gf, tvm.RegNet_Y_3_2GF_Weights.IMAGENET1K_V2, "fc", 19.4, ("regnet",)
-    ),
+    "regnet_y_3_2gf": Backbone(tvm.regnet_y_3_2gf, tvm.RegNet_Y_3_2GF_Weights.IMAGENET1K_V2, "fc", 19.4, ("regnet",)),
     "resnext50_32x4d": Backbone(
         tvm.resnext50_32x4d, tvm.ResNeXt50_32X4D_Weights.IMAGENET1K_V2, "fc", 25.0, ("resnext",)
     ),
@@ -104,7 +99,7 @@ def create_model(name: str, num_classes: int, weights: str = "imagenet") -> nn.M
     if num_classes < 1:
         raise UserError(f"num_classes must be at least 1, got {num_classes}.")
     if name.startswith(TIMM_PREFIX):
-        model, head = _create_timm(name[len(TIMM_PREFIX):], num_classes, weights == "imagenet")
+        model, head = _create_timm(name[len(TIMM_PREFIX) :], num_classes, weights == "imagenet")
     else:
         entry = BACKBONES[name]
         model = _build_imagenet(name, entry) if weights == "imagenet" else entry.builder()
@@ -119,7 +114,9 @@ def _create_timm(name: str, num_classes: int, pretrained: bool) -> tuple[nn.Modu
     import timm
 
     if not timm.is_model(name):
-        raise UserError(f"timm has no model '{name}'. List them with: python -c \"import timm; print(timm.list_models())\".")
+        raise UserError(
+            f"timm has no model '{name}'. List them with: python -c \"import timm; print(timm.list_models())\"."
+        )
     try:
         model = timm.create_model(name, pretrained=pretrained, num_classes=num_classes)
     except (OSError, RuntimeError, ValueError) as err:
@@ -191,7 +188,9 @@ def load_weights_file(model: nn.Module, path: Path, head: str) -> None:
     try:
         state = _unwrap_state_dict(load_checkpoint(path))
     except ValueError as err:
-        raise UserError(f"Weights file {path}: {err}. Expected a checkpoint written by this tool or a state dict.") from err
+        raise UserError(
+            f"Weights file {path}: {err}. Expected a checkpoint written by this tool or a state dict."
+        ) from err
     own = model.state_dict()
     head_keys = {k for k in own if k.startswith(head + ".")}
     skipped = sorted(k for k in head_keys if k in state and state[k].shape != own[k].shape)

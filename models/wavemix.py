@@ -20,22 +20,23 @@ class HaarDWT(nn.Module):
 
     def __init__(self) -> None:
         super().__init__()
-        filters = torch.tensor(
-            [
-                [[1.0, 1.0], [1.0, 1.0]],
-                [[1.0, 1.0], [-1.0, -1.0]],
-                [[1.0, -1.0], [1.0, -1.0]],
-                [[1.0, -1.0], [-1.0, 1.0]],
-            ]
-        ).unsqueeze(1) / 2
+        filters = (
+            torch.tensor(
+                [
+                    [[1.0, 1.0], [1.0, 1.0]],
+                    [[1.0, 1.0], [-1.0, -1.0]],
+                    [[1.0, -1.0], [1.0, -1.0]],
+                    [[1.0, -1.0], [-1.0, 1.0]],
+                ]
+            ).unsqueeze(1)
+            / 2
+        )
         self.register_buffer("filters", filters, persistent=False)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Return (low, highs): low is (B, C, H/2, W/2), highs is (B, 3C, H/2, W/2), channel-major."""
         channels = x.shape[1]
-        bands = nn.functional.conv2d(
-            x, self.filters.to(x.dtype).repeat(channels, 1, 1, 1), stride=2, groups=channels
-        )
+        bands = nn.functional.conv2d(x, self.filters.to(x.dtype).repeat(channels, 1, 1, 1), stride=2, groups=channels)
         bands = bands.unflatten(1, (channels, 4))
         return bands[:, :, 0], bands[:, :, 1:].flatten(1, 2)
 

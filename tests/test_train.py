@@ -1,0 +1,196 @@
+"""The shared loop end to end on digits: protocol, what a run leaves, re-evaluation, and bad input."""
+
+from __future__ import annotations
+
+import csv
+import json
+import re
+
+import pandas as pd
+import pytest
+import torch
+from conftest import FAST, assert_clean_error, finished_run, run_script
+
+from models import create_model
+
+
+def read_rows(path) -> list[dict]:
+    with open(path, newline="") as file:
+        return list(csv.DictReader(file))
+
+
+def test_short_run_from_scratch_learns(digits_run):
+    # MobileNetV3 with BN momentum 0.01, two epochs per phase from random init: without BatchNorm statistics
+    # recomputed before evaluation this scores ~10% (chance); with them it must be far above.
+    _, metrics, _ = digits_run
+    assert metrics["top1"] > 80
+    assert metrics["balanced_accuracy"] > 80
+    assert metrics["top5"] >= metrics["top1"]
+
+
+def test_metrics_carry_the_contract_and_full_configuration(digits_run):
+    out, metrics, _ = digits_run
+    for key in (
+        "dataset",
+        "model",
+        "weights",
+        "seed",
+        "num_classes",
+        "n_train",
+        "n_val",
+        "n_test",
+        "top1",
+        "epochs",
+        "train_seconds",
+        "params",
+        "top5",
+        "balanced_accuracy",
+        "history",
+        "config",
+        "versions",
+        "git_commit",
+    ):
+        assert key in metrics, key
+    assert metrics["model"] == "mobilenet_v3_large"  # the alias resolved
+    assert (metrics["dataset"], metrics["num_classes"], metrics["seed"]) == ("digits", 10, 0)
+    assert metrics["n_train"] + metrics["n_val"] + metrics["n_test"] == 1797
+    assert metrics["epochs"] == len(metrics["history"]) == 4  # two phases capped at two epochs
+    assert [h["phase"] for h in metrics["history"]] == ["adamw", "adamw", "sgd", "sgd"]
+    assert metrics["selection"] == "val" and metrics["config"]["bs"] == 64
+    assert metrics["params"] == sum(p.numel() for p in create_model("mobilenet_v3_large", 10, "none").parameters())
+
+
+def test_split_file_covers_every_sample_once_and_test_is_stratified(digits_run):
+    out, metrics, _ = digits_run
+    split = pd.read_csv(out / "split.csv")
+    assert list(split.columns) == ["sample", "label", "split"]
+    assert sorted(split["sample"]) == list(range(1797))
+    counts = split["split"].value_counts()
+    assert (counts["train"], counts["val"], counts["test"]) == (metrics["n_train"], metrics["n_val"], metrics["n_test"])
+    per_class_test = split[split["split"] == "test"].groupby("label").size() / split.groupby("label").size()
+    assert per_class_test.between(0.17, 0.23).all()
+
+
+def test_run_leaves_log_checkpoint_and_result_row(digits_run, tmp_path):
+    out, metrics, result = digits_run
+    log = (out / "log.txt").read_text()
+    assert "epoch   4 sgd" in log and log.strip().splitlines()[-1] == result.stdout.strip().splitlines()[-1]
+    rows = read_rows(out.parent / "results.csv")
+    assert len(rows) == 1 and rows[0]["model"] == "mobilenet_v3_large" and float(rows[0]["top1"]) == metrics["top1"]
+    best = torch.load(out / "best.pt", weights_only=True)
+    assert best["meta"]["num_classes"] == 10 and best["meta"]["seed"] == 0
+    assert metrics["best_epoch"] == best["meta"]["epoch"]
+
+
+def test_eval_only_reproduces_the_printed_accuracy(digits_run, tmp_path):
+    out, metrics, result = digits_run
+    again = run_script(
+        "digits.py",
+        "-model",
+        "mobilenet_v3_large",
+        "-bs",
+        "64",
+        "--weights",
+        out / "best.pt",
+        "--eval-only",
+        "--workers",
+        "0",
+        "--out",
+        tmp_path / "eval",
+        "--results",
+        tmp_path / "r.csv",
+    )
+    evaluated = finished_run(again, tmp_path / "eval")
+    assert again.stdout.strip().splitlines()[-1] == result.stdout.strip().splitlines()[-1]
+    assert evaluated["top1"] == metrics["top1"] and evaluated["eval_only"] and evaluated["epochs"] == 0
+    assert not (tmp_path / "r.csv").exists()  # an evaluation is not a new result
+
+
+def test_paper_protocol_selects_on_test_and_says_so(tmp_path):
+    out = tmp_path / "paper"
+    result = run_script(
+        "digits.py", *FAST, "-bs", "128", "--protocol", "paper", "--out", out, "--results", tmp_path / "r.csv"
+    )
+    metrics = finished_run(result, out)
+    assert "PROTOCOL paper" in result.stdout and "TEST set" in result.stdout
+    assert metrics["n_val"] == 0 and metrics["selection"] == "test"
+    assert metrics["best_selection_top1"] == pytest.approx(metrics["top1"], abs=1e-3)
+    assert all("test_top1" in h for h in metrics["history"])
+
+
+def test_an_existing_run_folder_is_never_overwritten(digits_run):
+    out, _, _ = digits_run
+    before = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
+    result = run_script("digits.py", *FAST, "--out", out)
+    assert_clean_error(result, "already exists", "never overwrites")
+    assert {p.name: p.stat().st_mtime_ns for p in out.iterdir()} == before
+
+
+def test_default_out_makes_a_fresh_folder_per_run(tmp_path):
+    for _ in range(2):
+        assert run_script("digits.py", *FAST, "-bs", "128", cwd=tmp_path).returncode == 0
+    runs = sorted((tmp_path / "runs").iterdir())
+    assert len(runs) == 2 and all((r / "metrics.json").is_file() for r in runs)
+    assert len(read_rows(tmp_path / "results" / "results.csv")) == 2
+
+
+@pytest.mark.parametrize(
+    "script, args, phrases",
+    [
+        ("digits.py", ["-model", "resnet9000", "-bs", "8"], ["Unknown model 'resnet9000'", "convnext_tiny"]),
+        ("digits.py", ["-model", "resnet50", "-bs", "0"], ["-bs", "at least 1"]),
+        ("digits.py", ["-model", "wavemix", "--weights", "none", "--image-size", "40"], ["multiples of 32"]),
+        ("digits.py", ["-model", "resnet50", "--weights", "/nonexistent/best.pt"], ["does not exist"]),
+        ("digits.py", ["-model", "resnet50", "--eval-only"], ["--weights FILE"]),
+        ("breakhis.py", ["-model", "resnet50", "-mag", "50"], ["-mag", "invalid choice"]),
+        (
+            "cifar10.py",
+            ["-model", "resnet50", "--data", "/nonexistent", "--no-download"],
+            ["CIFAR-10 was not found", "cifar-10-batches-py", "cs.toronto.edu"],
+        ),
+        ("rsna.py", ["-model", "resnet50", "--data", "/nonexistent"], ["stage_2_train_labels.csv", "kaggle"]),
+        ("digits.py", ["-model", "resnet50", "--device", "cuda:7"], ["--device cuda:7", "--device cpu"]),
+    ],
+)
+def test_bad_input_gets_a_clear_message(script, args, phrases, tmp_path):
+    result = run_script(script, *args, "--out", tmp_path / "out")
+    assert_clean_error(result, *phrases)
+    assert not (tmp_path / "out").exists()  # nothing half-made
+
+
+def test_corrupt_weights_file_is_reported(tmp_path):
+    bad = tmp_path / "best.pt"
+    bad.write_bytes(b"not a checkpoint at all")
+    result = run_script("digits.py", "-model", "mobilenet", "--weights", bad, "--out", tmp_path / "out")
+    assert_clean_error(result, str(bad), "corrupt")
+
+
+def test_failed_dataset_download_is_explained(tmp_path, monkeypatch, capsys):
+    # No network exists here; make that certain on any machine by refusing every URL at the socket level.
+    import urllib.request
+
+    import datasets.cifar10
+    import train_common
+    from errors import UserError
+
+    def refuse(*args, **kwargs):
+        raise urllib.error.URLError("network unreachable (test)")
+
+    monkeypatch.setattr(urllib.request, "urlopen", refuse)
+    with pytest.raises(UserError, match=re.escape(f"into {tmp_path}")) as caught:
+        train_common.main(datasets.cifar10.SPEC, ["-model", "mobilenet", "--data", str(tmp_path), "--workers", "0"])
+    assert "--no-download" in str(caught.value) and "network" in str(caught.value)
+
+
+def test_results_table_survives_concurrent_appends(tmp_path):
+    import multiprocessing
+
+    import train_common
+
+    table = tmp_path / "results.csv"
+    rows = [{"dataset": "digits", "model": f"m{i}", "top1": i} for i in range(40)]
+    with multiprocessing.get_context("fork").Pool(4) as pool:
+        pool.starmap(train_common.append_result, [(row, table) for row in rows])
+    read = read_rows(table)
+    assert sorted(int(r["top1"]) for r in read) == list(range(40))
+    assert json.dumps(list(read[0])) == json.dumps(train_common.RESULT_COLUMNS)
