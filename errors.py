@@ -21,7 +21,10 @@ def run_cli(main: Callable[[], object]) -> None:
     try:
         main()
     except UserError as err:
-        message = " ".join(str(err).split())
+        message = str(err)
+        if "Original Traceback" in message:  # raised in a DataLoader worker, which wraps the remote traceback
+            message = message.rsplit("UserError: ", 1)[-1]
+        message = " ".join(message.split())
         print("\n".join(textwrap.wrap(f"error: {message}", width=110)), file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt:

@@ -9,8 +9,8 @@ import re
 import pandas as pd
 import pytest
 import torch
-from conftest import FAST, assert_clean_error, finished_run, run_script
 
+from conftest import FAST, assert_clean_error, finished_run, run_script
 from models import create_model
 
 

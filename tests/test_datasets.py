@@ -1,0 +1,97 @@
+"""Each dataset script end to end on small data written in its published on-disk format."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+
+from conftest import (
+    FAST,
+    assert_clean_error,
+    finished_run,
+    make_breakhis,
+    make_cifar10,
+    make_flowers102,
+    make_rsna,
+    run_script,
+)
+
+
+def run_on(script: str, data, tmp_path, *extra: str) -> tuple[dict, pd.DataFrame]:
+    out = tmp_path / "run"
+    result = run_script(script, *FAST, "--data", data, "--no-download", "--out", out,
+                        "--results", tmp_path / "results.csv", *extra)  # fmt: skip
+    metrics = finished_run(result, out)
+    split = pd.read_csv(out / "split.csv")
+    assert len(split) == metrics["n_train"] + metrics["n_val"] + metrics["n_test"]
+    return metrics, split
+
+
+@pytest.mark.parametrize("point_at_top_folder", [False, True])
+def test_cifar10_official_split_from_pickled_batches(tmp_path, point_at_top_folder):
+    base = make_cifar10(tmp_path / "data")
+    metrics, split = run_on("cifar10.py", base if point_at_top_folder else tmp_path / "data", tmp_path)
+    assert metrics["num_classes"] == 10
+    assert (metrics["n_train"] + metrics["n_val"], metrics["n_test"]) == (50, 20)
+    assert set(split.loc[split["split"] == "test", "sample"].str.split("/").str[0]) == {"test_batch"}
+    assert split["sample"].str.match(r"^(data_batch_[1-5]|test_batch)/\d+$").all()
+
+
+def test_flowers102_uses_official_val_split(tmp_path):
+    make_flowers102(tmp_path / "data", classes=3, per_split=2)
+    metrics, split = run_on("flowers102.py", tmp_path / "data", tmp_path)
+    assert metrics["num_classes"] == 102
+    assert (metrics["n_train"], metrics["n_val"], metrics["n_test"]) == (6, 6, 6)
+    assert all((tmp_path / "data" / s).is_file() for s in split["sample"])
+
+
+@pytest.mark.parametrize("mag", [40, 400])
+def test_breakhis_splits_by_patient(tmp_path, mag):
+    make_breakhis(tmp_path / "data", per_patient=3)
+    metrics, split = run_on("breakhis.py", tmp_path / "data", tmp_path, "-mag", str(mag))
+    assert metrics["num_classes"] == 2 and metrics["n_train"] + metrics["n_val"] + metrics["n_test"] == 27
+    assert split["sample"].str.contains(f"/{mag}X/").all()
+    patient = split["sample"].str.split("/").str[-3].str.rsplit("_", n=1).str[-1]
+    sides = split.assign(patient=patient).groupby("patient")["split"].nunique()
+    assert (sides == 1).all(), "a patient appears in more than one split"
+    assert split.loc[patient == "14-13412", "split"].nunique() == 1  # one patient filed under two tumour types
+    assert set(split.loc[split["split"] == "test", "label"]) == {0, 1}
+
+
+def test_rsna_has_one_sample_per_patient(tmp_path):
+    make_rsna(tmp_path / "data", patients=16)
+    rows = pd.read_csv(tmp_path / "data" / "stage_2_train_labels.csv")
+    assert len(rows) > 16  # several label rows for patients with several boxes
+    metrics, split = run_on("rsna.py", tmp_path / "data", tmp_path)
+    assert metrics["num_classes"] == 2
+    assert metrics["n_train"] + metrics["n_val"] + metrics["n_test"] == 16 == split["sample"].nunique()
+    labels = rows.groupby("patientId")["Target"].max()
+    by_sample = split.set_index(split["sample"].str.extract(r"/([^/]+)\.dcm$")[0])["label"]
+    assert (by_sample.sort_index() == labels.sort_index()).all()
+
+
+def test_partial_extraction_is_reported(tmp_path):
+    base = make_cifar10(tmp_path / "data")
+    (base / "data_batch_3").unlink()
+    result = run_script("cifar10.py", *FAST, "--data", tmp_path / "data", "--no-download", "--out", tmp_path / "o")
+    assert_clean_error(result, "data_batch_3", "partial extraction")
+
+
+@pytest.mark.parametrize("workers", ["0", "1"])
+def test_unreadable_image_is_named(tmp_path, workers):
+    base = make_flowers102(tmp_path / "data", classes=2, per_split=2)
+    broken = base / "jpg" / "image_00002.jpg"
+    broken.write_bytes(b"\xff\xd8 truncated")
+    result = run_script(
+        "flowers102.py",
+        *FAST,
+        "--workers",
+        workers,
+        "--data",
+        tmp_path / "data",
+        "--no-download",
+        "--out",
+        tmp_path / "o",
+    )
+    assert_clean_error(result, "Cannot read image", str(broken))
+    assert result.stderr.startswith("error: Cannot read image")
