@@ -16,20 +16,9 @@ import tempfile
 from pathlib import Path
 
 import pandas as pd
-from torchvision.datasets.folder import IMG_EXTENSIONS
 
-from datasets.base import assign_splits
+from datasets.base import IMG_EXTENSIONS, assign_splits, class_dirs, scan_class_folders
 from errors import UserError, run_cli
-
-
-def scan_class_folders(root: Path) -> pd.DataFrame:
-    """Every image under root/<class>/ (any depth), with its class name; hidden files are skipped."""
-    rows = []
-    for class_dir in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
-        for path in sorted(class_dir.rglob("*")):
-            if path.is_file() and path.suffix.lower() in IMG_EXTENSIONS and not path.name.startswith("."):
-                rows.append({"sample": path.relative_to(root).as_posix(), "class": class_dir.name})
-    return pd.DataFrame(rows, columns=["sample", "class"])
 
 
 def plan_split(input_dir: Path, test_size: float, val_size: float, seed: int) -> pd.DataFrame:
@@ -51,7 +40,7 @@ def plan_split(input_dir: Path, test_size: float, val_size: float, seed: int) ->
             f"--input_dir {input_dir} holds no images in class subfolders. Expected {input_dir}/<class>/"
             f"<image> with one of the extensions {', '.join(IMG_EXTENSIONS)}."
         )
-    sizes = table["class"].value_counts()
+    sizes = table["class"].value_counts().reindex([d.name for d in class_dirs(input_dir)], fill_value=0)
     if (sizes < 2).any():
         small = ", ".join(f"'{c}' ({n})" for c, n in sizes[sizes < 2].items())
         raise UserError(

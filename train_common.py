@@ -89,7 +89,8 @@ def build_parser(spec: DatasetSpec) -> argparse.ArgumentParser:
     height, width = spec.image_size
     parser = argparse.ArgumentParser(
         description=f"Fine-tune an ImageNet-pretrained backbone on {spec.title} ({spec.domain}, "
-        f"{spec.num_classes} classes) and report test top-1 accuracy. Data: {spec.source}. Layout: {spec.layout}.",
+        f"{spec.num_classes or 'any number of'} classes) and report test top-1 accuracy. Data: {spec.source}. "
+        f"Layout: {spec.layout}.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     add = parser.add_argument
@@ -429,8 +430,9 @@ def load_splits(spec: DatasetSpec, args: argparse.Namespace):
     if args.protocol == "paper":  # the original trained on train + official val and selected on test
         samples = samples.assign(split=samples["split"].replace("val", "train"))
     val_fraction = 0.0 if args.protocol == "paper" else args.val_fraction
-    samples = assign_splits(samples, spec.test_fraction, val_fraction, args.seed)
-    if len(catalog.classes) != spec.num_classes:
+    test_fraction = getattr(args, "test_size", spec.test_fraction)  # a dataset may let the user set it
+    samples = assign_splits(samples, test_fraction, val_fraction, args.seed)
+    if spec.num_classes is not None and len(catalog.classes) != spec.num_classes:
         raise UserError(
             f"{spec.title} should have {spec.num_classes} classes but {args.data} has "
             f"{len(catalog.classes)}; check that --data points at the complete dataset."
@@ -464,6 +466,14 @@ def main(spec: DatasetSpec, argv: list[str] | None = None) -> dict:
     precision = make_precision(device)
 
     catalog, samples = load_splits(spec, args)
+    num_classes = len(catalog.classes)
+    trained_for = checkpoint_meta.get("num_classes", num_classes)
+    if trained_for != num_classes:
+        raise UserError(
+            f"--weights {args.weights} was trained for {trained_for} classes ({checkpoint_meta.get('dataset')}), "
+            f"but {spec.title} has {num_classes}; evaluating it would score an untrained head. Pass a "
+            f"checkpoint trained on {spec.title}."
+        )
     counts = samples["split"].value_counts()
     n_train, n_val, n_test = (int(counts.get(s, 0)) for s in ("train", "val", "test"))
     if n_train == 0 or n_test == 0 or (args.protocol == "val" and not args.eval_only and n_val == 0):
@@ -472,7 +482,7 @@ def main(spec: DatasetSpec, argv: list[str] | None = None) -> dict:
             f"{n_test} test images; every split needs at least one. Add data or raise --val-fraction."
         )
 
-    model = models.create_model(model_name, spec.num_classes, args.weights)
+    model = models.create_model(model_name, num_classes, args.weights)
     params = sum(p.numel() for p in model.parameters())
     model.to(device)
     if precision.channels_last:
@@ -484,7 +494,7 @@ def main(spec: DatasetSpec, argv: list[str] | None = None) -> dict:
     out = make_out_dir(args.out, name)
     log.attach(out / "log.txt")
     log(
-        f"{spec.title}: {n_train} train / {n_val} val / {n_test} test images, {spec.num_classes} classes; "
+        f"{spec.title}: {n_train} train / {n_val} val / {n_test} test images, {num_classes} classes; "
         f"{model_name} ({params / 1e6:.1f}M params, weights {args.weights}) at {args.image_size[0]}x"
         f"{args.image_size[1]} on {device}{' with ' + str(precision.amp_dtype) if precision.amp_dtype else ''}; "
         f"{mode}; seed {args.seed}; writing to {out}"
@@ -517,7 +527,7 @@ def main(spec: DatasetSpec, argv: list[str] | None = None) -> dict:
         meta = {
             "dataset": spec.name,
             "model": model_name,
-            "num_classes": spec.num_classes,
+            "num_classes": num_classes,
             "classes": catalog.classes,
             "seed": args.seed,
             "image_size": list(args.image_size),
@@ -538,7 +548,7 @@ def main(spec: DatasetSpec, argv: list[str] | None = None) -> dict:
         "protocol": args.protocol,
         "eval_only": args.eval_only,
         "selection": None if args.eval_only else ("test" if args.protocol == "paper" else "val"),
-        "num_classes": spec.num_classes,
+        "num_classes": num_classes,
         "classes": catalog.classes,
         "n_train": n_train,
         "n_val": n_val,

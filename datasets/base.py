@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 from PIL import Image, UnidentifiedImageError
+from torchvision.datasets.folder import IMG_EXTENSIONS
 
 from errors import UserError
 
@@ -65,7 +66,7 @@ class DatasetSpec:
     name: str
     title: str
     domain: str
-    num_classes: int
+    num_classes: int | None  # None: as many as the data has (your own folder)
     image_size: tuple[int, int]  # default (height, width) for training and evaluation
     catalog: Callable[[Path, argparse.Namespace], Catalog]
     source: str  # where the data comes from and how to get it
@@ -188,3 +189,18 @@ def locate(
             f"fetch the archive on a connected machine, extract it into {data}, and run again with --no-download."
         ) from err
     return find_dir(data, marker, top_folders)
+
+
+def class_dirs(root: Path) -> list[Path]:
+    """The class subfolders of `root`, sorted; hidden folders are skipped."""
+    return sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+def scan_class_folders(root: Path) -> pd.DataFrame:
+    """Every image under root/<class>/ (any depth), with its class name; hidden files are skipped."""
+    rows = []
+    for class_dir in class_dirs(root):
+        for path in sorted(class_dir.rglob("*")):
+            if path.is_file() and path.suffix.lower() in IMG_EXTENSIONS and not path.name.startswith("."):
+                rows.append({"sample": path.relative_to(root).as_posix(), "class": class_dir.name})
+    return pd.DataFrame(rows, columns=["sample", "class"])

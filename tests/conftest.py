@@ -65,6 +65,15 @@ def noise_image(seed: int, size: tuple[int, int] = (12, 16), mode: str = "RGB") 
     return Image.fromarray(pixels).convert(mode)
 
 
+def make_class_folders(root: Path, sizes: dict[str, int]) -> Path:
+    """root/<class>/<i>.png, the layout of split.py's input and of imagefolder.py."""
+    for index, (name, count) in enumerate(sizes.items()):
+        (root / name).mkdir(parents=True)
+        for i in range(count):
+            noise_image(index * 1000 + i, (6, 6)).save(root / name / f"{i}.png")
+    return root
+
+
 def make_cifar10(root: Path, per_batch: int = 10, test: int = 20) -> Path:
     """cifar-10-batches-py/ as in the 'python version' archive: pickled dicts of uint8 rows and labels."""
     base = root / "cifar-10-batches-py"

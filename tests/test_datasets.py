@@ -11,6 +11,7 @@ from conftest import (
     finished_run,
     make_breakhis,
     make_cifar10,
+    make_class_folders,
     make_flowers102,
     make_rsna,
     run_script,
@@ -95,3 +96,32 @@ def test_unreadable_image_is_named(tmp_path, workers):
     )
     assert_clean_error(result, "Cannot read image", str(broken))
     assert result.stderr.startswith("error: Cannot read image")
+
+
+def test_imagefolder_splits_a_single_folder_like_split_py(tmp_path):
+    import split
+
+    make_class_folders(tmp_path / "mine", {"cat": 10, "dog": 6, "eel": 5})
+    metrics, table = run_on("imagefolder.py", tmp_path / "mine", tmp_path, "--test_size", "0.3", "--seed", "4")
+    assert metrics["num_classes"] == 3 and metrics["classes"] == ["cat", "dog", "eel"]
+    plan = split.plan_split(tmp_path / "mine", 0.3, 0.0, seed=4)
+    assert sorted(table.loc[table["split"] == "test", "sample"]) == sorted(plan.loc[plan["split"] == "test", "sample"])
+
+
+def test_imagefolder_uses_given_train_val_test_folders(tmp_path):
+    for split_name, count in (("train", 6), ("val", 2), ("test", 3)):
+        make_class_folders(tmp_path / "mine" / split_name, {"a": count, "b": count})
+    metrics, table = run_on("imagefolder.py", tmp_path / "mine", tmp_path)
+    assert (metrics["n_train"], metrics["n_val"], metrics["n_test"]) == (12, 4, 6)
+    assert table["sample"].str.split("/").str[0].eq(table["split"]).all()
+
+
+def test_imagefolder_reports_mismatched_and_empty_class_folders(tmp_path):
+    make_class_folders(tmp_path / "mine" / "train", {"a": 3, "b": 3, "c": 3})
+    make_class_folders(tmp_path / "mine" / "test", {"a": 2, "b": 2, "d": 2})
+    result = run_script("imagefolder.py", *FAST, "--data", tmp_path / "mine", "--out", tmp_path / "o")
+    assert_clean_error(result, "differ from those of", "missing there ['c']", "extra there ['d']")
+    make_class_folders(tmp_path / "other", {"a": 3, "b": 3})
+    (tmp_path / "other" / "empty").mkdir()
+    result = run_script("imagefolder.py", *FAST, "--data", tmp_path / "other", "--out", tmp_path / "o")
+    assert_clean_error(result, "hold no images: empty")

@@ -25,7 +25,7 @@ def test_quick_start_is_exactly_two_commands_and_ci_runs_the_second():
     assert "grep -m1 '^pip install -r requirements-dev.txt' README.md" in (ROOT / ".ci" / "run").read_text()
 
 
-@pytest.mark.parametrize("script", ["breakhis.py", "split.py"])
+@pytest.mark.parametrize("script", ["breakhis.py", "imagefolder.py", "split.py"])
 def test_every_flag_in_help_is_in_the_readme(script):
     result = run_script(script, "--help")
     assert result.returncode == 0

@@ -7,10 +7,9 @@ import hashlib
 import numpy as np
 import pandas as pd
 import pytest
-from PIL import Image
 
 import split
-from conftest import assert_clean_error, run_script
+from conftest import assert_clean_error, make_class_folders, run_script
 from datasets.base import TEST_STREAM, VAL_STREAM, assign_splits, stratified_holdout
 
 
@@ -49,13 +48,6 @@ def test_assign_splits_keeps_official_splits_and_carves_val_from_train():
     assert (result["split"][:30] == "val").sum() == 6
 
 
-def _class_folders(root, sizes):
-    for name, count in sizes.items():
-        (root / name).mkdir(parents=True)
-        for i in range(count):
-            Image.new("RGB", (6, 6), (i, 0, 0)).save(root / name / f"{i}.png")
-
-
 def _fingerprint(root):
     return {p.relative_to(root): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(root.rglob("*"))
             if p.is_file()}  # fmt: skip
@@ -63,7 +55,7 @@ def _fingerprint(root):
 
 @pytest.mark.parametrize("mode", ["copy", "symlink", "hardlink"])
 def test_split_cli_writes_a_stratified_split_and_manifest(tmp_path, mode, capsys):
-    _class_folders(tmp_path / "in", {"cat": 10, "dog": 20, "eel": 5})
+    make_class_folders(tmp_path / "in", {"cat": 10, "dog": 20, "eel": 5})
     before = _fingerprint(tmp_path / "in")
     plan = split.main(["--input_dir", str(tmp_path / "in"), "--output_dir", str(tmp_path / "out"),
                        "--test_size", "0.2", "--val_size", "0.1", "--mode", mode])  # fmt: skip
@@ -83,7 +75,7 @@ def test_split_cli_writes_a_stratified_split_and_manifest(tmp_path, mode, capsys
 
 
 def test_split_cli_matches_the_loops_test_split(tmp_path):
-    _class_folders(tmp_path / "in", {"a": 12, "b": 9})
+    make_class_folders(tmp_path / "in", {"a": 12, "b": 9})
     plan = split.plan_split(tmp_path / "in", 0.25, 0.0, seed=7)
     held = stratified_holdout(plan["label"], 0.25, seed=7, stream=TEST_STREAM)
     assert (plan["split"] == "test").tolist() == held.tolist()
@@ -97,14 +89,14 @@ def test_split_cli_matches_the_loops_test_split(tmp_path):
     ],
 )
 def test_split_cli_refuses_impossible_sizes(tmp_path, args, phrases):
-    _class_folders(tmp_path / "in", {"a": 4, "b": 4})
+    make_class_folders(tmp_path / "in", {"a": 4, "b": 4})
     result = run_script("split.py", "--input_dir", tmp_path / "in", "--output_dir", tmp_path / "out", *args)
     assert_clean_error(result, *phrases)
     assert not (tmp_path / "out").exists()
 
 
 def test_split_cli_refuses_to_overwrite_or_write_inside_input(tmp_path):
-    _class_folders(tmp_path / "in", {"a": 4, "b": 4})
+    make_class_folders(tmp_path / "in", {"a": 4, "b": 4})
     (tmp_path / "out").mkdir()
     (tmp_path / "out" / "mine.txt").write_text("keep me")
     result = run_script("split.py", "--input_dir", tmp_path / "in", "--output_dir", tmp_path / "out")
@@ -115,6 +107,6 @@ def test_split_cli_refuses_to_overwrite_or_write_inside_input(tmp_path):
 
 
 def test_split_cli_names_a_class_too_small_to_split(tmp_path):
-    _class_folders(tmp_path / "in", {"a": 4, "lonely": 1})
+    make_class_folders(tmp_path / "in", {"a": 4, "lonely": 1})
     result = run_script("split.py", "--input_dir", tmp_path / "in", "--output_dir", tmp_path / "out")
     assert_clean_error(result, "'lonely' (1)")

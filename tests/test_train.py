@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 import torch
 
-from conftest import FAST, assert_clean_error, finished_run, run_script
+from conftest import FAST, assert_clean_error, finished_run, make_class_folders, run_script
 from models import create_model
 
 
@@ -104,6 +104,14 @@ def test_eval_only_reproduces_the_printed_accuracy(digits_run, tmp_path):
     assert again.stdout.strip().splitlines()[-1] == result.stdout.strip().splitlines()[-1]
     assert evaluated["top1"] == metrics["top1"] and evaluated["eval_only"] and evaluated["epochs"] == 0
     assert not (tmp_path / "r.csv").exists()  # an evaluation is not a new result
+
+
+def test_eval_only_refuses_a_checkpoint_for_other_classes(digits_run, tmp_path):
+    out, _, _ = digits_run
+    make_class_folders(tmp_path / "mine", {"a": 3, "b": 3, "c": 3})
+    result = run_script("imagefolder.py", "-model", "mobilenet", "--weights", out / "best.pt", "--eval-only",
+                        "--data", tmp_path / "mine")  # fmt: skip
+    assert_clean_error(result, "trained for 10 classes", "your image folder has 3")
 
 
 def test_paper_protocol_selects_on_test_and_says_so(tmp_path):
