@@ -204,3 +204,14 @@ def scan_class_folders(root: Path) -> pd.DataFrame:
             if path.is_file() and path.suffix.lower() in IMG_EXTENSIONS and not path.name.startswith("."):
                 rows.append({"sample": path.relative_to(root).as_posix(), "class": class_dir.name})
     return pd.DataFrame(rows, columns=["sample", "class"])
+
+
+def class_folder_catalog(data: Path, folder: Path, read: Callable[[str], Image.Image] | None = None) -> Catalog:
+    """A published layout of one subfolder of images per class (UCMerced, EuroSAT, ...); split by the dataset's rule."""
+    table = scan_class_folders(folder)
+    if table.empty:
+        raise DataNotFound(f"{folder} holds no class folders with images (a partial extraction?)")
+    classes = sorted(set(table["class"]))
+    samples = [relative(folder / sample, data) for sample in table["sample"]]
+    labels = table["class"].map({name: index for index, name in enumerate(classes)})
+    return Catalog.from_columns(samples, labels, classes, read or FileReader(data))

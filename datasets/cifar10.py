@@ -23,20 +23,29 @@ def read_batch(path: Path) -> dict:
         return pickle.load(file, encoding="latin1")
 
 
-def catalog(data: Path, args: argparse.Namespace) -> Catalog:
+def read_cifar(
+    data: Path, args: argparse.Namespace, top: str, batches: dict[str, list[str]], meta: tuple[str, str], label_key: str
+) -> Catalog:
+    """The CIFAR 'python version' layout: pickled batches per split and a meta file naming the classes."""
     import torchvision
 
-    base = locate(data, "batches.meta", [TOP], args, lambda: torchvision.datasets.CIFAR10(data, download=True))
-    classes = read_batch(base / "batches.meta")["label_names"]
+    dataset = torchvision.datasets.CIFAR100 if top == "cifar-100-python" else torchvision.datasets.CIFAR10
+    base = locate(data, meta[0], [top], args, lambda: dataset(data, download=True))
+    classes = read_batch(base / meta[0])[meta[1]]
     arrays, samples, labels, splits = {}, [], [], []
-    for split, names in (("train", TRAIN_BATCHES), ("test", TEST_BATCHES)):
+    for split, names in batches.items():
         for name in names:
             batch = read_batch(base / name)
             arrays[name] = np.asarray(batch["data"], dtype=np.uint8).reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
             samples += [f"{name}/{i}" for i in range(len(arrays[name]))]
-            labels += list(batch["labels"])
+            labels += list(batch[label_key])
             splits += [split] * len(arrays[name])
     return Catalog.from_columns(samples, labels, list(classes), ArrayReader(arrays), splits)
+
+
+def catalog(data: Path, args: argparse.Namespace) -> Catalog:
+    batches = {"train": TRAIN_BATCHES, "test": TEST_BATCHES}
+    return read_cifar(data, args, TOP, batches, ("batches.meta", "label_names"), "labels")
 
 
 SPEC = DatasetSpec(

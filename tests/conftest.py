@@ -98,6 +98,49 @@ def make_cifar10(root: Path, per_batch: int = 10, test: int = 20) -> Path:
     return base
 
 
+def make_cifar100(root: Path, train: int = 200, test: int = 100) -> Path:
+    """cifar-100-python/{train, test, meta}: one pickle per split, fine and coarse labels."""
+    base = root / "cifar-100-python"
+    base.mkdir(parents=True)
+    rng = np.random.default_rng(1)
+    for name, count in (("train", train), ("test", test)):
+        batch = {"batch_label": name, "fine_labels": [i % 100 for i in range(count)],
+                 "coarse_labels": [i % 20 for i in range(count)], "filenames": [f"{i}.png" for i in range(count)],
+                 "data": rng.integers(0, 256, (count, 3072), dtype=np.uint8)}  # fmt: skip
+        (base / name).write_bytes(pickle.dumps(batch, protocol=2))
+    meta = {"fine_label_names": [f"fine_{i}" for i in range(100)], "coarse_label_names": [f"c{i}" for i in range(20)]}
+    (base / "meta").write_bytes(pickle.dumps(meta, protocol=2))
+    return base
+
+
+EUROSAT_CLASSES = ["AnnualCrop", "Forest", "HerbaceousVegetation", "Highway", "Industrial", "Pasture",
+                   "PermanentCrop", "Residential", "River", "SeaLake"]  # fmt: skip
+UCMERCED_CLASSES = ["agricultural", "airplane", "baseballdiamond", "beach", "buildings", "chaparral",
+                    "denseresidential", "forest", "freeway", "golfcourse", "harbor", "intersection",
+                    "mediumresidential", "mobilehomepark", "overpass", "parkinglot", "river", "runway",
+                    "sparseresidential", "storagetanks", "tenniscourt"]  # fmt: skip
+
+
+def make_eurosat(root: Path, per_class: int = 10) -> Path:
+    """eurosat/2750/<class>/<class>_<n>.jpg, as torchvision extracts EuroSAT.zip (RGB, 64x64)."""
+    for index, name in enumerate(EUROSAT_CLASSES):
+        folder = root / "eurosat" / "2750" / name
+        folder.mkdir(parents=True)
+        for n in range(1, per_class + 1):
+            noise_image(index * 100 + n, (64, 64)).save(folder / f"{name}_{n}.jpg")
+    return root / "eurosat"
+
+
+def make_ucmerced(root: Path, per_class: int = 5) -> Path:
+    """UCMerced_LandUse/Images/<class>/<class><nn>.tif, as in UCMerced_LandUse.zip."""
+    for index, name in enumerate(UCMERCED_CLASSES):
+        folder = root / "UCMerced_LandUse" / "Images" / name
+        folder.mkdir(parents=True)
+        for n in range(per_class):
+            noise_image(index * 100 + n, (32, 32)).save(folder / f"{name}{n:02d}.tif")
+    return root / "UCMerced_LandUse"
+
+
 def make_flowers102(root: Path, classes: int = 3, per_split: int = 2) -> Path:
     """flowers-102/ as torchvision lays out the official files: jpg/, imagelabels.mat, setid.mat (1-based)."""
     from scipy.io import savemat

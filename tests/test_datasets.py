@@ -11,9 +11,12 @@ from conftest import (
     finished_run,
     make_breakhis,
     make_cifar10,
+    make_cifar100,
     make_class_folders,
+    make_eurosat,
     make_flowers102,
     make_rsna,
+    make_ucmerced,
     run_script,
 )
 
@@ -36,6 +39,29 @@ def test_cifar10_official_split_from_pickled_batches(tmp_path, point_at_top_fold
     assert (metrics["n_train"] + metrics["n_val"], metrics["n_test"]) == (50, 20)
     assert set(split.loc[split["split"] == "test", "sample"].str.split("/").str[0]) == {"test_batch"}
     assert split["sample"].str.match(r"^(data_batch_[1-5]|test_batch)/\d+$").all()
+
+
+def test_cifar100_reads_fine_labels(tmp_path):
+    make_cifar100(tmp_path / "data", train=200, test=100)
+    metrics, split = run_on("cifar100.py", tmp_path / "data", tmp_path, "-bs", "64")
+    assert metrics["num_classes"] == 100 and metrics["classes"][:2] == ["fine_0", "fine_1"]
+    assert (metrics["n_train"] + metrics["n_val"], metrics["n_test"]) == (200, 100)
+    assert sorted(split["label"].unique()) == list(range(100))  # fine labels, not the 20 coarse ones
+
+
+@pytest.mark.parametrize(
+    "script, build, classes, total, test_fraction",
+    [("eurosat.py", make_eurosat, 10, 100, 0.3), ("ucmerced.py", make_ucmerced, 21, 105, 0.2)],
+)
+def test_class_folder_datasets_split_by_their_rule(tmp_path, script, build, classes, total, test_fraction):
+    top = build(tmp_path / "data")
+    for data in (tmp_path / "data", top):  # the extraction folder, or the dataset's own top folder
+        metrics, split = run_on(script, data, tmp_path / data.name)
+        assert metrics["num_classes"] == classes
+        assert metrics["n_train"] + metrics["n_val"] + metrics["n_test"] == total
+        assert metrics["n_test"] == pytest.approx(total * test_fraction, abs=classes)
+        assert split.groupby("label")["split"].apply(lambda s: (s == "test").any()).all()
+        assert all((data / sample).is_file() for sample in split["sample"])
 
 
 def test_flowers102_uses_official_val_split(tmp_path):

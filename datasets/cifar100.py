@@ -1,0 +1,32 @@
+"""CIFAR-100: 60,000 32x32 natural images in 100 fine classes, official 50,000/10,000 split."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from datasets.base import Catalog, DatasetSpec
+from datasets.cifar10 import read_cifar
+
+TOP = "cifar-100-python"
+
+
+def catalog(data: Path, args: argparse.Namespace) -> Catalog:
+    return read_cifar(
+        data, args, TOP, {"train": ["train"], "test": ["test"]}, ("meta", "fine_label_names"), "fine_labels"
+    )
+
+
+SPEC = DatasetSpec(
+    name="cifar100",
+    title="CIFAR-100",
+    domain="natural",
+    num_classes=100,
+    image_size=(256, 256),
+    catalog=catalog,
+    source="https://www.cs.toronto.edu/~kriz/cifar.html (downloaded automatically by torchvision)",
+    layout=f"--data/{TOP}/{{train, test, meta}} (the 'python version' archive)",
+    augment="trivialaugment",
+    mean=(0.5071, 0.4865, 0.4409),
+    std=(0.2673, 0.2564, 0.2762),
+)

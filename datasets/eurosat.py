@@ -1,0 +1,30 @@
+"""EuroSAT (RGB): Sentinel-2 land-cover patches, 10 classes, 27,000 images of 64x64; split 70/30."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from datasets.base import Catalog, DatasetSpec, class_folder_catalog, locate
+
+
+def catalog(data: Path, args: argparse.Namespace) -> Catalog:
+    import torchvision
+
+    base = locate(data, "2750", ["eurosat"], args, lambda: torchvision.datasets.EuroSAT(data, download=True))
+    return class_folder_catalog(data, base / "2750")
+
+
+SPEC = DatasetSpec(
+    name="eurosat",
+    title="EuroSAT",
+    domain="remote sensing",
+    num_classes=10,
+    image_size=(224, 224),
+    catalog=catalog,
+    source="https://github.com/phelber/EuroSAT (RGB version; downloaded automatically by torchvision)",
+    layout="--data/eurosat/2750/<class>/<class>_<n>.jpg (torchvision's layout of EuroSAT.zip)",
+    test_fraction=0.3,
+    mean=(0.344, 0.380, 0.408),
+    std=(0.203, 0.137, 0.116),
+)

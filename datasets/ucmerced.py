@@ -1,0 +1,29 @@
+"""UC Merced Land Use: 21 aerial scene classes, 100 images of 256x256 each; split 80/20."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from datasets.base import Catalog, DatasetSpec, class_folder_catalog, locate
+
+TOP = "UCMerced_LandUse"
+
+
+def catalog(data: Path, args: argparse.Namespace) -> Catalog:
+    return class_folder_catalog(data, locate(data, "Images", [TOP], args) / "Images")
+
+
+SPEC = DatasetSpec(
+    name="ucmerced",
+    title="UC Merced Land Use",
+    domain="remote sensing",
+    num_classes=21,
+    image_size=(256, 256),
+    catalog=catalog,
+    source="http://weegee.vision.ucmerced.edu/datasets/landuse.html (UCMerced_LandUse.zip; extract into --data)",
+    layout=f"--data/{TOP}/Images/<class>/<class><nn>.tif, e.g. {TOP}/Images/agricultural/agricultural00.tif",
+    test_fraction=0.2,
+    mean=(0.484, 0.490, 0.451),
+    std=(0.218, 0.202, 0.196),
+)
