@@ -311,22 +311,15 @@ def top_k(logits: torch.Tensor, labels: torch.Tensor, k: int) -> float:
 
 # ------------------------------------------------------------------------------------------------- run files
 class RunLog:
-    """Prints a line and keeps it for the run's log file (attached once the run folder exists)."""
+    """Prints a line and appends it to the run's log file."""
 
-    def __init__(self) -> None:
-        self.lines: list[str] = []
-        self.path: Path | None = None
+    def __init__(self, path: Path) -> None:
+        self.path = path
 
     def __call__(self, line: str) -> None:
         print(line, flush=True)
-        self.lines.append(line)
-        if self.path:
-            with open(self.path, "a") as file:
-                file.write(line + "\n")
-
-    def attach(self, path: Path) -> None:
-        self.path = path
-        path.write_text("".join(line + "\n" for line in self.lines))
+        with open(self.path, "a") as file:
+            file.write(line + "\n")
 
 
 def make_out_dir(requested: Path | None, name: str) -> Path:
@@ -443,7 +436,6 @@ def load_splits(spec: DatasetSpec, args: argparse.Namespace):
 def main(spec: DatasetSpec, argv: list[str] | None = None) -> dict:
     """Fine-tune (or with --eval-only, evaluate) one backbone on one dataset; returns the metrics written."""
     args = build_parser(spec).parse_args(argv)
-    log = RunLog()
     model_name = models.resolve_name(args.model)
     checkpoint_meta = {}
     if args.eval_only:
@@ -492,7 +484,7 @@ def main(spec: DatasetSpec, argv: list[str] | None = None) -> dict:
     mode = "evaluation of " + args.weights if args.eval_only else f"protocol {args.protocol}"
     name = f"{spec.name}-{model_name.replace(':', '_')}-s{args.seed}"
     out = make_out_dir(args.out, name)
-    log.attach(out / "log.txt")
+    log = RunLog(out / "log.txt")
     log(
         f"{spec.title}: {n_train} train / {n_val} val / {n_test} test images, {num_classes} classes; "
         f"{model_name} ({params / 1e6:.1f}M params, weights {args.weights}) at {args.image_size[0]}x"
