@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import pickle
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -24,13 +25,16 @@ def read_batch(path: Path) -> dict:
 
 
 def read_cifar(
-    data: Path, args: argparse.Namespace, top: str, batches: dict[str, list[str]], meta: tuple[str, str], label_key: str
+    data: Path,
+    args: argparse.Namespace,
+    top: str,
+    batches: dict[str, list[str]],
+    meta: tuple[str, str],
+    label_key: str,
+    download: Callable[[], object],
 ) -> Catalog:
     """The CIFAR 'python version' layout: pickled batches per split and a meta file naming the classes."""
-    import torchvision
-
-    dataset = torchvision.datasets.CIFAR100 if top == "cifar-100-python" else torchvision.datasets.CIFAR10
-    base = locate(data, meta[0], [top], args, lambda: dataset(data, download=True))
+    base = locate(data, meta[0], [top], args, download)
     classes = read_batch(base / meta[0])[meta[1]]
     arrays, samples, labels, splits = {}, [], [], []
     for split, names in batches.items():
@@ -44,8 +48,11 @@ def read_cifar(
 
 
 def catalog(data: Path, args: argparse.Namespace) -> Catalog:
+    import torchvision
+
     batches = {"train": TRAIN_BATCHES, "test": TEST_BATCHES}
-    return read_cifar(data, args, TOP, batches, ("batches.meta", "label_names"), "labels")
+    download = lambda: torchvision.datasets.CIFAR10(data, download=True)  # noqa: E731
+    return read_cifar(data, args, TOP, batches, ("batches.meta", "label_names"), "labels", download)
 
 
 SPEC = DatasetSpec(

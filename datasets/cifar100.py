@@ -12,9 +12,11 @@ TOP = "cifar-100-python"
 
 
 def catalog(data: Path, args: argparse.Namespace) -> Catalog:
-    return read_cifar(
-        data, args, TOP, {"train": ["train"], "test": ["test"]}, ("meta", "fine_label_names"), "fine_labels"
-    )
+    import torchvision
+
+    batches = {"train": ["train"], "test": ["test"]}
+    download = lambda: torchvision.datasets.CIFAR100(data, download=True)  # noqa: E731
+    return read_cifar(data, args, TOP, batches, ("meta", "fine_label_names"), "fine_labels", download)
 
 
 SPEC = DatasetSpec(
