@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from datasets.base import IMG_EXTENSIONS, assign_splits, class_dirs, scan_class_folders
+from datasets.base import IMG_EXTENSIONS, assign_splits, class_dirs, encode_classes, scan_class_folders
 from errors import UserError, run_cli
 
 
@@ -47,8 +47,7 @@ def plan_split(input_dir: Path, test_size: float, val_size: float, seed: int) ->
             f"Each class needs at least 2 images to appear in both train and test; these have fewer: "
             f"{small}. Add images or remove those class folders."
         )
-    classes = sorted(sizes.index)
-    table["label"] = table["class"].map({c: i for i, c in enumerate(classes)})
+    table["label"] = encode_classes(table["class"])[1]
     table["split"] = ""
     table["group"] = table["sample"]
     val_of_train = val_size / (1 - test_size)

@@ -206,12 +206,17 @@ def scan_class_folders(root: Path) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["sample", "class"])
 
 
+def encode_classes(names: Sequence[str]) -> tuple[list[str], np.ndarray]:
+    """Sorted class names and each sample's label index: the one mapping the loaders and split.py share."""
+    classes, labels = np.unique(np.asarray(names, dtype=str), return_inverse=True)
+    return classes.tolist(), labels
+
+
 def class_folder_catalog(data: Path, folder: Path, read: Callable[[str], Image.Image] | None = None) -> Catalog:
     """A published layout of one subfolder of images per class (UCMerced, EuroSAT, ...); split by the dataset's rule."""
     table = scan_class_folders(folder)
     if table.empty:
         raise DataNotFound(f"{folder} holds no class folders with images (a partial extraction?)")
-    classes = sorted(set(table["class"]))
+    classes, labels = encode_classes(table["class"])
     samples = [relative(folder / sample, data) for sample in table["sample"]]
-    labels = table["class"].map({name: index for index, name in enumerate(classes)})
     return Catalog.from_columns(samples, labels, classes, read or FileReader(data))

@@ -8,7 +8,15 @@ from pathlib import Path
 
 import pandas as pd
 
-from datasets.base import Catalog, DataNotFound, DatasetSpec, FileReader, class_dirs, scan_class_folders
+from datasets.base import (
+    Catalog,
+    DataNotFound,
+    DatasetSpec,
+    FileReader,
+    class_dirs,
+    encode_classes,
+    scan_class_folders,
+)
 from errors import UserError
 
 
@@ -40,11 +48,11 @@ def catalog(data: Path, args: argparse.Namespace) -> Catalog:
         raise DataNotFound(f"{data} has {'/, '.join(given)}/ but needs both train/ and test/")
     if given:
         tables = {split: scan(data / split) for split in given}
-        classes = sorted(set(tables["train"]["class"]))
+        train_classes = set(tables["train"]["class"])
         for split, table in tables.items():
-            if set(table["class"]) != set(classes):
-                only_train = sorted(set(classes) - set(table["class"]))
-                only_here = sorted(set(table["class"]) - set(classes))
+            if set(table["class"]) != train_classes:
+                only_train = sorted(train_classes - set(table["class"]))
+                only_here = sorted(set(table["class"]) - train_classes)
                 raise UserError(
                     f"The class folders of {data / split} differ from those of {data / 'train'}: missing there "
                     f"{only_train or 'none'}, extra there {only_here or 'none'}. Every split needs the same class "
@@ -55,10 +63,9 @@ def catalog(data: Path, args: argparse.Namespace) -> Catalog:
         if not 0 < args.test_size < 1:
             raise UserError(f"--test_size must be between 0 and 1, got {args.test_size}.")
         table = scan(data).assign(split="")
-        classes = sorted(set(table["class"]))
-    if table.empty or len(classes) < 2:
+    classes, labels = encode_classes(table["class"])
+    if len(classes) < 2:
         raise DataNotFound(f"found {len(classes)} class folder(s) with images under {data}; need at least 2")
-    labels = table["class"].map({name: index for index, name in enumerate(classes)})
     return Catalog.from_columns(table["sample"], labels, classes, FileReader(data), table["split"].tolist())
 
 
