@@ -528,7 +528,6 @@ def main(spec: DatasetSpec, argv: list[str] | None = None) -> dict:
         started = time.perf_counter()
         best, history = fit(model, forward, train_loader, select_loader, select_name, precision, args, meta, out, log)
         train_seconds = time.perf_counter() - started
-        model.load_state_dict(torch.load(out / "best.pt", map_location=device, weights_only=True)["model"])
 
     test = evaluate(forward, test_loader, precision, "test")
     predictions = test.logits.argmax(1).numpy()
@@ -576,7 +575,8 @@ def main(spec: DatasetSpec, argv: list[str] | None = None) -> dict:
 
 
 def fit(model, forward, train_loader, select_loader, select_name, precision, args, meta, out, log):
-    """The two-phase protocol. Every improvement is saved to best.pt; each phase starts from the best so far."""
+    """The two-phase protocol. Every improvement is saved to best.pt, and each phase ends by reloading it, so
+    phase 2 starts from the best weights so far and the model leaves `fit` at the selected checkpoint."""
     phases = [
         ("adamw", lambda p: torch.optim.AdamW(p, lr=args.lr, weight_decay=args.weight_decay)),
         ("sgd", lambda p: torch.optim.SGD(p, lr=args.sgd_lr, momentum=0.9)),
@@ -585,10 +585,6 @@ def fit(model, forward, train_loader, select_loader, select_name, precision, arg
     best: dict = {}
     history: list[dict] = []
     for phase, make_optimizer in phases:
-        if best:
-            model.load_state_dict(
-                torch.load(out / "best.pt", map_location=precision.device, weights_only=True)["model"]
-            )
         optimizer = make_optimizer(model.parameters())
         stale, phase_epochs = 0, 0
         while stale < args.patience and (args.max_epochs is None or phase_epochs < args.max_epochs):
@@ -626,6 +622,7 @@ def fit(model, forward, train_loader, select_loader, select_name, precision, arg
                 f"loss {selection.loss:.4f} acc {selection.top1:6.2f}% | {seconds:5.1f}s"
                 + ("  *best*" if improved else "")
             )
+        model.load_state_dict(torch.load(out / "best.pt", map_location=precision.device, weights_only=True)["model"])
     return best, history
 
 
