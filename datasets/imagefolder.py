@@ -24,7 +24,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--test_size",
         type=float,
-        default=0.2,
+        default=SPEC.test_fraction,
         help="fraction of each class held out for test when --data has no train/ and test/ folders",
     )
 
