@@ -25,7 +25,10 @@ def run_cli(main: Callable[[], object]) -> None:
         if "Original Traceback" in message:  # raised in a DataLoader worker, which wraps the remote traceback
             message = message.rsplit("UserError: ", 1)[-1]
         message = " ".join(message.split())
-        print("\n".join(textwrap.wrap(f"error: {message}", width=110)), file=sys.stderr)
+        print(
+            "\n".join(textwrap.wrap(f"error: {message}", width=110, break_on_hyphens=False, break_long_words=False)),
+            file=sys.stderr,
+        )
         sys.exit(2)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

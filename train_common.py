@@ -17,6 +17,7 @@ import os
 import platform
 import random
 import subprocess
+import sys
 import time
 from dataclasses import dataclass
 from datetime import datetime
@@ -97,7 +98,12 @@ def build_parser(spec: DatasetSpec) -> argparse.ArgumentParser:
     add("-model", required=True, help=f"backbone: {', '.join(models.list_models())}, an alias, or timm:<name>")
     add("-bs", type=positive_int, default=32, help="batch size")
     add("--data", type=Path, default=Path(spec.default_data), help="dataset root: where its archive was extracted")
-    add("--no-download", dest="download", action="store_false", help="never download the dataset")
+    add(
+        "--download",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="download the dataset if it is missing and its source allows it; --no-download never does",
+    )
     add("--weights", default="imagenet", help="'imagenet' (pretrained), 'none' (random init) or a checkpoint FILE")
     add("--image-size", type=image_size, default=f"{height}x{width}", help="training/evaluation size, S or HxW")
     add("--max-epochs", type=positive_int, default=None, help="cap on epochs per optimizer phase (none: no cap)")
@@ -426,9 +432,10 @@ def load_splits(spec: DatasetSpec, args: argparse.Namespace):
     test_fraction = getattr(args, "test_size", spec.test_fraction)  # a dataset may let the user set it
     samples = assign_splits(samples, test_fraction, val_fraction, args.seed)
     if spec.num_classes is not None and len(catalog.classes) != spec.num_classes:
-        raise UserError(
-            f"{spec.title} should have {spec.num_classes} classes but {args.data} has "
-            f"{len(catalog.classes)}; check that --data points at the complete dataset."
+        print(
+            f"warning: {spec.title} has {spec.num_classes} classes but {args.data} holds {len(catalog.classes)}; "
+            "training on the classes found. Check that --data points at the complete dataset.",
+            file=sys.stderr,
         )
     return catalog, samples
 

@@ -9,6 +9,12 @@ turns a sample id into an RGB image. Everything else (splitting, loading, traini
 from __future__ import annotations
 
 import argparse
+import contextlib
+import hashlib
+import os
+import pickle
+import shutil
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -94,6 +100,11 @@ def relative(path: Path, data: Path) -> str:
     return path.relative_to(data).as_posix()
 
 
+def prefix(folder: Path, data: Path) -> str:
+    """What turns a path relative to `folder` into a sample id: '' or '<folder relative to --data>/'."""
+    return "" if folder == data else relative(folder, data) + "/"
+
+
 class FileReader:
     """Reads image files relative to a root; picklable so DataLoader workers can use it."""
 
@@ -138,7 +149,10 @@ def stratified_holdout(
         unit_labels = labels
     else:
         unit_names, unit_of = np.unique(np.asarray(groups, dtype=str), return_inverse=True)
-        unit_labels = np.array([np.bincount(labels[unit_of == u]).argmax() for u in range(len(unit_names))])
+        pairs, counts = np.unique(np.stack([unit_of, labels], axis=1), axis=0, return_counts=True)
+        order = np.lexsort((pairs[:, 1], -counts, pairs[:, 0]))  # by unit; its most common label first, ties: lowest
+        first_of_unit = np.r_[True, pairs[order[1:], 0] != pairs[order[:-1], 0]]
+        unit_labels = pairs[order[first_of_unit], 1]
     rng = np.random.default_rng([seed, stream])
     held_units = np.zeros(len(unit_labels), dtype=bool)
     for label in np.unique(unit_labels):
@@ -167,27 +181,86 @@ def assign_splits(samples: pd.DataFrame, test_fraction: float | None, val_fracti
     return samples
 
 
+def cache_dir() -> Path:
+    """Where the tool keeps what it can rebuild (folder indexes): $BACKBONES_CACHE, else the user's cache folder."""
+    if os.environ.get("BACKBONES_CACHE"):
+        return Path(os.environ["BACKBONES_CACHE"])
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "backbones"
+
+
+@dataclass(frozen=True)
+class Archive:
+    """A file the source publishes at a stable URL: fetched with a progress bar, checked against its MD5, and
+    extracted unless it is the dataset file itself (torchvision's download utilities do each step)."""
+
+    url: str
+    md5: str
+    extract: bool = True
+
+    def __call__(self, folder: Path) -> None:
+        from torchvision.datasets.utils import download_and_extract_archive, download_url
+
+        if self.extract:
+            download_and_extract_archive(self.url, str(folder), md5=self.md5, remove_finished=True)
+        else:
+            download_url(self.url, str(folder), md5=self.md5)
+
+
+@dataclass(frozen=True)
+class TorchvisionDownload:
+    """A dataset torchvision knows how to download (with its own URLs and checksums)."""
+
+    dataset: str  # the class name in torchvision.datasets, e.g. 'CIFAR10'
+
+    def __call__(self, folder: Path) -> None:
+        import torchvision
+
+        getattr(torchvision.datasets, self.dataset)(str(folder), download=True)
+
+
 def locate(
     data: Path,
     marker: str,
     top_folders: Sequence[str],
     args: argparse.Namespace,
-    download: Callable[[], object] | None = None,
+    download: Callable[[Path], object] | None = None,
+    produces: str | None = None,
 ) -> Path:
-    """Find the dataset under `data`; if it is absent and a `download` is given (and allowed), fetch it first."""
+    """Find the dataset under `data`; if it is absent and a `download` is given (and allowed), fetch it first.
+
+    `download(folder)` writes into a hidden staging folder inside `data`; only when it has finished (and passed
+    its checksum) is what it produced (`produces`, by default the first top folder) moved into place, in one
+    rename. A failed or killed download therefore never leaves a dataset that looks complete.
+    """
     try:
         return find_dir(data, marker, top_folders)
     except DataNotFound:
         if download is None or not getattr(args, "download", True):
             raise
-    print(f"Dataset not found under {data}; downloading it there (pass --no-download to forbid this).")
+    produced = produces or top_folders[0]
+    target = data / produced
+    if target.exists():
+        raise DataNotFound(
+            f"{target} exists but has no {marker} (a partial extraction?); delete {target} so it can be "
+            f"downloaded again, or complete it by hand"
+        )
+    print(f"Dataset not found under {data}; downloading it there (pass --no-download to forbid this).", flush=True)
+    staging = data / f".incomplete-{Path(produced).name}"
+    shutil.rmtree(staging, ignore_errors=True)  # left by a killed earlier attempt; never user data
     try:
-        download()
-    except (OSError, RuntimeError) as err:
-        raise UserError(
-            f"Downloading the dataset into {data} failed ({type(err).__name__}: {err}). Check the network, or "
-            f"fetch the archive on a connected machine, extract it into {data}, and run again with --no-download."
+        staging.mkdir(parents=True)
+        download(staging)
+        if not (staging / produced).exists():
+            raise RuntimeError(f"the download did not produce {produced}")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(staging / produced, target)
+    except Exception as err:  # network, checksum and archive errors all end the same way for the user
+        raise DataNotFound(
+            f"downloading it failed ({type(err).__name__}: {err}) and nothing was left behind; check the network, "
+            "or fetch it on a connected machine"
         ) from err
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
     return find_dir(data, marker, top_folders)
 
 
@@ -196,14 +269,63 @@ def class_dirs(root: Path) -> list[Path]:
     return sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
 
 
-def scan_class_folders(root: Path) -> pd.DataFrame:
-    """Every image under root/<class>/ (any depth), with its class name; hidden files are skipped."""
-    rows = []
+def _walk_class_folders(root: Path) -> tuple[list[tuple[str, str]], dict[str, int]]:
+    """(sample, class) for every image under root/<class>/, and the mtime of every folder walked."""
+    rows, folder_times = [], {str(root): root.stat().st_mtime_ns}
     for class_dir in class_dirs(root):
-        for path in sorted(class_dir.rglob("*")):
-            if path.is_file() and path.suffix.lower() in IMG_EXTENSIONS and not path.name.startswith("."):
-                rows.append({"sample": path.relative_to(root).as_posix(), "class": class_dir.name})
+        for folder, subfolders, files in os.walk(class_dir):
+            subfolders[:] = sorted(name for name in subfolders if not name.startswith("."))
+            folder_times[folder] = os.stat(folder).st_mtime_ns
+            prefix = Path(folder).relative_to(root).as_posix()
+            for name in sorted(files):
+                if not name.startswith(".") and os.path.splitext(name)[1].lower() in IMG_EXTENSIONS:
+                    rows.append((f"{prefix}/{name}", class_dir.name))
+    return rows, folder_times
+
+
+def scan_class_folders(root: Path) -> pd.DataFrame:
+    """Every image under root/<class>/ (any depth), with its class name; hidden files are skipped.
+
+    The listing is kept in an index under `cache_dir()`, valid while no folder it walked has changed (adding,
+    removing or renaming a file changes its folder's mtime), so a second run on a large dataset does not walk
+    tens of thousands of files again.
+    """
+    root = Path(root).resolve()
+    index = cache_dir() / "index" / (hashlib.sha1(str(root).encode()).hexdigest()[:20] + ".pkl")
+    rows = None
+    with contextlib.suppress(OSError, EOFError, pickle.UnpicklingError, KeyError, TypeError):
+        saved = pickle.loads(index.read_bytes())
+        if saved["root"] == str(root) and all(os.stat(f).st_mtime_ns == t for f, t in saved["folders"].items()):
+            rows = saved["rows"]
+    if rows is None:
+        rows, folder_times = _walk_class_folders(root)
+        # a folder changed in the last seconds may change again unseen within its mtime's resolution: no index then
+        if max(folder_times.values()) < time.time_ns() - 2_000_000_000:
+            with contextlib.suppress(OSError):  # an unwritable cache only costs the next run a rescan
+                index.parent.mkdir(parents=True, exist_ok=True)
+                partial = index.with_suffix(f".{os.getpid()}.tmp")
+                partial.write_bytes(pickle.dumps({"root": str(root), "folders": folder_times, "rows": rows}))
+                os.replace(partial, index)
     return pd.DataFrame(rows, columns=["sample", "class"])
+
+
+def require_files(data: Path, samples: Sequence[str]) -> None:
+    """Check that every file a dataset's own lists name exists, listing each folder once (fast on 100k files)."""
+    by_folder: dict[str, list[str]] = {}
+    for sample in samples:
+        folder, _, name = sample.rpartition("/")
+        by_folder.setdefault(folder, []).append(name)
+    for folder, names in by_folder.items():
+        try:
+            present = set(os.listdir(data / folder))
+        except OSError:
+            raise DataNotFound(f"the folder {data / folder} is missing (a partial extraction?)") from None
+        missing = [name for name in names if name not in present]
+        if missing:
+            raise DataNotFound(
+                f"{len(missing)} image(s) listed by the dataset are missing from {data / folder}, e.g. {missing[0]} "
+                "(a partial extraction?)"
+            )
 
 
 def encode_classes(names: Sequence[str]) -> tuple[list[str], np.ndarray]:
@@ -218,5 +340,42 @@ def class_folder_catalog(data: Path, folder: Path, read: Callable[[str], Image.I
     if table.empty:
         raise DataNotFound(f"{folder} holds no class folders with images (a partial extraction?)")
     classes, labels = encode_classes(table["class"])
-    samples = [relative(folder / sample, data) for sample in table["sample"]]
-    return Catalog.from_columns(samples, labels, classes, read or FileReader(data))
+    return Catalog.from_columns(prefix(folder, data) + table["sample"], labels, classes, read or FileReader(data))
+
+
+def scan_nonempty(folder: Path) -> pd.DataFrame:
+    """`scan_class_folders`, refusing class folders without images (a user's folder must not silently lose a class)."""
+    table = scan_class_folders(folder)
+    empty = [d.name for d in class_dirs(folder) if d.name not in set(table["class"])]
+    if empty:
+        raise UserError(
+            f"These class folders under {folder} hold no images: {', '.join(empty)}. Add images (with an image "
+            f"extension such as .jpg or .png) or remove the folders."
+        )
+    return table
+
+
+def split_folders_catalog(data: Path, root: Path, folders: dict[str, str]) -> Catalog:
+    """Images already split into folders of class folders, e.g. {'train': 'train', 'val': 'test'} maps
+    root/train/<class>/ to the train split and root/val/<class>/ to the test split. Every folder must hold the
+    same classes."""
+    tables = {folder: scan_nonempty(root / folder) for folder in folders}
+    first = next(iter(folders))
+    reference = set(tables[first]["class"])
+    for folder, table in tables.items():
+        if set(table["class"]) != reference:
+            only_first = sorted(reference - set(table["class"]))
+            only_here = sorted(set(table["class"]) - reference)
+            raise UserError(
+                f"The class folders of {root / folder} differ from those of {root / first}: missing there "
+                f"{only_first or 'none'}, extra there {only_here or 'none'}. Every split needs the same class "
+                f"folders; rename or add them."
+            )
+    table = pd.concat(
+        [tables[folder].assign(split=split, folder=folder) for folder, split in folders.items()], ignore_index=True
+    )
+    classes, labels = encode_classes(table["class"])
+    if len(classes) < 2:
+        raise DataNotFound(f"found {len(classes)} class folder(s) with images under {root}; need at least 2")
+    samples = table["folder"].map(lambda folder: prefix(root / folder, data)) + table["sample"]
+    return Catalog.from_columns(samples, labels, classes, FileReader(data), table["split"].tolist())

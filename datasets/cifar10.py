@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from datasets.base import ArrayReader, Catalog, DataNotFound, DatasetSpec, locate
+from datasets.base import ArrayReader, Catalog, DataNotFound, DatasetSpec, TorchvisionDownload, locate
 
 TOP = "cifar-10-batches-py"
 TRAIN_BATCHES = [f"data_batch_{i}" for i in range(1, 6)]
@@ -31,7 +31,7 @@ def read_cifar(
     batches: dict[str, list[str]],
     meta: tuple[str, str],
     label_key: str,
-    download: Callable[[], object],
+    download: Callable[[Path], object],
 ) -> Catalog:
     """The CIFAR 'python version' layout: pickled batches per split and a meta file naming the classes."""
     base = locate(data, meta[0], [top], args, download)
@@ -48,10 +48,8 @@ def read_cifar(
 
 
 def catalog(data: Path, args: argparse.Namespace) -> Catalog:
-    import torchvision
-
     batches = {"train": TRAIN_BATCHES, "test": TEST_BATCHES}
-    download = lambda: torchvision.datasets.CIFAR10(data, download=True)  # noqa: E731
+    download = TorchvisionDownload("CIFAR10")
     return read_cifar(data, args, TOP, batches, ("batches.meta", "label_names"), "labels", download)
 
 

@@ -5,17 +5,15 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from datasets.base import Catalog, DatasetSpec
+from datasets.base import Catalog, DatasetSpec, TorchvisionDownload
 from datasets.cifar10 import read_cifar
 
 TOP = "cifar-100-python"
 
 
 def catalog(data: Path, args: argparse.Namespace) -> Catalog:
-    import torchvision
-
     batches = {"train": ["train"], "test": ["test"]}
-    download = lambda: torchvision.datasets.CIFAR100(data, download=True)  # noqa: E731
+    download = TorchvisionDownload("CIFAR100")
     return read_cifar(data, args, TOP, batches, ("meta", "fine_label_names"), "fine_labels", download)
 
 

@@ -5,13 +5,11 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from datasets.base import Catalog, DatasetSpec, class_folder_catalog, locate
+from datasets.base import Catalog, DatasetSpec, TorchvisionDownload, class_folder_catalog, locate
 
 
 def catalog(data: Path, args: argparse.Namespace) -> Catalog:
-    import torchvision
-
-    base = locate(data, "2750", ["eurosat"], args, lambda: torchvision.datasets.EuroSAT(data, download=True))
+    base = locate(data, "2750", ["eurosat"], args, TorchvisionDownload("EuroSAT"))
     return class_folder_catalog(data, base / "2750")
 
 

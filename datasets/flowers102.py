@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from datasets.base import Catalog, DataNotFound, DatasetSpec, FileReader, locate, relative
+from datasets.base import Catalog, DataNotFound, DatasetSpec, FileReader, TorchvisionDownload, locate, relative
 
 TOP = "flowers-102"
 
@@ -14,7 +14,7 @@ def catalog(data: Path, args: argparse.Namespace) -> Catalog:
     import torchvision
     from scipy.io import loadmat
 
-    base = locate(data, "imagelabels.mat", [TOP], args, lambda: torchvision.datasets.Flowers102(data, download=True))
+    base = locate(data, "imagelabels.mat", [TOP], args, TorchvisionDownload("Flowers102"))
     if not (base / "setid.mat").is_file() or not (base / "jpg").is_dir():
         raise DataNotFound(f"{base} has imagelabels.mat but lacks setid.mat or jpg/ (a partial extraction?)")
     labels = loadmat(base / "imagelabels.mat", squeeze_me=True)["labels"]  # 1-based, one per image id

@@ -5,13 +5,14 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from datasets.base import Catalog, DatasetSpec, class_folder_catalog, locate
+from datasets.base import Archive, Catalog, DatasetSpec, class_folder_catalog, locate
 
 TOP = "UCMerced_LandUse"
+ARCHIVE = Archive("http://weegee.vision.ucmerced.edu/datasets/UCMerced_LandUse.zip", "5b7ec56793786b6dc8a908e8854ac0e4")
 
 
 def catalog(data: Path, args: argparse.Namespace) -> Catalog:
-    return class_folder_catalog(data, locate(data, "Images", [TOP], args) / "Images")
+    return class_folder_catalog(data, locate(data, "Images", [TOP], args, ARCHIVE) / "Images")
 
 
 SPEC = DatasetSpec(
@@ -21,7 +22,7 @@ SPEC = DatasetSpec(
     num_classes=21,
     image_size=(256, 256),
     catalog=catalog,
-    source="http://weegee.vision.ucmerced.edu/datasets/landuse.html (UCMerced_LandUse.zip; extract into --data)",
+    source=f"{ARCHIVE.url} (downloaded automatically, MD5-checked)",
     layout=f"--data/{TOP}/Images/<class>/<class><nn>.tif, e.g. {TOP}/Images/agricultural/agricultural00.tif",
     test_fraction=0.2,
     mean=(0.484, 0.490, 0.451),

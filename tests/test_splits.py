@@ -9,8 +9,9 @@ import pandas as pd
 import pytest
 
 import split
-from conftest import assert_clean_error, make_class_folders, run_script
+from conftest import assert_clean_error, run_script
 from datasets.base import TEST_STREAM, VAL_STREAM, assign_splits, stratified_holdout
+from formats import make_class_folders
 
 
 def test_holdout_is_stratified_reproducible_and_seeded():
@@ -110,3 +111,17 @@ def test_split_cli_names_a_class_too_small_to_split(tmp_path):
     make_class_folders(tmp_path / "in", {"a": 4, "lonely": 1})
     result = run_script("split.py", "--input_dir", tmp_path / "in", "--output_dir", tmp_path / "out")
     assert_clean_error(result, "'lonely' (1)")
+
+
+def test_groups_count_under_their_most_common_label():
+    from datasets.base import stratified_holdout
+
+    rng = np.random.default_rng(0)
+    labels, groups = rng.integers(0, 3, 300), rng.integers(0, 40, 300).astype(str)
+    held = stratified_holdout(labels, 0.25, seed=1, stream=0, groups=groups)
+    for group in np.unique(groups):  # a group is never split
+        assert held[groups == group].all() or not held[groups == group].any()
+    majority = {g: np.bincount(labels[groups == g]).argmax() for g in np.unique(groups)}
+    for label in range(3):
+        members = [g for g, m in majority.items() if m == label]
+        assert sum(held[groups == g][0] for g in members) == round(len(members) * 0.25)

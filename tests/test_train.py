@@ -10,7 +10,8 @@ import pandas as pd
 import pytest
 import torch
 
-from conftest import FAST, assert_clean_error, finished_run, make_class_folders, run_script
+from conftest import FAST, assert_clean_error, finished_run, run_script
+from formats import make_class_folders
 from models import create_model
 
 
@@ -185,9 +186,12 @@ def test_failed_dataset_download_is_explained(tmp_path, monkeypatch, capsys):
         raise urllib.error.URLError("network unreachable (test)")
 
     monkeypatch.setattr(urllib.request, "urlopen", refuse)
-    with pytest.raises(UserError, match=re.escape(f"into {tmp_path}")) as caught:
+    with pytest.raises(UserError, match=re.escape(f"not found under --data {tmp_path}: downloading it failed")) as e:
         train_common.main(datasets.cifar10.SPEC, ["-model", "mobilenet", "--data", str(tmp_path), "--workers", "0"])
-    assert "--no-download" in str(caught.value) and "network" in str(caught.value)
+    assert "network unreachable (test)" in str(e.value) and "Expected layout: --data/cifar-10-batches-py" in str(
+        e.value
+    )
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_results_table_survives_concurrent_appends(tmp_path):
