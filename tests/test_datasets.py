@@ -2,22 +2,30 @@
 
 from __future__ import annotations
 
+import os
+import time
+
 import pandas as pd
 import pytest
 
-from conftest import (
-    FAST,
-    assert_clean_error,
-    finished_run,
+from conftest import FAST, ROOT, assert_clean_error, finished_run, run_script
+from formats import (
     make_breakhis,
     make_cifar10,
     make_cifar100,
     make_class_folders,
+    make_cub200,
+    make_dtd,
     make_eurosat,
     make_flowers102,
+    make_food101,
+    make_galaxy10,
+    make_plantvillage,
     make_rsna,
+    make_stanfordcars,
+    make_stanforddogs,
+    make_tinyimagenet,
     make_ucmerced,
-    run_script,
 )
 
 
@@ -151,3 +159,137 @@ def test_imagefolder_reports_mismatched_and_empty_class_folders(tmp_path):
     (tmp_path / "other" / "empty").mkdir()
     result = run_script("imagefolder.py", *FAST, "--data", tmp_path / "other", "--out", tmp_path / "o")
     assert_clean_error(result, "hold no images: empty")
+
+
+@pytest.mark.parametrize(
+    "script, build, classes, n_train_val, n_test",
+    [
+        ("tinyimagenet.py", lambda root: make_tinyimagenet(root, train=2, val=1), 200, 400, 200),
+        ("stanforddogs.py", lambda root: make_stanforddogs(root, train=2, test=1), 120, 240, 120),
+        ("stanforddogs.py", lambda root: make_stanforddogs(root, train=2, lists_folder=True), 120, 240, 120),
+        ("cub200.py", lambda root: make_cub200(root, per_class=3), 200, 400, 200),
+        ("stanfordcars.py", lambda root: make_stanfordcars(root, train=2, test=1), 196, 392, 196),
+        ("food101.py", lambda root: make_food101(root, train=2, test=1), 101, 202, 101),
+        ("dtd.py", lambda root: make_dtd(root, per_split=1), 47, 94, 47),
+    ],
+)
+def test_official_split_datasets(tmp_path, script, build, classes, n_train_val, n_test):
+    build(tmp_path / "data")
+    metrics, split = run_on(script, tmp_path / "data", tmp_path)
+    assert metrics["num_classes"] == classes == split["label"].nunique()
+    assert (metrics["n_train"] + metrics["n_val"], metrics["n_test"]) == (n_train_val, n_test)
+    assert metrics["n_val"] > 0
+    assert all((tmp_path / "data" / sample).is_file() for sample in split["sample"])
+
+
+def test_tinyimagenet_tests_on_the_labelled_val_folder(tmp_path):
+    make_tinyimagenet(tmp_path / "data", classes=200, train=2, val=1)
+    metrics, split = run_on("tinyimagenet.py", tmp_path / "data", tmp_path)
+    test = split[split["split"] == "test"]
+    assert test["sample"].str.startswith("tiny-imagenet-200/val/images/val_").all()
+    annotations = pd.read_csv(tmp_path / "data/tiny-imagenet-200/val/val_annotations.txt", sep="\t", header=None)
+    wnid_of = dict(zip(annotations[0], annotations[1], strict=True))
+    files = test["sample"].str.rsplit("/", n=1).str[-1]
+    assert [metrics["classes"][label] for label in test["label"]] == [wnid_of[file] for file in files]
+    assert not split["sample"].str.contains("/test/").any()  # the unlabelled test/ is not used
+
+
+def test_dtd_uses_partition_one_with_its_val_as_validation(tmp_path):
+    make_dtd(tmp_path / "data", per_split=1)
+    metrics, split = run_on("dtd.py", tmp_path / "data", tmp_path)
+    labels_dir = tmp_path / "data" / "dtd" / "dtd" / "labels"
+    for name in ("train", "val", "test"):
+        listed = sorted("dtd/dtd/images/" + line for line in (labels_dir / f"{name}1.txt").read_text().split())
+        assert sorted(split.loc[split["split"] == name, "sample"]) == listed
+
+
+@pytest.mark.parametrize("wrapped", [False, True])
+def test_plantvillage_splits_80_20_and_warns_about_missing_classes(tmp_path, wrapped):
+    sizes = {"Apple___Apple_scab": 10, "Background_without_leaves": 10, "Corn___Cercospora_leaf_spot Gray_leaf_spot": 5}
+    base = make_plantvillage(tmp_path / "data", sizes)
+    if wrapped:  # --data/<some folder>/<class>/...: looked through, whatever the wrapper is called
+        base = base.rename(tmp_path / "data" / "PlantVillage")
+    out = tmp_path / "run"
+    result = run_script("plantvillage.py", *FAST, "--data", tmp_path / "data", "--out", out)
+    metrics = finished_run(result, out)
+    assert "has 39 classes but" in result.stderr and "holds 3" in result.stderr
+    assert metrics["classes"] == sorted(sizes)
+    assert (metrics["n_train"] + metrics["n_val"], metrics["n_test"]) == (20, 2 + 2 + 1)
+
+
+def test_plantclef_given_val_folder_is_the_test_set(tmp_path):
+    species = {f"species_{i:02d}": 3 for i in range(20)}
+    make_class_folders(tmp_path / "data" / "train", species)
+    make_class_folders(tmp_path / "data" / "val", {name: 1 for name in species})
+    metrics, split = run_on("plantclef.py", tmp_path / "data", tmp_path)
+    assert metrics["num_classes"] == 20
+    assert (metrics["n_train"] + metrics["n_val"], metrics["n_test"]) == (60, 20)
+    assert split.loc[split["split"] == "test", "sample"].str.startswith("val/").all()
+    assert split.loc[split["split"] != "test", "sample"].str.startswith("train/").all()
+
+
+def test_galaxy10_reads_the_hdf5_file_and_splits_90_10(tmp_path):
+    path = make_galaxy10(tmp_path / "data", per_class=10)
+    metrics, split = run_on("galaxy10.py", tmp_path / "data", tmp_path)
+    assert metrics["num_classes"] == 10
+    assert (metrics["n_train"] + metrics["n_val"], metrics["n_test"]) == (90, 10)
+    import h5py
+
+    with h5py.File(path) as file:
+        labels = file["ans"][:]
+    rows = split["sample"].str.removeprefix("images/").astype(int)
+    assert (labels[rows] == split["label"]).all()
+    assert split.groupby("label")["split"].apply(lambda s: (s == "test").sum()).eq(1).all()
+
+
+DATASET_SCRIPTS = sorted(
+    path.name
+    for path in ROOT.glob("*.py")
+    if "from train_common import run" in path.read_text() and path.name != "digits.py"  # digits is embedded
+)
+
+
+def test_every_benchmark_dataset_has_a_script():
+    benchmark = "cifar10 cifar100 tinyimagenet stanforddogs flowers102 cub200 stanfordcars food101 dtd ucmerced eurosat"
+    benchmark += " plantvillage plantclef galaxy10 breakhis rsna"  # 19 table rows: BreakHis is four (-mag)
+    assert sorted(f"{name}.py" for name in [*benchmark.split(), "imagefolder"]) == DATASET_SCRIPTS
+
+
+@pytest.mark.parametrize("script", DATASET_SCRIPTS)
+def test_empty_data_without_network_fails_clearly(tmp_path, script):
+    offline = {**os.environ, "http_proxy": "http://127.0.0.1:9", "https_proxy": "http://127.0.0.1:9", "no_proxy": ""}
+    offline.update(HTTP_PROXY=offline["http_proxy"], HTTPS_PROXY=offline["https_proxy"], NO_PROXY="")
+    (tmp_path / "empty").mkdir()
+    result = run_script(script, *FAST, "--data", tmp_path / "empty", "--out", tmp_path / "o", env=offline)
+    assert_clean_error(result, str(tmp_path / "empty"))
+    assert "not found" in result.stderr or "Downloading the dataset" in result.stderr, result.stderr
+    assert [p.name for p in (tmp_path / "empty").iterdir()] == []  # no half-written download left behind
+    assert not (tmp_path / "o").exists()
+
+
+def test_folder_index_is_reused_until_a_folder_changes(tmp_path, monkeypatch):
+    import datasets.base as base
+
+    monkeypatch.setenv("BACKBONES_CACHE", str(tmp_path / "cache"))
+    root = make_tinyimagenet(tmp_path / "data", classes=3, train=2, val=1) / "train"  # train/<wnid>/images/*.JPEG
+    assert len(base.scan_class_folders(root)) == 6 and not (tmp_path / "cache").exists()  # just written: no index
+    for folder in [root, *(p for p in root.rglob("*") if p.is_dir())]:
+        os.utime(folder, (time.time() - 60, time.time() - 60))
+    first = base.scan_class_folders(root)
+    assert len(first) == 6 and first["sample"].str.endswith(".JPEG").all()  # the boxes .txt files are not images
+    with monkeypatch.context() as patched:
+        patched.setattr(base.os, "walk", lambda *a, **k: pytest.fail("walked the folders again"))
+        assert base.scan_class_folders(root).equals(first)
+    (root / first["class"][0] / "images" / "extra.JPEG").write_bytes(b"")  # a change two levels down
+    assert len(base.scan_class_folders(root)) == 7
+    (root / "n09999999").mkdir()  # a new class folder: the root changed
+    (root / "n09999999" / "x.png").write_bytes(b"")
+    assert set(base.scan_class_folders(root)["class"]) == {*first["class"], "n09999999"}
+
+
+def test_missing_listed_image_is_named_before_training(tmp_path):
+    base = make_food101(tmp_path / "data", classes=3, train=2, test=1)
+    (base / "images" / "dish_001" / "1101.jpg").unlink()
+    result = run_script("food101.py", *FAST, "--data", tmp_path / "data", "--no-download", "--out", tmp_path / "o")
+    assert_clean_error(result, "missing from", str(base / "images" / "dish_001"), "1101.jpg", "partial extraction")
+    assert not (tmp_path / "o").exists()

@@ -1,0 +1,53 @@
+"""Caltech-UCSD Birds-200-2011: 200 bird species; official split of 5,994 training and 5,794 test images."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import pandas as pd
+
+from datasets.base import Catalog, DataNotFound, DatasetSpec, FileReader, locate, relative, require_files
+
+TOP = "CUB_200_2011"
+
+
+def read_table(path: Path, columns: list[str]) -> pd.DataFrame:
+    """One of CUB's space-separated '<image id> <value>' files."""
+    if not path.is_file():
+        raise DataNotFound(f"{path} is missing (a partial extraction?)")
+    return pd.read_csv(path, sep=" ", header=None, names=columns, dtype={columns[1]: str}).set_index(columns[0])
+
+
+def catalog(data: Path, args: argparse.Namespace) -> Catalog:
+    base = locate(data, "images.txt", [TOP], args)
+    images = read_table(base / "images.txt", ["id", "path"])
+    labels = read_table(base / "image_class_labels.txt", ["id", "class_id"])["class_id"].astype(int)
+    is_train = read_table(base / "train_test_split.txt", ["id", "is_train"])["is_train"].astype(int)
+    names = read_table(base / "classes.txt", ["class_id", "name"])["name"]  # '001.Black_footed_Albatross'
+    images = images.join(labels).join(is_train)
+    if images.isna().any().any():
+        raise DataNotFound(f"images.txt, image_class_labels.txt and train_test_split.txt in {base} disagree on ids")
+    samples = [relative(base / "images" / path, data) for path in images["path"]]
+    require_files(data, samples)
+    classes = [names.get(i, str(i)).split(".", 1)[-1] for i in range(1, int(names.index.max()) + 1)]
+    splits = ["train" if flag == 1 else "test" for flag in images["is_train"]]
+    return Catalog.from_columns(samples, images["class_id"] - 1, classes, FileReader(data), splits)
+
+
+SPEC = DatasetSpec(
+    name="cub200",
+    title="CUB-200-2011",
+    domain="natural",
+    num_classes=200,
+    image_size=(256, 256),
+    catalog=catalog,
+    source=(
+        "https://www.vision.caltech.edu/datasets/cub_200_2011/ (manual: download CUB_200_2011.tgz and extract it "
+        "into --data)"
+    ),
+    layout=(
+        f"--data/{TOP}/{{images.txt, image_class_labels.txt, train_test_split.txt, classes.txt, "
+        "images/<nnn>.<species>/*.jpg}"
+    ),
+)

@@ -1,0 +1,53 @@
+"""Describable Textures Dataset: 47 texture classes, 120 images each; partition 1 (train 1 and val 1 for
+training, 1,880 images; test 1, 1,880 images)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from datasets.base import (
+    Catalog,
+    DataNotFound,
+    DatasetSpec,
+    FileReader,
+    TorchvisionDownload,
+    encode_classes,
+    locate,
+    relative,
+    require_files,
+)
+
+PARTITION = 1
+
+
+def catalog(data: Path, args: argparse.Namespace) -> Catalog:
+    # the archive extracts to dtd/; torchvision's DTD keeps it one level deeper, in dtd/dtd/
+    marker = f"labels/train{PARTITION}.txt"
+    base = locate(data, marker, ["dtd", "dtd/dtd"], args, TorchvisionDownload("DTD"), produces="dtd")
+    samples, names, splits = [], [], []
+    for split in ("train", "val", "test"):
+        path = base / "labels" / f"{split}{PARTITION}.txt"
+        if not path.is_file():
+            raise DataNotFound(f"{path} is missing (a partial extraction?)")
+        for line in path.read_text().split():  # 'banded/banded_0002.jpg'
+            samples.append(relative(base / "images" / line, data))
+            names.append(line.split("/")[0])
+            splits.append(split)
+    require_files(data, samples)
+    classes, labels = encode_classes(names)
+    return Catalog.from_columns(samples, labels, classes, FileReader(data), splits)
+
+
+SPEC = DatasetSpec(
+    name="dtd",
+    title="Describable Textures (DTD)",
+    domain="texture",
+    num_classes=47,
+    image_size=(256, 256),
+    catalog=catalog,
+    source="https://www.robots.ox.ac.uk/~vgg/data/dtd/ (downloaded automatically by torchvision)",
+    layout="--data/dtd/{images/<class>/<class>_<n>.jpg, labels/train1.txt, val1.txt, test1.txt} (or dtd/dtd/...)",
+    augment="trivialaugment",
+    notes="the official val 1 is the validation set; train + val = 1,880",
+)

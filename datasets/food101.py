@@ -1,0 +1,53 @@
+"""Food-101: 101 dishes; official split of 75,750 training and 25,250 test images (750/250 per class)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from datasets.base import (
+    Catalog,
+    DataNotFound,
+    DatasetSpec,
+    FileReader,
+    TorchvisionDownload,
+    locate,
+    relative,
+    require_files,
+)
+
+TOP = "food-101"
+
+
+def catalog(data: Path, args: argparse.Namespace) -> Catalog:
+    base = locate(data, "meta/train.json", [TOP], args, TorchvisionDownload("Food101"))
+    lists = {}
+    for split in ("train", "test"):
+        path = base / "meta" / f"{split}.json"
+        if not path.is_file():
+            raise DataNotFound(f"{path} is missing (a partial extraction?)")
+        lists[split] = json.loads(path.read_text())  # {class: ['class/image id', ...]}
+    classes = sorted(lists["train"])
+    samples, labels, splits = [], [], []
+    for split, by_class in lists.items():
+        for label, name in enumerate(classes):
+            entries = by_class.get(name, [])
+            samples += [relative(base / "images" / f"{entry}.jpg", data) for entry in entries]
+            labels += [label] * len(entries)
+            splits += [split] * len(entries)
+    require_files(data, samples)
+    return Catalog.from_columns(samples, labels, classes, FileReader(data), splits)
+
+
+SPEC = DatasetSpec(
+    name="food101",
+    title="Food-101",
+    domain="natural",
+    num_classes=101,
+    image_size=(256, 256),
+    catalog=catalog,
+    source="https://data.vision.ee.ethz.ch/cvl/datasets_extra/food-101/ (downloaded automatically by torchvision)",
+    layout=f"--data/{TOP}/{{images/<class>/<id>.jpg, meta/train.json, meta/test.json}}",
+    augment="trivialaugment",
+)

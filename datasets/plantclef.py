@@ -1,0 +1,33 @@
+"""PlantCLEF (the benchmark's 20-species subset): given as train/ and val/ folders of class folders; the given
+val/ is the test set, and validation is carved from train/."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from datasets.base import Catalog, DataNotFound, DatasetSpec, find_dir, split_folders_catalog
+
+TOPS = ["plantclef", "PlantCLEF"]
+
+
+def catalog(data: Path, args: argparse.Namespace) -> Catalog:
+    root = find_dir(data, "train", TOPS)
+    if not (root / "val").is_dir():
+        raise DataNotFound(f"{root} has train/ but no val/ (the test split)")
+    return split_folders_catalog(data, root, {"train": "train", "val": "test"})
+
+
+SPEC = DatasetSpec(
+    name="plantclef",
+    title="PlantCLEF (20 species)",
+    domain="plant",
+    num_classes=20,
+    image_size=(256, 256),
+    catalog=catalog,
+    source=(
+        "https://www.imageclef.org/LifeCLEF (manual: PlantCLEF needs a registration; the benchmark's 20-species "
+        "subset is laid out as train/ and val/ class folders)"
+    ),
+    layout="--data/train/<species>/<image>.jpg and --data/val/<species>/<image>.jpg (or under --data/plantclef/)",
+)
