@@ -26,7 +26,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-from sklearn.metrics import balanced_accuracy_score
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms import v2
@@ -35,6 +34,7 @@ from tqdm import tqdm
 import models
 from datasets.base import DataNotFound, DatasetSpec, assign_splits
 from errors import UserError, run_cli
+from metrics import fit_temperature, gflops, peak_memory_mb, quality, reliability_diagram, speed
 
 PROJECT_DIR = Path(__file__).resolve().parent
 RESULT_COLUMNS = [
@@ -310,11 +310,6 @@ def recompute_bn_stats(model, loader, precision: Precision, max_images: int) -> 
         m.momentum = momentum
 
 
-def top_k(logits: torch.Tensor, labels: torch.Tensor, k: int) -> float:
-    k = min(k, logits.shape[1])
-    return 100 * (logits.topk(k, dim=1).indices == labels[:, None]).any(1).float().mean().item()
-
-
 # ------------------------------------------------------------------------------------------------- run files
 class RunLog:
     """Prints a line and appends it to the run's log file."""
@@ -514,7 +509,7 @@ def main(spec: DatasetSpec, argv: list[str] | None = None) -> dict:
     test_loader = loader("test", train=False)
     history: list[dict] = []
     best: dict = {}
-    train_seconds = 0.0
+    train_seconds, train_loader = 0.0, None
     if not args.eval_only:
         train_loader = loader("train", train=True)
         select_loader = test_loader if args.protocol == "paper" else loader("val", train=False)
@@ -536,8 +531,14 @@ def main(spec: DatasetSpec, argv: list[str] | None = None) -> dict:
         best, history = fit(model, forward, train_loader, select_loader, select_name, precision, args, meta, out, log)
         train_seconds = time.perf_counter() - started
 
+    temperature = None
+    if n_val and args.protocol == "val":  # calibrate on validation data only; the test set stays untouched
+        val = evaluate(forward, loader("val", train=False), precision, "val")
+        temperature = fit_temperature(val.logits.numpy(), val.labels.numpy())
     test = evaluate(forward, test_loader, precision, "test")
-    predictions = test.logits.argmax(1).numpy()
+    test_logits, test_labels = test.logits.numpy(), test.labels.numpy()
+    scores = quality(test_logits, test_labels, num_classes, temperature)
+    cost = measure_cost(model, forward, args, precision, history, train_loader)
     metrics = {
         "dataset": spec.name,
         "model": model_name,
@@ -552,16 +553,16 @@ def main(spec: DatasetSpec, argv: list[str] | None = None) -> dict:
         "n_val": n_val,
         "n_test": n_test,
         "image_size": list(args.image_size),
-        "top1": round(test.top1, 4),
-        "top5": round(top_k(test.logits, test.labels, 5), 4),
-        "balanced_accuracy": round(100 * balanced_accuracy_score(test.labels.numpy(), predictions), 4),
+        **{k: round(v, 6) if isinstance(v, float) else v for k, v in scores.items()},
         "test_loss": round(test.loss, 6),
         "epochs": len(history),
         "best_epoch": best.get("epoch"),
         "best_selection_top1": round(best["top1"], 4) if best else None,
         "train_seconds": round(train_seconds, 2),
         "params": params,
+        **cost,
         "device": str(device),
+        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.machine(),
         "amp_dtype": str(precision.amp_dtype) if precision.amp_dtype else None,
         "history": history,
         "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
@@ -570,15 +571,38 @@ def main(spec: DatasetSpec, argv: list[str] | None = None) -> dict:
         "finished": datetime.now().isoformat(timespec="seconds"),
         "out": str(out),
     }
+    np.savez_compressed(out / "test_outputs.npz", logits=test_logits.astype(np.float32), labels=test_labels)
+    pd.DataFrame(scores["confusion_matrix"], index=catalog.classes, columns=catalog.classes).rename_axis(
+        "true \\ predicted"
+    ).to_csv(out / "confusion_matrix.csv")
+    reliability_diagram(test_logits, test_labels, out / "reliability.png", f"{spec.title}, {model_name}")
     write_json(metrics, out / "metrics.json")
     if not args.eval_only:
         append_result({**metrics, "image_size": "x".join(map(str, args.image_size))}, args.results)
     log(
-        f"balanced accuracy {metrics['balanced_accuracy']:.2f}%, top-5 {metrics['top5']:.2f}%, "
-        f"{len(history)} epochs in {train_seconds:.0f}s; files in {out}"
+        f"top-5 {metrics['top5']:.2f}%, balanced accuracy {metrics['balanced_accuracy']:.2f}%, macro-F1 "
+        f"{metrics['macro_f1']:.2f}% | NLL {metrics['nll']:.4f}, Brier {metrics['brier']:.4f}, ECE "
+        f"{metrics['ece']:.4f}"
+        + (f" ({metrics['ece_temperature_scaled']:.4f} at T={temperature:.3f})" if temperature else "")
+        + f" | {cost['gflops']:.2f} GFLOPs, {cost['latency_ms_batch1']:.1f} ms at batch 1, "
+        f"{cost['throughput_images_per_s']:.0f} img/s at batch {args.bs}, peak memory {cost['peak_memory_mb']:.0f} MB"
     )
+    log(f"{len(history)} epochs in {train_seconds:.0f}s; files in {out}")
     log(f"Top-1 accuracy: {test.top1:.2f}%")
     return metrics
+
+
+def measure_cost(model, forward, args, precision: Precision, history: list[dict], train_loader) -> dict:
+    """What the backbone costs: FLOPs per image, inference speed, training speed and peak memory."""
+    cost = {"gflops": gflops(model, args.image_size, precision.device)}
+    cost.update(speed(forward, args.image_size, args.bs, precision))
+    cost["seconds_per_epoch"] = float(np.mean([h["seconds"] for h in history])) if history else None
+    cost["train_images_per_s"] = None
+    if history and train_loader is not None:
+        per_epoch = len(train_loader) * args.bs if train_loader.drop_last else len(train_loader.dataset)
+        cost["train_images_per_s"] = per_epoch * len(history) / sum(h["train_pass_seconds"] for h in history)
+    cost["peak_memory_mb"], cost["peak_memory_kind"] = peak_memory_mb(precision.device)
+    return {k: round(v, 4) if isinstance(v, float) else v for k, v in cost.items()}
 
 
 def fit(model, forward, train_loader, select_loader, select_name, precision, args, meta, out, log):
@@ -600,6 +624,7 @@ def fit(model, forward, train_loader, select_loader, select_name, precision, arg
             train_loss, train_top1 = train_one_epoch(
                 forward, train_loader, optimizer, scaler, precision, f"epoch {epoch} {phase}"
             )
+            train_pass = time.perf_counter() - started
             recompute_bn_stats(forward, train_loader, precision, args.bn_images)
             selection = evaluate(forward, select_loader, precision, select_name)
             phase_epochs += 1
@@ -622,6 +647,7 @@ def fit(model, forward, train_loader, select_loader, select_name, precision, arg
                     f"{select_name}_loss": round(selection.loss, 6),
                     f"{select_name}_top1": round(selection.top1, 4),
                     "seconds": round(seconds, 2),
+                    "train_pass_seconds": round(train_pass, 2),
                 }
             )
             log(

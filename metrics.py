@@ -1,0 +1,148 @@
+"""What a run measures beyond top-1: quality and calibration from the test logits, and the model's cost.
+
+Standard metrics come from scikit-learn. The ones written here (Brier score, expected calibration error,
+temperature scaling) are checked against independent computations in tests/test_metrics.py.
+"""
+
+from __future__ import annotations
+
+import resource
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+from scipy.optimize import minimize_scalar
+from scipy.special import log_softmax, softmax
+from sklearn.metrics import balanced_accuracy_score, confusion_matrix, f1_score, log_loss, recall_score
+
+ECE_BINS = 15
+
+
+def brier_score(probs: np.ndarray, labels: np.ndarray) -> float:
+    """Multi-class Brier score: mean over samples of the squared distance between p and the one-hot label."""
+    onehot = np.eye(probs.shape[1])[labels]
+    return float(((probs - onehot) ** 2).sum(axis=1).mean())
+
+
+def calibration_bins(probs: np.ndarray, labels: np.ndarray, bins: int = ECE_BINS):
+    """Per equal-width confidence bin: (count, mean confidence, accuracy); the top-1 prediction is judged."""
+    confidence, correct = probs.max(axis=1), probs.argmax(axis=1) == labels
+    index = np.minimum((confidence * bins).astype(int), bins - 1)  # [k/B, (k+1)/B); 1.0 joins the last
+    count = np.bincount(index, minlength=bins)
+    mean_confidence = np.bincount(index, weights=confidence, minlength=bins) / np.maximum(count, 1)
+    accuracy = np.bincount(index, weights=correct, minlength=bins) / np.maximum(count, 1)
+    return count, mean_confidence, accuracy
+
+
+def expected_calibration_error(probs: np.ndarray, labels: np.ndarray, bins: int = ECE_BINS) -> float:
+    """ECE: the count-weighted mean gap between confidence and accuracy over equal-width confidence bins."""
+    count, confidence, accuracy = calibration_bins(probs, labels, bins)
+    return float((count * np.abs(confidence - accuracy)).sum() / count.sum())
+
+
+def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> float:
+    """The temperature T > 0 minimising the NLL of softmax(logits / T) (Guo et al., 2017), searched over log T."""
+
+    def nll(log_t: float) -> float:
+        return -log_softmax(logits / np.exp(log_t), axis=1)[np.arange(len(labels)), labels].mean()
+
+    return float(np.exp(minimize_scalar(nll, bounds=(-4, 4), method="bounded", options={"xatol": 1e-6}).x))
+
+
+def balanced_accuracy(labels: np.ndarray, predictions: np.ndarray) -> float:
+    """Mean recall over the classes present in the test labels (a class absent from them is not averaged in)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "y_pred contains classes not in y_true")
+        return balanced_accuracy_score(labels, predictions)
+
+
+def quality(logits: np.ndarray, labels: np.ndarray, num_classes: int, temperature: float | None) -> dict:
+    """Accuracy, per-class errors and calibration of test logits (percentages for accuracies)."""
+    logits = np.asarray(logits, dtype=np.float64)
+    everything = np.arange(num_classes)
+    probs, predictions = softmax(logits, axis=1), logits.argmax(axis=1)
+    top5 = np.argsort(-logits, axis=1)[:, : min(5, num_classes)]
+    result = {
+        "top1": 100 * float((predictions == labels).mean()),
+        "top5": 100 * float((top5 == labels[:, None]).any(axis=1).mean()),
+        "balanced_accuracy": 100 * balanced_accuracy(labels, predictions),
+        "macro_f1": 100 * f1_score(labels, predictions, labels=everything, average="macro", zero_division=0),
+        "per_class_accuracy": (
+            100 * recall_score(labels, predictions, labels=everything, average=None, zero_division=0)
+        ).tolist(),  # fmt: skip
+        "confusion_matrix": confusion_matrix(labels, predictions, labels=everything).tolist(),
+        "nll": log_loss(labels, probs, labels=everything),
+        "brier": brier_score(probs, labels),
+        "ece": expected_calibration_error(probs, labels),
+        "temperature": temperature,
+        "ece_temperature_scaled": None,
+    }
+    if temperature is not None:
+        result["ece_temperature_scaled"] = expected_calibration_error(softmax(logits / temperature, axis=1), labels)
+    return result
+
+
+def reliability_diagram(logits: np.ndarray, labels: np.ndarray, path: Path, title: str) -> None:
+    """Accuracy against confidence per bin, with the diagonal of perfect calibration and each bin's share."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    count, confidence, accuracy = calibration_bins(softmax(np.asarray(logits, dtype=np.float64), axis=1), labels)
+    edges = np.linspace(0, 1, ECE_BINS + 1)
+    figure, axis = plt.subplots(figsize=(4.5, 4.5))
+    axis.bar(edges[:-1], accuracy, width=1 / ECE_BINS, align="edge", edgecolor="black", label="accuracy")
+    axis.bar(edges[:-1], count / count.sum(), width=1 / ECE_BINS, align="edge", alpha=0.3, label="share of samples")
+    axis.plot([0, 1], [0, 1], "k--", label="perfect calibration")
+    axis.set(xlabel="confidence", ylabel="accuracy", xlim=(0, 1), ylim=(0, 1), title=title)
+    axis.legend(loc="upper left", fontsize=8)
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+
+
+def gflops(model: torch.nn.Module, image_size: tuple[int, int], device: torch.device) -> float:
+    """Floating-point operations for one image, in billions, counted by PyTorch's flop counter (a multiply-add
+    counts as two)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    model.eval()
+    counter = FlopCounterMode(display=False)
+    with torch.inference_mode(), counter:
+        model(torch.zeros(1, 3, *image_size, device=device))
+    return counter.get_total_flops() / 1e9
+
+
+@torch.inference_mode()
+def speed(model: torch.nn.Module, image_size: tuple[int, int], batch_size: int, precision, repeats: int = 10) -> dict:
+    """Inference latency at batch 1 (median, ms) and throughput at `batch_size` (images/s) on synthetic input."""
+    model.eval()
+
+    def timed(batch: int) -> float:
+        images = precision.to_device(torch.randn(batch, 3, *image_size))
+        times = []
+        for i in range(repeats + 2):
+            if precision.device.type == "cuda":
+                torch.cuda.synchronize()
+            started = time.perf_counter()
+            with precision.autocast():
+                model(images)
+            if precision.device.type == "cuda":
+                torch.cuda.synchronize()
+            if i >= 2:  # two warm-up passes
+                times.append(time.perf_counter() - started)
+        return float(np.median(times))
+
+    return {"latency_ms_batch1": 1000 * timed(1), "throughput_images_per_s": batch_size / timed(batch_size)}
+
+
+def peak_memory_mb(device: torch.device) -> tuple[float, str]:
+    """The accelerator's peak allocated memory on CUDA, else the process's peak resident memory."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20, "cuda peak allocated"
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # kilobytes on Linux, bytes on macOS
+    return rss / (2**20 if sys.platform == "darwin" else 2**10), "peak resident (process)"
