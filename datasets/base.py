@@ -95,6 +95,13 @@ def find_dir(data: Path, marker: str, top_folders: Sequence[str] = ()) -> Path:
     raise DataNotFound(f"looked for {looked}")
 
 
+def required(path: Path, hint: str = "a partial extraction?") -> Path:
+    """`path`, which the dataset's layout needs; its absence is reported by name."""
+    if not path.exists():
+        raise DataNotFound(f"{path} is missing ({hint})")
+    return path
+
+
 def relative(path: Path, data: Path) -> str:
     """A sample id: the file's path relative to --data, with forward slashes."""
     return path.relative_to(data).as_posix()

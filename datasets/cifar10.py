@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from datasets.base import ArrayReader, Catalog, DataNotFound, DatasetSpec, TorchvisionDownload, locate
+from datasets.base import ArrayReader, Catalog, DatasetSpec, TorchvisionDownload, locate, required
 
 TOP = "cifar-10-batches-py"
 TRAIN_BATCHES = [f"data_batch_{i}" for i in range(1, 6)]
@@ -18,9 +18,7 @@ TEST_BATCHES = ["test_batch"]
 
 def read_batch(path: Path) -> dict:
     """One pickled batch of the 'python version' archive: uint8 rows of 3x32x32 (channel-major) and labels."""
-    if not path.is_file():
-        raise DataNotFound(f"{path} is missing (a partial extraction?)")
-    with open(path, "rb") as file:
+    with open(required(path), "rb") as file:
         return pickle.load(file, encoding="latin1")
 
 

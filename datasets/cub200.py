@@ -7,16 +7,15 @@ from pathlib import Path
 
 import pandas as pd
 
-from datasets.base import Catalog, DataNotFound, DatasetSpec, FileReader, locate, relative, require_files
+from datasets.base import Catalog, DataNotFound, DatasetSpec, FileReader, locate, relative, require_files, required
 
 TOP = "CUB_200_2011"
 
 
 def read_table(path: Path, columns: list[str]) -> pd.DataFrame:
     """One of CUB's space-separated '<image id> <value>' files."""
-    if not path.is_file():
-        raise DataNotFound(f"{path} is missing (a partial extraction?)")
-    return pd.read_csv(path, sep=" ", header=None, names=columns, dtype={columns[1]: str}).set_index(columns[0])
+    table = pd.read_csv(required(path), sep=" ", header=None, names=columns, dtype={columns[1]: str})
+    return table.set_index(columns[0])
 
 
 def catalog(data: Path, args: argparse.Namespace) -> Catalog:

@@ -8,7 +8,6 @@ from pathlib import Path
 
 from datasets.base import (
     Catalog,
-    DataNotFound,
     DatasetSpec,
     FileReader,
     TorchvisionDownload,
@@ -16,6 +15,7 @@ from datasets.base import (
     locate,
     relative,
     require_files,
+    required,
 )
 
 PARTITION = 1
@@ -27,10 +27,8 @@ def catalog(data: Path, args: argparse.Namespace) -> Catalog:
     base = locate(data, marker, ["dtd", "dtd/dtd"], args, TorchvisionDownload("DTD"), produces="dtd")
     samples, names, splits = [], [], []
     for split in ("train", "val", "test"):
-        path = base / "labels" / f"{split}{PARTITION}.txt"
-        if not path.is_file():
-            raise DataNotFound(f"{path} is missing (a partial extraction?)")
-        for line in path.read_text().split():  # 'banded/banded_0002.jpg'
+        listed = required(base / "labels" / f"{split}{PARTITION}.txt").read_text().split()
+        for line in listed:  # 'banded/banded_0002.jpg'
             samples.append(relative(base / "images" / line, data))
             names.append(line.split("/")[0])
             splits.append(split)

@@ -8,13 +8,13 @@ from pathlib import Path
 
 from datasets.base import (
     Catalog,
-    DataNotFound,
     DatasetSpec,
     FileReader,
     TorchvisionDownload,
     locate,
     relative,
     require_files,
+    required,
 )
 
 TOP = "food-101"
@@ -24,10 +24,8 @@ def catalog(data: Path, args: argparse.Namespace) -> Catalog:
     base = locate(data, "meta/train.json", [TOP], args, TorchvisionDownload("Food101"))
     lists = {}
     for split in ("train", "test"):
-        path = base / "meta" / f"{split}.json"
-        if not path.is_file():
-            raise DataNotFound(f"{path} is missing (a partial extraction?)")
-        lists[split] = json.loads(path.read_text())  # {class: ['class/image id', ...]}
+        listed = required(base / "meta" / f"{split}.json").read_text()
+        lists[split] = json.loads(listed)  # {class: ['class/image id', ...]}
     classes = sorted(lists["train"])
     samples, labels, splits = [], [], []
     for split, by_class in lists.items():

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from datasets.base import Catalog, DataNotFound, DatasetSpec, FileReader, locate, relative, require_files
+from datasets.base import Catalog, DatasetSpec, FileReader, locate, relative, require_files, required
 
 TOP = "stanford_cars"
 
@@ -15,9 +15,7 @@ TOP = "stanford_cars"
 def read_mat(path: Path, key: str) -> np.ndarray:
     from scipy.io import loadmat
 
-    if not path.is_file():
-        raise DataNotFound(f"{path} is missing")
-    return np.atleast_1d(loadmat(path, squeeze_me=True)[key])
+    return np.atleast_1d(loadmat(required(path, "see the expected layout"), squeeze_me=True)[key])
 
 
 def catalog(data: Path, args: argparse.Namespace) -> Catalog:

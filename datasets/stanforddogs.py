@@ -7,7 +7,16 @@ from pathlib import Path
 
 import numpy as np
 
-from datasets.base import Catalog, DataNotFound, DatasetSpec, FileReader, find_dir, locate, relative, require_files
+from datasets.base import (
+    Catalog,
+    DatasetSpec,
+    FileReader,
+    find_dir,
+    locate,
+    relative,
+    require_files,
+    required,
+)
 
 TOPS = ["stanford_dogs", "StanfordDogs"]
 
@@ -16,9 +25,7 @@ def read_list(path: Path) -> tuple[list[str], np.ndarray]:
     """train_list.mat / test_list.mat: `file_list` (paths under Images/) and `labels` (1-based)."""
     from scipy.io import loadmat
 
-    if not path.is_file():
-        raise DataNotFound(f"{path} is missing (extract lists.tar there)")
-    lists = loadmat(path, squeeze_me=True)
+    lists = loadmat(required(path, "extract lists.tar there"), squeeze_me=True)
     return [str(file) for file in np.atleast_1d(lists["file_list"])], np.atleast_1d(lists["labels"]).astype(int) - 1
 
 

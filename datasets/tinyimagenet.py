@@ -18,6 +18,7 @@ from datasets.base import (
     prefix,
     relative,
     require_files,
+    required,
     scan_class_folders,
 )
 
@@ -34,9 +35,7 @@ def catalog(data: Path, args: argparse.Namespace) -> Catalog:
         raise DataNotFound(f"wnids.txt lists {absent[0]} but {base / 'train' / absent[0] / 'images'} has no images "
                            f"({len(absent)} such classes; a partial extraction?)")  # fmt: skip
     train = train[train["class"].isin(classes)]
-    annotations = base / "val" / "val_annotations.txt"
-    if not annotations.is_file():
-        raise DataNotFound(f"{annotations} is missing (a partial extraction?)")
+    annotations = required(base / "val" / "val_annotations.txt")
     test = pd.read_csv(annotations, sep="\t", header=None, usecols=[0, 1], names=["file", "class"], dtype=str)
     unknown = sorted(set(test["class"]) - set(classes))
     if unknown:
