@@ -154,6 +154,15 @@ def build_parser(spec: DatasetSpec) -> argparse.ArgumentParser:
     return parser
 
 
+def dataset_options(spec: DatasetSpec, args: argparse.Namespace) -> dict:
+    """The values of the dataset's own flags (BreakHis's -mag, ...): they choose which data a run saw."""
+    if spec.add_arguments is None:
+        return {}
+    probe = argparse.ArgumentParser(add_help=False)
+    spec.add_arguments(probe)
+    return {name: getattr(args, name) for name in vars(probe.parse_known_args([])[0])}
+
+
 # ----------------------------------------------------------------------------------------------------- data
 class ImageDataset(Dataset):
     def __init__(self, samples: pd.DataFrame, read, transform) -> None:
@@ -546,6 +555,8 @@ def main(spec: DatasetSpec, argv: list[str] | None = None) -> dict:
     cost = measure_cost(model, forward, args, precision, history, train_loader)
     metrics = {
         "dataset": spec.name,
+        "dataset_options": dataset_options(spec, args),
+        "domain": spec.domain,
         "model": model_name,
         "weights": args.weights,
         "seed": args.seed,
@@ -558,6 +569,7 @@ def main(spec: DatasetSpec, argv: list[str] | None = None) -> dict:
         "n_val": n_val,
         "n_test": n_test,
         "image_size": list(args.image_size),
+        "default_image_size": list(spec.image_size),
         **{k: round(v, 6) if isinstance(v, float) else v for k, v in scores.items()},
         "test_loss": round(test.loss, 6),
         "epochs": len(history),

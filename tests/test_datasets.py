@@ -86,6 +86,7 @@ def test_breakhis_splits_by_patient(tmp_path, mag):
     metrics, split = run_on("breakhis.py", tmp_path / "data", tmp_path, "-mag", str(mag))
     assert metrics["num_classes"] == 2 and metrics["n_train"] + metrics["n_val"] + metrics["n_test"] == 27
     assert split["sample"].str.contains(f"/{mag}X/").all()
+    assert metrics["dataset_options"] == {"mag": mag} and metrics["domain"] == "medical"  # report.py keeps mags apart
     patient = split["sample"].str.split("/").str[-3].str.rsplit("_", n=1).str[-1]
     sides = split.assign(patient=patient).groupby("patient")["split"].nunique()
     assert (sides == 1).all(), "a patient appears in more than one split"

@@ -1,0 +1,531 @@
+"""Compare finished runs: a leaderboard per dataset and setting, a domain table, cost plots and recommendations.
+
+Usage: python report.py --runs runs/ [more folders ...] --out report/
+
+Runs are grouped into *settings* (dataset with its own options, protocol, weights, resolution, and the training
+data used); numbers are only ever averaged over seeds within one setting and one training configuration.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import re
+import textwrap
+from collections import defaultdict
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+from scipy.stats import ttest_rel  # noqa: E402
+from sklearn.metrics import cohen_kappa_score  # noqa: E402
+
+from errors import UserError, run_cli  # noqa: E402
+
+DOMAINS = ("natural", "texture", "remote sensing", "plant", "astronomy", "medical")
+RUN_FILES = ("metrics.json", "log.txt", "split.csv", "best.pt")
+REQUIRED = (
+    "dataset",
+    "dataset_options",
+    "domain",
+    "model",
+    "weights",
+    "seed",
+    "protocol",
+    "image_size",
+    "default_image_size",
+    "n_test",
+    "top1",
+    "top5",
+    "balanced_accuracy",
+    "macro_f1",
+    "nll",
+    "brier",
+    "ece",
+    "ece_temperature_scaled",
+    "params",
+    "gflops",
+    "latency_ms_batch1",
+    "throughput_images_per_s",
+    "train_seconds",
+    "peak_memory_mb",
+    "config",
+    "finished",
+)
+# (column, heading, decimals); every one is averaged over seeds
+METRICS = (
+    ("top1", "top-1 %", 2),
+    ("top5", "top-5 %", 2),
+    ("balanced_accuracy", "balanced %", 2),
+    ("macro_f1", "macro-F1 %", 2),
+    ("nll", "NLL", 4),
+    ("brier", "Brier", 4),
+    ("ece", "ECE", 4),
+    ("ece_temperature_scaled", "ECE after T", 4),
+    ("gflops", "GFLOPs", 3),
+    ("latency_ms_batch1", "latency ms", 1),
+    ("throughput_images_per_s", "img/s", 0),
+    ("train_seconds", "train s", 0),
+    ("peak_memory_mb", "peak MB", 0),
+)
+SHOWN = ("top1", "balanced_accuracy", "macro_f1", "ece", "gflops", "latency_ms_batch1")  # in the terminal
+# Settings: what makes two runs answer different questions. Config keys that only say where or how fast a run
+# happened are ignored; every other config difference makes a separate row.
+SETTING_CONFIG_KEYS = ("train_fraction", "shots", "finetune")
+NOT_CONFIGURATION = {"seed", "out", "data", "results", "workers", "device", "download", "compile", "eval_only", "model"}
+NOT_CONFIGURATION |= {"weights", "protocol", "image_size", *SETTING_CONFIG_KEYS}
+ALPHA = 0.05
+BOOTSTRAP_RESAMPLES = 10_000
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description="Compare finished runs: per-dataset leaderboards with statistical ties, the average rank per "
+        "domain, accuracy-versus-cost plots with the Pareto front, error consistency between backbones, and a "
+        "recommendation per dataset. Unfinished or unreadable runs are listed and skipped.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument(
+        "--runs", type=Path, nargs="+", default=[Path("runs")], help="folders holding run folders (searched deeply)"
+    )
+    parser.add_argument("--out", type=Path, default=Path("report"), help="folder the report is written to")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the bootstrap used for single-seed ties")
+    return parser.parse_args(argv)
+
+
+# ------------------------------------------------------------------------------------------------ reading
+def find_runs(folders: list[Path]) -> tuple[list[dict], list[tuple[str, str]]]:
+    """Every finished run under `folders`, and (folder, reason) for everything that looked like a run but isn't."""
+    runs, skipped = [], []
+    for folder in folders:
+        if not folder.is_dir():
+            raise UserError(f"--runs {folder} is not a folder. Pass the folders your runs were written to.")
+        found = 0
+        for path, subfolders, files in os.walk(folder):
+            if not any(name in files for name in RUN_FILES):
+                continue
+            subfolders.clear()  # a run folder holds no other runs
+            found += 1
+            run, reason = read_run(Path(path))
+            if run is None:
+                skipped.append((path, reason))
+            else:
+                runs.append(run)
+        if not found:
+            skipped.append((str(folder), "holds no runs"))
+    return runs, skipped
+
+
+def read_run(folder: Path) -> tuple[dict | None, str]:
+    """One run's metrics, or None and why it cannot be used."""
+    path = folder / "metrics.json"
+    if not path.exists():
+        return None, "no metrics.json: the run did not finish (killed or failed; see its log.txt)"
+    try:
+        run = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        return None, f"metrics.json cannot be read ({err})"
+    if not isinstance(run, dict):
+        return None, "metrics.json does not hold a run's metrics"
+    missing = [field for field in REQUIRED if field not in run]
+    if missing:
+        return None, f"written by an older version: metrics.json lacks {', '.join(missing)}"
+    if run.get("eval_only"):
+        return None, "an --eval-only evaluation of a checkpoint, not a fine-tuning run"
+    run["folder"] = str(folder)
+    return run, ""
+
+
+def dataset_label(run: dict) -> str:
+    """The dataset a run saw: its name, its own options (BreakHis -mag), and for your own folder, the folder."""
+    options = "".join(f" {key}={value}" for key, value in sorted(run["dataset_options"].items()))
+    custom = f" {Path(run['config'].get('data', '')).name}" if run["domain"] == "custom" else ""
+    return run["dataset"] + custom + options
+
+
+def setting_of(run: dict) -> dict:
+    """What a number answers: runs in different settings are never averaged or ranked together."""
+    size = "x".join(map(str, run["image_size"]))
+    setting = {
+        "dataset": dataset_label(run),
+        "domain": run["domain"],
+        "protocol": run["protocol"],
+        "weights": run["weights"],
+        "resolution": size + (" (default)" if run["image_size"] == run["default_image_size"] else ""),
+    }
+    for key in SETTING_CONFIG_KEYS:
+        if run["config"].get(key) is not None:
+            setting[key] = run["config"][key]
+    return setting
+
+
+def runs_table(runs: list[dict]) -> tuple[pd.DataFrame, list[tuple[str, str]]]:
+    """One row per run with its setting, configuration and metrics; of repeated runs, only the newest is kept."""
+    rows = []
+    for run in runs:
+        setting = setting_of(run)
+        configuration = {k: v for k, v in run["config"].items() if k not in NOT_CONFIGURATION}
+        rows.append(
+            {
+                "setting": json.dumps(setting, sort_keys=True),
+                **setting,
+                "model": run["model"],
+                "configuration": json.dumps(configuration, sort_keys=True),
+                "seed": run["seed"],
+                "params": run["params"],
+                **{column: run[column] for column, _, _ in METRICS},
+                "finished": run["finished"],
+                "folder": run["folder"],
+            }
+        )
+    table = pd.DataFrame(rows).sort_values(["finished", "folder"], ascending=False)
+    key = ["setting", "model", "configuration", "seed"]
+    repeated = table.duplicated(key, keep="first")
+    newest = table.drop_duplicates(key).set_index(key)["folder"]
+    skipped = [
+        (
+            row.folder,
+            f"repeats {newest[tuple(getattr(row, k) for k in key)]} (same setting, configuration and seed); "
+            "the newer run is used",
+        )
+        for row in table[repeated].itertuples()
+    ]
+    table = table[~repeated].copy()
+    table["label"] = table.apply(lambda row: row_label(row, table), axis=1)
+    return table.sort_values(["setting", "label", "seed"]).reset_index(drop=True), skipped
+
+
+def row_label(row: pd.Series, table: pd.DataFrame) -> str:
+    """The backbone's name, plus the configuration values that tell its rows apart within the setting."""
+    same = table[(table["setting"] == row["setting"]) & (table["model"] == row["model"])]
+    configurations = [json.loads(c) for c in same["configuration"].unique()]
+    if len(configurations) == 1:
+        return row["model"]
+    own = json.loads(row["configuration"])
+    differing = sorted(k for k in own if any(c.get(k) != own[k] for c in configurations))
+    return f"{row['model']} ({', '.join(f'{k}={own[k]}' for k in differing)})"
+
+
+def correct_vector(folder: str) -> tuple[np.ndarray, np.ndarray] | None:
+    """(labels, whether each test image was classified correctly) from a run's saved test logits."""
+    path = Path(folder) / "test_outputs.npz"
+    if not path.exists():
+        return None
+    with np.load(path) as saved:
+        labels = saved["labels"]
+        return labels, saved["logits"].argmax(axis=1) == labels
+
+
+# ----------------------------------------------------------------------------------------------- statistics
+def bootstrap_p_value(correct_a: np.ndarray, correct_b: np.ndarray, resamples: int, seed: int) -> float:
+    """Two-sided p-value that a and b are equally accurate, by a paired bootstrap over the test images.
+
+    Resampling n images with replacement only changes how many of the images that a alone gets right (and b alone
+    gets right) are drawn, so the resampled accuracy difference is drawn exactly from a multinomial on those counts.
+    """
+    n = len(correct_a)
+    only_a = int(np.sum(correct_a & ~correct_b))
+    only_b = int(np.sum(correct_b & ~correct_a))
+    draws = np.random.default_rng(seed).multinomial(n, [only_a / n, only_b / n, 1 - (only_a + only_b) / n], resamples)
+    difference = draws[:, 0] - draws[:, 1]
+    return float(min(1.0, 2 * min(np.mean(difference <= 0), np.mean(difference >= 0))))
+
+
+def paired_t_p_value(top1_a: list[float], top1_b: list[float]) -> float:
+    """Two-sided paired t-test p-value over seeds; a constant difference is decided without the test."""
+    differences = np.subtract(top1_a, top1_b)
+    if np.allclose(differences, differences[0]):
+        return 1.0 if np.isclose(differences[0], 0) else 0.0
+    return float(ttest_rel(top1_a, top1_b).pvalue)
+
+
+def tie_with_best(best: pd.DataFrame, other: pd.DataFrame, seed: int) -> tuple[str, float]:
+    """(how the tie was tested, p-value) between the best row's runs and another row's, paired by seed."""
+    common = sorted(set(best["seed"]) & set(other["seed"]))
+    if len(common) >= 2:
+        a = best.set_index("seed").loc[common, "top1"].tolist()
+        b = other.set_index("seed").loc[common, "top1"].tolist()
+        return f"paired t-test, {len(common)} seeds", paired_t_p_value(a, b)
+    if len(common) == 1:
+        saved_a = correct_vector(best.set_index("seed").loc[common[0], "folder"])
+        saved_b = correct_vector(other.set_index("seed").loc[common[0], "folder"])
+        if saved_a is not None and saved_b is not None and np.array_equal(saved_a[0], saved_b[0]):
+            p = bootstrap_p_value(saved_a[1], saved_b[1], BOOTSTRAP_RESAMPLES, seed)
+            return f"bootstrap, {len(saved_a[0])} test images", p
+        return "not tested: the seed's test outputs are missing or differ", math.nan
+    return "not tested: no seed in common", math.nan
+
+
+def leaderboard(runs: pd.DataFrame, seed: int) -> pd.DataFrame:
+    """One row per backbone (and configuration): mean and std over seeds, rank by mean top-1, tie with the best."""
+    grouped = runs.groupby("label", sort=False)
+    board = pd.DataFrame({"seeds": grouped["seed"].apply(lambda s: ",".join(map(str, sorted(s))))})
+    board["params_m"] = grouped["params"].first() / 1e6
+    for column, _, _ in METRICS:
+        board[f"{column}_mean"] = grouped[column].mean()
+        board[f"{column}_std"] = grouped[column].std(ddof=1)
+    board = board.sort_values(["top1_mean", "gflops_mean"], ascending=[False, True])
+    board.insert(0, "rank", board["top1_mean"].rank(method="min", ascending=False).astype(int))
+    best = board.index[0]
+    tests = {label: tie_with_best(grouped.get_group(best), grouped.get_group(label), seed) for label in board.index}
+    board["tie_test"] = [("best" if label == best else tests[label][0]) for label in board.index]
+    board["p_value"] = [math.nan if label == best else tests[label][1] for label in board.index]
+    board["tied_with_best"] = [
+        label == best or p >= ALPHA for label, p in zip(board.index, board["p_value"], strict=True)
+    ]
+    return board.rename_axis("backbone").reset_index()
+
+
+def error_consistency(runs: pd.DataFrame, labels: list[str]) -> pd.DataFrame:
+    """Cohen's kappa between two backbones' correct/incorrect vectors on the same test images, mean over seeds.
+
+    0 means their mistakes agree only as often as their accuracies imply by chance; 1 means they fail on exactly
+    the same images. Undefined (blank) when a backbone gets every image right or every image wrong.
+    """
+    vectors = defaultdict(dict)
+    for row in runs.itertuples():
+        saved = correct_vector(row.folder)
+        if saved is not None:
+            vectors[row.label][row.seed] = saved
+    kappa = pd.DataFrame(np.nan, index=labels, columns=labels)
+    for a in labels:
+        for b in labels:
+            values = []
+            for seed in set(vectors[a]) & set(vectors[b]):
+                (labels_a, correct_a), (labels_b, correct_b) = vectors[a][seed], vectors[b][seed]
+                if not np.array_equal(labels_a, labels_b):
+                    continue
+                if correct_a.all() or (~correct_a).all() or correct_b.all() or (~correct_b).all():
+                    continue
+                values.append(cohen_kappa_score(correct_a, correct_b))
+            if values:
+                kappa.loc[a, b] = float(np.mean(values))
+    return kappa
+
+
+def pareto_front(cost: np.ndarray, accuracy: np.ndarray) -> np.ndarray:
+    """Which points no other point beats on both cost (lower) and accuracy (higher)."""
+    dominated = [
+        bool(np.any((cost <= c) & (accuracy >= a) & ((cost < c) | (accuracy > a))))
+        for c, a in zip(cost, accuracy, strict=True)
+    ]
+    return ~np.array(dominated)
+
+
+def domain_tables(boards: dict[str, pd.DataFrame], settings: dict[str, dict]) -> dict[str, pd.DataFrame]:
+    """Average rank per domain and overall, one table per group of settings that differ only in the dataset."""
+    groups: dict[str, dict[str, pd.DataFrame]] = defaultdict(dict)
+    for key, board in boards.items():
+        setting = settings[key]
+        group = {k: v for k, v in setting.items() if k not in ("dataset", "domain", "resolution")}
+        default = setting["resolution"].endswith("(default)")
+        group["resolution"] = "default" if default else setting["resolution"]
+        groups[describe(group)][setting["dataset"]] = board.assign(domain=setting["domain"])
+    tables = {}
+    for name, members in groups.items():
+        ranks = pd.concat(
+            [board[["backbone", "rank", "domain"]].assign(dataset=dataset) for dataset, board in members.items()]
+        )
+        order = [d for d in DOMAINS if d in set(ranks["domain"])] + sorted(set(ranks["domain"]) - set(DOMAINS))
+        table = ranks.pivot_table(index="backbone", columns="domain", values="rank", aggfunc="mean")[order]
+        table["overall"] = ranks.groupby("backbone")["rank"].mean()
+        table["datasets"] = ranks.groupby("backbone")["dataset"].nunique()
+        tables[name] = table.sort_values("overall").reset_index()
+    return tables
+
+
+# ----------------------------------------------------------------------------------------------- writing
+def describe(setting: dict) -> str:
+    return ", ".join(f"{key} {value}" for key, value in setting.items())
+
+
+def slug(setting: dict) -> str:
+    text = "-".join(str(v) for k, v in setting.items() if k != "domain")
+    return re.sub(r"[^A-Za-z0-9.=]+", "-", text).strip("-")
+
+
+def number(value: float, decimals: int) -> str:
+    return "" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.{decimals}f}"
+
+
+def mean_std(board: pd.DataFrame, column: str, decimals: int) -> list[str]:
+    return [
+        number(mean, decimals) + (f" ± {number(std, decimals)}" if std > 0 else "")  # NaN (one seed) is not > 0
+        if not math.isnan(mean)
+        else ""
+        for mean, std in zip(board[f"{column}_mean"], board[f"{column}_std"], strict=True)
+    ]
+
+
+def markdown_table(columns: dict[str, list]) -> str:
+    headings = list(columns)
+    lines = ["| " + " | ".join(headings) + " |", "|" + "|".join(" --- " for _ in headings) + "|"]
+    lines += ["| " + " | ".join(str(v) for v in row) + " |" for row in zip(*columns.values(), strict=True)]
+    return "\n".join(lines)
+
+
+def leaderboard_markdown(board: pd.DataFrame, metrics: tuple = METRICS) -> str:
+    columns = {"rank": board["rank"].tolist(), "backbone": board["backbone"].tolist(), "seeds": board["seeds"].tolist()}
+    for column, heading, decimals in metrics:
+        columns[heading] = mean_std(board, column, decimals)
+    columns["params M"] = [number(v, 1) for v in board["params_m"]]
+    columns["tied with best"] = [
+        "best" if test == "best" else ("yes" if tied else "no") + (f" (p = {p:.3f})" if not math.isnan(p) else "")
+        for test, tied, p in zip(board["tie_test"], board["tied_with_best"], board["p_value"], strict=True)
+    ]
+    columns["tie test"] = ["" if test == "best" else test for test in board["tie_test"]]
+    return markdown_table(columns)
+
+
+def recommendation(board: pd.DataFrame) -> str:
+    best = board.iloc[0]
+    tied = board[board["tied_with_best"]]
+    cheapest = tied.sort_values(["gflops_mean", "latency_ms_batch1_mean"]).iloc[0]
+    calibrated = board.sort_values("ece_mean").iloc[0]
+    text = f"**{best['backbone']}** is the most accurate ({best['top1_mean']:.2f}% top-1 over seed(s) {best['seeds']})."
+    if len(tied) > 1:
+        others = ", ".join(tied["backbone"].iloc[1:])
+        text += f" Statistically tied with it (α = {ALPHA}): {others}."
+        if cheapest["backbone"] != best["backbone"]:
+            text += (
+                f" The cheapest of the tied is **{cheapest['backbone']}**: {cheapest['gflops_mean']:.3f} GFLOPs and "
+                f"{cheapest['latency_ms_batch1_mean']:.1f} ms at batch 1, against {best['gflops_mean']:.3f} GFLOPs "
+                f"and {best['latency_ms_batch1_mean']:.1f} ms, for {cheapest['top1_mean']:.2f}% top-1."
+            )
+        else:
+            text += " It is also the cheapest of them in GFLOPs."
+    else:
+        text += " No other backbone is statistically tied with it."
+    text += (
+        f" Best calibrated: **{calibrated['backbone']}** (ECE {calibrated['ece_mean']:.4f}"
+        + (
+            f", {calibrated['ece_temperature_scaled_mean']:.4f} after temperature scaling"
+            if not math.isnan(calibrated["ece_temperature_scaled_mean"])
+            else ""
+        )
+        + f"; {calibrated['top1_mean']:.2f}% top-1)."
+    )
+    return text
+
+
+def plot_cost(board: pd.DataFrame, title: str, path: Path) -> None:
+    figure, axes = plt.subplots(1, 2, figsize=(11, 4.5), sharey=True)
+    for axis, column, heading in zip(
+        axes, ("gflops", "latency_ms_batch1"), ("GFLOPs per image", "latency, batch 1 (ms)"), strict=True
+    ):
+        cost, accuracy = board[f"{column}_mean"].to_numpy(), board["top1_mean"].to_numpy()
+        error = board["top1_std"].fillna(0).to_numpy()
+        front = pareto_front(cost, accuracy)
+        axis.errorbar(cost, accuracy, yerr=error, fmt="o", color="tab:gray", alpha=0.7, label="backbone (± std)")
+        order = np.argsort(cost[front])
+        axis.plot(cost[front][order], accuracy[front][order], "o-", color="tab:red", label="Pareto front")
+        for label, x, y in zip(board["backbone"], cost, accuracy, strict=True):
+            axis.annotate(label, (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8)
+        if cost.max() > 10 * cost.min():
+            axis.set_xscale("log")
+        axis.set_xlabel(heading)
+        axis.grid(alpha=0.3)
+    axes[0].set_ylabel("test top-1 (%)")
+    axes[0].legend(fontsize=8)
+    figure.suptitle(textwrap.fill(title, 120), fontsize=10)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+
+
+def plot_kappa(kappa: pd.DataFrame, title: str, path: Path) -> None:
+    size = 4 + 0.6 * len(kappa)
+    figure, axis = plt.subplots(figsize=(size + 1, size))
+    image = axis.imshow(kappa.to_numpy(dtype=float), vmin=-1, vmax=1, cmap="coolwarm")
+    axis.set_xticks(range(len(kappa)), kappa.columns, rotation=45, ha="right", fontsize=8)
+    axis.set_yticks(range(len(kappa)), kappa.index, fontsize=8)
+    for i in range(len(kappa)):
+        for j in range(len(kappa)):
+            axis.text(j, i, number(kappa.iat[i, j], 2), ha="center", va="center", fontsize=8)
+    figure.colorbar(image, label="Cohen's kappa on correct/incorrect")
+    axis.set_title(textwrap.fill(title, 60), fontsize=9)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+
+
+def prepare_out(out: Path) -> None:
+    """A new folder, or one holding an earlier report; anything else there belongs to the user and is refused."""
+    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / "report.md").exists())):
+        raise UserError(
+            f"--out {out} exists and does not hold an earlier report (no report.md); writing there could overwrite "
+            "your files. Choose a new or empty folder for --out."
+        )
+    out.mkdir(parents=True, exist_ok=True)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    runs, skipped = find_runs(args.runs)
+    if not runs:
+        reasons = "; ".join(f"{path}: {reason}" for path, reason in skipped) or "nothing found"
+        raise UserError(
+            f"No finished runs under --runs {' '.join(map(str, args.runs))} ({reasons}). A finished run is a folder "
+            "with the metrics.json that a dataset script writes at the end; point --runs at the folders given to "
+            "--out (runs/ by default)."
+        )
+    prepare_out(args.out)
+    table, repeats = runs_table(runs)
+    skipped += repeats
+    sections, boards, settings = (
+        [f"# Backbone comparison\n\n{len(table)} runs from {', '.join(map(str, args.runs))}."],
+        {},
+        {},
+    )
+    all_boards = []
+    for key, runs_of_setting in table.groupby("setting", sort=True):
+        setting = json.loads(key)
+        board = leaderboard(runs_of_setting, args.seed)
+        boards[key], settings[key] = board, setting
+        folder = args.out / slug(setting)
+        folder.mkdir(exist_ok=True)
+        title = describe(setting)
+        board.to_csv(folder / "leaderboard.csv", index=False)
+        all_boards.append(board.assign(**{k: v for k, v in setting.items()}))
+        markdown = leaderboard_markdown(board)
+        (folder / "leaderboard.md").write_text(f"# {title}\n\n{markdown}\n")
+        plot_cost(board, title, folder / "cost.png")
+        kappa = error_consistency(runs_of_setting, board["backbone"].tolist())
+        kappa.to_csv(folder / "error_consistency.csv")
+        plot_kappa(kappa, title, folder / "error_consistency.png")
+        advice = recommendation(board)
+        sections.append(
+            f"## {title}\n\n{markdown}\n\nMean ± sample std over seeds. Ties with the best: a paired t-test over "
+            "seeds where the two share two or more, otherwise a paired bootstrap over the shared seed's test images "
+            f"({BOOTSTRAP_RESAMPLES:,} resamples); tied when p ≥ {ALPHA}.\n\n{advice}\n\n"
+            f"![accuracy against cost]({folder.name}/cost.png)\n"
+            f"![error consistency]({folder.name}/error_consistency.png)"
+        )
+        print(f"\n{title}\n{leaderboard_markdown(board, tuple(m for m in METRICS if m[0] in SHOWN))}\n{advice}")
+    pd.concat(all_boards).to_csv(args.out / "leaderboard.csv", index=False)
+    for name, domains in domain_tables(boards, settings).items():
+        columns = {"backbone": domains["backbone"].tolist()}
+        columns.update(
+            {c: [number(v, 2) for v in domains[c]] for c in domains.columns if c not in ("backbone", "datasets")}
+        )
+        columns["datasets"] = domains["datasets"].tolist()
+        text = markdown_table(columns)
+        sections.append(f"## Average rank per domain ({name})\n\n{text}")
+        domains.to_csv(args.out / f"domains-{slug({'group': name})}.csv", index=False)
+        print(f"\nAverage rank per domain ({name})\n{text}")
+    if skipped:
+        listing = "\n".join(f"- {path}: {reason}" for path, reason in skipped)
+        sections.append(f"## Skipped\n\n{listing}")
+        print(f"\nSkipped {len(skipped)}:\n{listing}")
+    (args.out / "report.md").write_text("\n\n".join(sections) + "\n")
+    print(f"\nReport written to {args.out / 'report.md'}")
+
+
+if __name__ == "__main__":
+    run_cli(main)

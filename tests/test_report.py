@@ -1,0 +1,212 @@
+"""report.py over real digits runs: its numbers are the runs' own, ties are tested, broken runs are skipped."""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import statistics
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy import stats
+
+from conftest import FAST, assert_clean_error, finished_run, run_script
+from report import bootstrap_p_value, pareto_front
+
+BACKBONES = ("mobilenet_v3_large", "shufflenet_v2_x2_0")
+SEEDS = (0, 1)
+SETTING = "digits-val-32x32-default-none"
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory) -> Path:
+    """Two backbones x two seeds of a short digits run, each in its own folder, as a sweep would leave them."""
+    folder = tmp_path_factory.mktemp("report") / "runs"
+    base = [a for a in FAST if a not in ("-model", "mobilenet_v3_large", "-bs", "8", "--image-size", "32")]
+    for backbone in BACKBONES:
+        for seed in SEEDS:
+            out = folder / f"{backbone}-s{seed}"
+            result = run_script(
+                "digits.py", "-model", backbone, "-bs", "64", *base, "--seed", seed, "--out", out,
+                "--results", folder.parent / "results.csv",
+            )  # fmt: skip
+            finished_run(result, out)
+    return folder
+
+
+def metrics_of(runs: Path) -> pd.DataFrame:
+    return pd.DataFrame([json.loads(p.read_text()) for p in sorted(runs.glob("*/metrics.json"))])
+
+
+def correct(folder: Path) -> tuple[np.ndarray, np.ndarray]:
+    saved = np.load(folder / "test_outputs.npz")
+    return saved["labels"], saved["logits"].argmax(axis=1) == saved["labels"]
+
+
+def copy_run(source: Path, target: Path, **changes) -> Path:
+    shutil.copytree(source, target, ignore=shutil.ignore_patterns("best.pt"))
+    metrics = json.loads((target / "metrics.json").read_text())
+    for key, value in changes.items():
+        if key in metrics["config"]:
+            metrics["config"][key] = value
+        if key in metrics or key not in metrics["config"]:
+            metrics[key] = value
+    (target / "metrics.json").write_text(json.dumps(metrics))
+    return target
+
+
+@pytest.fixture(scope="module")
+def report(runs) -> tuple[Path, str]:
+    out = runs.parent / "report"
+    result = run_script("report.py", "--runs", runs, "--out", out)
+    assert result.returncode == 0, result.stderr
+    return out, result.stdout
+
+
+def test_leaderboard_numbers_are_the_runs_own(runs, report):
+    out, printed = report
+    board = pd.read_csv(out / SETTING / "leaderboard.csv").set_index("backbone")
+    metrics = metrics_of(runs)
+    assert sorted(board.index) == sorted(BACKBONES)
+    for backbone, own in metrics.groupby("model"):
+        row = board.loc[backbone]
+        assert row["seeds"] == "0,1"
+        for column in ("top1", "top5", "balanced_accuracy", "macro_f1", "nll", "ece", "gflops", "latency_ms_batch1"):
+            assert row[f"{column}_mean"] == pytest.approx(statistics.mean(own[column]))
+            assert row[f"{column}_std"] == pytest.approx(statistics.stdev(own[column]), abs=1e-12)
+        assert f"| {backbone} | 0,1 | {statistics.mean(own['top1']):.2f} ± " in printed
+    means = metrics.groupby("model")["top1"].mean().sort_values(ascending=False)
+    assert board.sort_values("rank").index.tolist() == means.index.tolist()
+    assert board["rank"].tolist() == [1, 2] and len(pd.read_csv(out / "leaderboard.csv")) == 2
+
+
+def test_tie_with_best_is_a_paired_t_test_over_seeds(runs, report):
+    out, _ = report
+    board = pd.read_csv(out / SETTING / "leaderboard.csv")
+    best, other = board.iloc[0], board.iloc[1]
+    top1 = metrics_of(runs).pivot(index="seed", columns="model", values="top1")
+    differences = (top1[best["backbone"]] - top1[other["backbone"]]).to_numpy()
+    t = differences.mean() / (differences.std(ddof=1) / math.sqrt(len(differences)))
+    assert other["tie_test"] == "paired t-test, 2 seeds"
+    assert other["p_value"] == pytest.approx(2 * stats.t.sf(abs(t), df=len(differences) - 1))
+    assert bool(other["tied_with_best"]) == (other["p_value"] >= 0.05)
+
+
+def test_single_seed_ties_use_a_bootstrap_over_test_images(runs, tmp_path):
+    result = run_script("report.py", "--runs", *sorted(runs.glob("*-s0")), "--out", tmp_path / "report")
+    assert result.returncode == 0, result.stderr
+    board = pd.read_csv(tmp_path / "report" / SETTING / "leaderboard.csv")
+    n_test = metrics_of(runs)["n_test"].iloc[0]
+    assert board["tie_test"].iloc[1] == f"bootstrap, {n_test} test images"
+    assert 0 <= board["p_value"].iloc[1] <= 1 and board["top1_std"].isna().all()
+
+
+def test_bootstrap_shortcut_matches_resampling_images():
+    rng = np.random.default_rng(1)
+    a = rng.random(300) < 0.8
+    b = np.where(rng.random(300) < 0.15, ~a, a)  # b disagrees with a on about 15% of images
+    index = rng.integers(0, len(a), (20_000, len(a)))
+    difference = a[index].mean(axis=1) - b[index].mean(axis=1)
+    by_images = min(1.0, 2 * min(np.mean(difference <= 0), np.mean(difference >= 0)))
+    assert bootstrap_p_value(a, b, 20_000, seed=0) == pytest.approx(by_images, abs=0.02)
+    assert bootstrap_p_value(a, a, 1000, seed=0) == 1.0
+    assert bootstrap_p_value(np.ones(500, bool), rng.random(500) < 0.7, 1000, seed=0) < 0.001
+
+
+def test_pareto_front_keeps_only_undominated_backbones():
+    cost = np.array([1.0, 2.0, 3.0, 3.0, 0.5])
+    accuracy = np.array([80.0, 85.0, 84.0, 90.0, 70.0])
+    assert pareto_front(cost, accuracy).tolist() == [True, True, False, True, True]
+
+
+def test_error_consistency_is_cohens_kappa_of_correctness(runs, report):
+    out, _ = report
+    kappa = pd.read_csv(out / SETTING / "error_consistency.csv", index_col=0)
+    values = []
+    for seed in SEEDS:
+        (labels_a, a), (labels_b, b) = (correct(runs / f"{backbone}-s{seed}") for backbone in BACKBONES)
+        assert (labels_a == labels_b).all()
+        observed = np.mean(a == b)
+        chance = a.mean() * b.mean() + (1 - a.mean()) * (1 - b.mean())
+        values.append((observed - chance) / (1 - chance))
+    assert kappa.loc[BACKBONES[0], BACKBONES[1]] == pytest.approx(np.mean(values))
+    assert kappa.loc[BACKBONES[1], BACKBONES[0]] == pytest.approx(np.mean(values))
+    assert kappa.loc[BACKBONES[0], BACKBONES[0]] == pytest.approx(1.0)
+
+
+def test_report_has_domain_table_plots_and_recommendation(report):
+    out, printed = report
+    domains = pd.read_csv(next(out.glob("domains-*.csv"))).set_index("backbone")
+    board = pd.read_csv(out / SETTING / "leaderboard.csv").set_index("backbone")
+    assert domains["natural"].to_dict() == board["rank"].astype(float).to_dict()
+    assert domains["overall"].to_dict() == board["rank"].astype(float).to_dict()
+    for plot in ("cost.png", "error_consistency.png"):
+        assert (out / SETTING / plot).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    text = (out / "report.md").read_text()
+    best = board.index[board["rank"] == 1][0]
+    assert f"**{best}** is the most accurate" in text and "Best calibrated: **" in text
+    assert "Average rank per domain" in printed and f"**{best}** is the most accurate" in printed
+
+
+def test_settings_and_configurations_are_never_averaged(runs, tmp_path):
+    folder = tmp_path / "runs"
+    source = runs / f"{BACKBONES[0]}-s0"
+    copy_run(source, folder / "a")
+    copy_run(source, folder / "paper", protocol="paper")
+    copy_run(source, folder / "bigger", image_size=[64, 64])
+    copy_run(source, folder / "other-lr", lr=0.01)
+    result = run_script("report.py", "--runs", folder, "--out", tmp_path / "report")
+    assert result.returncode == 0, result.stderr
+    board = pd.read_csv(tmp_path / "report" / "leaderboard.csv", dtype={"seeds": str})
+    assert sorted(board["protocol"] + " " + board["resolution"]) == [
+        "paper 32x32 (default)", "val 32x32 (default)", "val 32x32 (default)", "val 64x64",
+    ]  # fmt: skip
+    assert set(board["backbone"]) == {BACKBONES[0], f"{BACKBONES[0]} (lr=0.001)", f"{BACKBONES[0]} (lr=0.01)"}
+    assert (board["seeds"] == "0").all()
+
+
+def test_broken_runs_are_named_and_skipped(runs, tmp_path):
+    folder = tmp_path / "runs"
+    source = runs / f"{BACKBONES[0]}-s0"
+    copy_run(source, folder / "good")
+    (copy_run(source, folder / "killed") / "metrics.json").unlink()
+    old = copy_run(source, folder / "old")
+    metrics = json.loads((old / "metrics.json").read_text())
+    del metrics["gflops"], metrics["domain"]
+    (old / "metrics.json").write_text(json.dumps(metrics))
+    (copy_run(source, folder / "torn") / "metrics.json").write_text('{"dataset": "dig')
+    copy_run(source, folder / "again")  # the same run twice: counted once
+    (tmp_path / "empty").mkdir()
+    result = run_script("report.py", "--runs", folder, tmp_path / "empty", "--out", tmp_path / "report")
+    assert result.returncode == 0, result.stderr
+    assert "Traceback" not in result.stderr
+    printed = " ".join(result.stdout.split())
+    assert f"{folder / 'killed'}: no metrics.json: the run did not finish" in printed
+    assert f"{folder / 'old'}: written by an older version: metrics.json lacks domain, gflops" in printed
+    assert f"{folder / 'torn'}: metrics.json cannot be read" in printed
+    assert f"{tmp_path / 'empty'}: holds no runs" in printed
+    assert "(same setting, configuration and seed); the newer run is used" in printed
+    assert "Skipped 5:" in printed and "## Skipped" in (tmp_path / "report" / "report.md").read_text()
+    assert pd.read_csv(tmp_path / "report" / "leaderboard.csv", dtype={"seeds": str})["seeds"].tolist() == ["0"]
+
+
+def test_no_runs_and_a_foreign_out_folder_are_clean_errors(runs, tmp_path):
+    (tmp_path / "empty").mkdir()
+    assert_clean_error(run_script("report.py", "--runs", tmp_path / "empty"), "No finished runs", "holds no runs")
+    assert_clean_error(run_script("report.py", "--runs", tmp_path / "missing"), "is not a folder")
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("keep me")
+    result = run_script("report.py", "--runs", runs, "--out", mine)
+    assert_clean_error(result, "does not hold an earlier report")
+    assert [p.name for p in mine.iterdir()] == ["notes.txt"] and (mine / "notes.txt").read_text() == "keep me"
+
+
+def test_a_report_can_be_rewritten_in_place(runs, report):
+    out, _ = report
+    result = run_script("report.py", "--runs", runs, "--out", out)
+    assert result.returncode == 0, result.stderr
+    assert (out / "report.md").exists()
