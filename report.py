@@ -27,6 +27,7 @@ from scipy.stats import ttest_rel  # noqa: E402
 from sklearn.metrics import cohen_kappa_score  # noqa: E402
 
 from errors import UserError, run_cli  # noqa: E402
+from transferability import agreement  # noqa: E402
 
 DOMAINS = ("natural", "texture", "remote sensing", "plant", "astronomy", "medical")
 RUN_FILES = ("metrics.json", "log.txt", "split.csv", "best.pt")
@@ -80,6 +81,7 @@ SHOWN = ("top1", "balanced_accuracy", "macro_f1", "ece", "gflops", "latency_ms_b
 SETTING_CONFIG_KEYS = ("train_fraction", "shots", "finetune")
 NOT_CONFIGURATION = {"seed", "out", "data", "results", "workers", "device", "download", "compile", "eval_only", "model"}
 NOT_CONFIGURATION |= {"weights", "protocol", "image_size", *SETTING_CONFIG_KEYS}
+PREDICTORS = {"logme": "LogME", "knn": "kNN", "linear": "linear probe", "leep": "LEEP"}  # rank.py's scores
 ALPHA = 0.05
 BOOTSTRAP_RESAMPLES = 10_000
 
@@ -96,6 +98,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--out", type=Path, default=Path("report"), help="folder the report is written to")
     parser.add_argument("--seed", type=int, default=0, help="seed of the bootstrap used for single-seed ties")
+    parser.add_argument(
+        "--rankings",
+        type=Path,
+        nargs="+",
+        default=[],
+        help="CSVs written by rank.py: their predicted ranking is shown beside the measured one",
+    )
     return parser.parse_args(argv)
 
 
@@ -340,6 +349,47 @@ def domain_tables(boards: dict[str, pd.DataFrame], settings: dict[str, dict]) ->
     return tables
 
 
+def read_rankings(paths: list[Path]) -> pd.DataFrame:
+    """rank.py's tables, one row per (dataset, weights, resolution, backbone); a later file wins."""
+    tables = []
+    for path in paths:
+        try:
+            tables.append(pd.read_csv(path))
+        except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError) as err:
+            raise UserError(f"--rankings {path} cannot be read ({err}); pass CSVs written by rank.py.") from err
+        if not {"backbone", "dataset", "weights", "resolution", *PREDICTORS} <= set(tables[-1].columns):
+            raise UserError(f"--rankings {path} is not a table written by rank.py (its columns differ).")
+    if not tables:
+        return pd.DataFrame()
+    return pd.concat(tables).drop_duplicates(["dataset", "weights", "resolution", "backbone"], keep="last")
+
+
+def predicted_ranking(board: pd.DataFrame, setting: dict, rankings: pd.DataFrame) -> tuple[pd.DataFrame, str]:
+    """The leaderboard with each score's predicted rank beside the measured one, and how well each predicted."""
+    if rankings.empty:
+        return board, ""
+    size = setting["resolution"].split(" ")[0]
+    match = rankings[
+        (rankings["dataset"] == setting["dataset"])
+        & (rankings["weights"] == setting["weights"])
+        & (rankings["resolution"] == size)
+    ].set_index("backbone")
+    if match.empty:
+        return board, ""
+    measured = board.set_index("backbone")["top1_mean"]
+    lines = []
+    for column, heading in PREDICTORS.items():
+        ranks = match[column].reindex(board["backbone"]).rank(ascending=False, method="min")  # among these rows
+        board[f"{column}_predicted_rank"] = ranks.to_numpy()
+        result = agreement(match[column], measured)
+        if result:
+            lines.append(
+                f"{heading}: Kendall's tau {result['kendall_tau']:+.2f} over {result['backbones']} backbones, first "
+                f"pick {result['pick']}, regret {result['regret']:.2f} top-1 points."
+            )
+    return board, "Predicted by rank.py before fine-tuning: " + " ".join(lines) if lines else ""
+
+
 # ----------------------------------------------------------------------------------------------- writing
 def describe(setting: dict) -> str:
     return ", ".join(f"{key} {value}" for key, value in setting.items())
@@ -375,6 +425,9 @@ def leaderboard_markdown(board: pd.DataFrame, metrics: tuple = METRICS) -> str:
     for column, heading, decimals in metrics:
         columns[heading] = mean_std(board, column, decimals)
     columns["params M"] = [number(v, 1) for v in board["params_m"]]
+    for column, heading in PREDICTORS.items():
+        if f"{column}_predicted_rank" in board:
+            columns[f"{heading} rank"] = [number(v, 0) for v in board[f"{column}_predicted_rank"]]
     columns["tied with best"] = [
         "best" if test == "best" else ("yes" if tied else "no") + (f" (p = {p:.3f})" if not math.isnan(p) else "")
         for test, tied, p in zip(board["tie_test"], board["tied_with_best"], board["p_value"], strict=True)
@@ -475,6 +528,7 @@ def main(argv: list[str] | None = None) -> None:
             "with the metrics.json that a dataset script writes at the end; point --runs at the folders given to "
             "--out (runs/ by default)."
         )
+    rankings = read_rankings(args.rankings)
     prepare_out(args.out)
     table, repeats = runs_table(runs)
     skipped += repeats
@@ -486,7 +540,7 @@ def main(argv: list[str] | None = None) -> None:
     all_boards = []
     for key, runs_of_setting in table.groupby("setting", sort=True):
         setting = json.loads(key)
-        board = leaderboard(runs_of_setting, args.seed)
+        board, predicted = predicted_ranking(leaderboard(runs_of_setting, args.seed), setting, rankings)
         boards[key], settings[key] = board, setting
         folder = args.out / slug(setting)
         folder.mkdir(exist_ok=True)
@@ -503,11 +557,13 @@ def main(argv: list[str] | None = None) -> None:
         sections.append(
             f"## {title}\n\n{markdown}\n\nMean ± sample std over seeds. Ties with the best: a paired t-test over "
             "seeds where the two share two or more, otherwise a paired bootstrap over the shared seed's test images "
-            f"({BOOTSTRAP_RESAMPLES:,} resamples); tied when p ≥ {ALPHA}.\n\n{advice}\n\n"
+            f"({BOOTSTRAP_RESAMPLES:,} resamples); tied when p ≥ {ALPHA}.\n\n{advice}\n\n{predicted}\n\n"
             f"![accuracy against cost]({folder.name}/cost.png)\n"
             f"![error consistency]({folder.name}/error_consistency.png)"
         )
         print(f"\n{title}\n{leaderboard_markdown(board, tuple(m for m in METRICS if m[0] in SHOWN))}\n{advice}")
+        if predicted:
+            print(predicted)
     pd.concat(all_boards).to_csv(args.out / "leaderboard.csv", index=False)
     for name, domains in domain_tables(boards, settings).items():
         columns = {"backbone": domains["backbone"].tolist()}

@@ -283,15 +283,20 @@ class Evaluation:
 
 
 @torch.inference_mode()
-def evaluate(model, loader, precision: Precision, desc: str) -> Evaluation:
-    """Loss and top-1 over every sample of `loader` (not averaged over batches)."""
+def predict(model, loader, precision: Precision, desc: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """The model's outputs (float32, on the CPU) and the labels for every sample of `loader`, in order."""
     model.eval()
-    all_logits, all_labels = [], []
+    all_outputs, all_labels = [], []
     for images, labels in tqdm(loader, desc=desc, leave=False, disable=None):
         with precision.autocast():
-            all_logits.append(model(precision.to_device(images)).float().cpu())
+            all_outputs.append(model(precision.to_device(images)).float().cpu())
         all_labels.append(labels)
-    logits, labels = torch.cat(all_logits), torch.cat(all_labels)
+    return torch.cat(all_outputs), torch.cat(all_labels)
+
+
+def evaluate(model, loader, precision: Precision, desc: str) -> Evaluation:
+    """Loss and top-1 over every sample of `loader` (not averaged over batches)."""
+    logits, labels = predict(model, loader, precision, desc)
     loss = nn.functional.cross_entropy(logits, labels).item()
     top1 = 100 * (logits.argmax(1) == labels).float().mean().item()
     return Evaluation(loss, top1, logits, labels)

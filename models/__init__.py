@@ -95,22 +95,47 @@ def create_model(name: str, num_classes: int, weights: str = "imagenet") -> nn.M
     `weights` is "imagenet" (pretrained ImageNet-1k), "none" (random init), or the path of a checkpoint written by
     this tool (`best.pt`) or of a plain state dict.
     """
-    name = resolve_name(name)
     if num_classes < 1:
         raise UserError(f"num_classes must be at least 1, got {num_classes}.")
+    return _build(resolve_name(name), weights, num_classes)[0]
+
+
+def create_feature_extractor(name: str, weights: str = "imagenet") -> tuple[nn.Module, nn.Module | None]:
+    """The backbone returning its penultimate features (its classifier replaced by the identity), and that
+    classifier: ImageNet's for "imagenet", the checkpoint's own for a FILE written by this tool, None for random
+    weights (a random head predicts nothing)."""
+    name = resolve_name(name)
+    num_classes = None
+    if weights not in ("imagenet", "none"):
+        num_classes = load_checkpoint(Path(weights)).get("meta", {}).get("num_classes")
+        if num_classes is None:
+            raise UserError(
+                f"--weights {weights} does not record its number of classes (no 'meta' written by this tool): "
+                "pass a best.pt written by a dataset script, or --weights imagenet."
+            )
+    model, head = _build(name, weights, num_classes)
+    classifier = model.get_submodule(head)
+    _set_submodule(model, head, nn.Identity())
+    return model, None if weights == "none" else classifier
+
+
+def _build(name: str, weights: str, num_classes: int | None) -> tuple[nn.Module, str]:
+    """(model, dotted path of its classifier); `num_classes` None keeps the architecture's 1000-class head."""
     if name.startswith(TIMM_PREFIX):
         model, head = _create_timm(name[len(TIMM_PREFIX) :], num_classes, weights == "imagenet")
     else:
         entry = BACKBONES[name]
         model = _build_imagenet(name, entry) if weights == "imagenet" else entry.builder()
         head = entry.head
-        _replace_head(model, head, num_classes)
+        if num_classes is not None:
+            old = model.get_submodule(head)
+            _set_submodule(model, head, nn.Linear(old.in_features, num_classes))
     if weights not in ("imagenet", "none"):
         load_weights_file(model, Path(weights), head)
-    return model
+    return model, head
 
 
-def _create_timm(name: str, num_classes: int, pretrained: bool) -> tuple[nn.Module, str]:
+def _create_timm(name: str, num_classes: int | None, pretrained: bool) -> tuple[nn.Module, str]:
     import timm
 
     if not timm.is_model(name):
@@ -118,7 +143,9 @@ def _create_timm(name: str, num_classes: int, pretrained: bool) -> tuple[nn.Modu
             f"timm has no model '{name}'. List them with: python -c \"import timm; print(timm.list_models())\"."
         )
     try:
-        model = timm.create_model(name, pretrained=pretrained, num_classes=num_classes)
+        model = timm.create_model(
+            name, pretrained=pretrained, **({} if num_classes is None else {"num_classes": num_classes})
+        )
     except (OSError, RuntimeError, ValueError) as err:
         raise UserError(
             f"Could not load timm's pretrained weights for '{name}' ({err}). timm fetches them from the Hugging "
@@ -147,11 +174,9 @@ def _build_imagenet(name: str, entry: Backbone) -> nn.Module:
         ) from err
 
 
-def _replace_head(model: nn.Module, head: str, num_classes: int) -> None:
-    old = model.get_submodule(head)
-    parent_name, _, child = head.rpartition(".")
-    parent = model.get_submodule(parent_name) if parent_name else model
-    setattr(parent, child, nn.Linear(old.in_features, num_classes))
+def _set_submodule(model: nn.Module, path: str, module: nn.Module) -> None:
+    parent_name, _, child = path.rpartition(".")
+    setattr(model.get_submodule(parent_name) if parent_name else model, child, module)
 
 
 def _unwrap_state_dict(checkpoint: object) -> dict[str, torch.Tensor]:

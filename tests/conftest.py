@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from urllib.parse import urlparse
 
 import pytest
 
@@ -87,3 +88,38 @@ def digits_run(tmp_path_factory) -> tuple[Path, dict, subprocess.CompletedProces
         work / "results.csv",
     )
     return out, finished_run(result, out), result
+
+
+SWEEP_BACKBONES = ("mobilenet_v3_large", "shufflenet_v2_x2_0")
+SWEEP_SEEDS = (0, 1)
+
+
+@pytest.fixture(scope="session")
+def digits_sweep(tmp_path_factory) -> Path:
+    """Two backbones x two seeds of a short digits run, each in its own folder, as a sweep would leave them."""
+    folder = tmp_path_factory.mktemp("sweep") / "runs"
+    base = [a for a in FAST if a not in ("-model", "mobilenet_v3_large", "-bs", "8", "--image-size", "32")]
+    for backbone in SWEEP_BACKBONES:
+        for seed in SWEEP_SEEDS:
+            out = folder / f"{backbone}-s{seed}"
+            result = run_script(
+                "digits.py", "-model", backbone, "-bs", "64", *base, "--seed", seed, "--out", out,
+                "--results", folder.parent / "results.csv",
+            )  # fmt: skip
+            finished_run(result, out)
+    return folder
+
+
+def plant_imagenet_weights(name: str, torch_home: Path) -> dict:
+    """Save a randomly initialised model where torch.hub caches `name`'s ImageNet checkpoint; return its state."""
+    import torch
+
+    import models
+
+    entry = models.BACKBONES[name]
+    url = entry.imagenet if isinstance(entry.imagenet, str) else entry.imagenet.url
+    state = entry.builder().state_dict()
+    target = torch_home / "hub" / "checkpoints" / Path(urlparse(url).path).name
+    target.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(state, target)
+    return state

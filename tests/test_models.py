@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import urllib.error
-from pathlib import Path
-from urllib.parse import urlparse
 
 import pytest
 import torch
 
 import models
+from conftest import plant_imagenet_weights
 from errors import UserError
 
 # Aliases from design.md's table.
@@ -74,22 +73,11 @@ def test_any_timm_model_builds_with_the_right_head():
         models.create_model("timm:no_such_net", 4, "none")
 
 
-def _planted(name: str, torch_home: Path) -> dict:
-    """Save random 1000-class weights where torch.hub caches this backbone's ImageNet checkpoint."""
-    entry = models.BACKBONES[name]
-    url = entry.imagenet if isinstance(entry.imagenet, str) else entry.imagenet.url
-    state = entry.builder().state_dict()
-    target = torch_home / "hub" / "checkpoints" / Path(urlparse(url).path).name
-    target.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(state, target)
-    return state
-
-
 @pytest.mark.parametrize("name", ["mobilenet_v3_large", "wavemix", "densenet161"])
 def test_cached_imagenet_weights_load_offline(name, tmp_path, monkeypatch):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))
     monkeypatch.setattr(torch.hub, "download_url_to_file", _refuse_network)  # prove nothing is fetched
-    planted = _planted(name, tmp_path)
+    planted = plant_imagenet_weights(name, tmp_path)
     model = models.create_model(name, 3, "imagenet")
     head = models.BACKBONES[name].head
     loaded = model.state_dict()
@@ -130,3 +118,25 @@ def test_weights_file_of_another_architecture_is_refused(tmp_path):
     torch.save(models.create_model("shufflenet", 5, "none").state_dict(), tmp_path / "shuffle.pt")
     with pytest.raises(UserError, match="does not fit this model"):
         models.create_model("mobilenet", 5, str(tmp_path / "shuffle.pt"))
+
+
+@pytest.mark.parametrize("name", ["mobilenet_v3_large", "convnext_tiny", "wavemix"])
+def test_feature_extractor_feeds_the_imagenet_classifier_it_returns(name, tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    monkeypatch.setattr(torch.hub, "download_url_to_file", _refuse_network)
+    planted = plant_imagenet_weights(name, tmp_path)
+    reference = models.BACKBONES[name].builder()
+    reference.load_state_dict(planted)
+    extractor, classifier = models.create_feature_extractor(name, "imagenet")
+    images = torch.randn(2, 3, 64, 64)
+    extractor.eval(), reference.eval()
+    with torch.no_grad():
+        features = extractor(images)
+        assert features.shape == (2, classifier.in_features)
+        assert torch.allclose(classifier(features), reference(images), atol=1e-5)
+
+
+def test_feature_extractor_of_random_weights_has_no_classifier():
+    extractor, classifier = models.create_feature_extractor("timm:test_resnet", "none")
+    assert classifier is None
+    assert extractor.eval()(torch.randn(2, 3, 32, 32)).shape == (2, extractor.num_features)

@@ -13,28 +13,17 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-from conftest import FAST, assert_clean_error, finished_run, run_script
+from conftest import SWEEP_BACKBONES as BACKBONES
+from conftest import SWEEP_SEEDS as SEEDS
+from conftest import assert_clean_error, run_script
 from report import bootstrap_p_value, pareto_front
 
-BACKBONES = ("mobilenet_v3_large", "shufflenet_v2_x2_0")
-SEEDS = (0, 1)
 SETTING = "digits-val-32x32-default-none"
 
 
-@pytest.fixture(scope="module")
-def runs(tmp_path_factory) -> Path:
-    """Two backbones x two seeds of a short digits run, each in its own folder, as a sweep would leave them."""
-    folder = tmp_path_factory.mktemp("report") / "runs"
-    base = [a for a in FAST if a not in ("-model", "mobilenet_v3_large", "-bs", "8", "--image-size", "32")]
-    for backbone in BACKBONES:
-        for seed in SEEDS:
-            out = folder / f"{backbone}-s{seed}"
-            result = run_script(
-                "digits.py", "-model", backbone, "-bs", "64", *base, "--seed", seed, "--out", out,
-                "--results", folder.parent / "results.csv",
-            )  # fmt: skip
-            finished_run(result, out)
-    return folder
+@pytest.fixture
+def runs(digits_sweep) -> Path:
+    return digits_sweep
 
 
 def metrics_of(runs: Path) -> pd.DataFrame:
@@ -59,7 +48,8 @@ def copy_run(source: Path, target: Path, **changes) -> Path:
 
 
 @pytest.fixture(scope="module")
-def report(runs) -> tuple[Path, str]:
+def report(digits_sweep) -> tuple[Path, str]:
+    runs = digits_sweep
     out = runs.parent / "report"
     result = run_script("report.py", "--runs", runs, "--out", out)
     assert result.returncode == 0, result.stderr

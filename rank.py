@@ -1,0 +1,287 @@
+"""Rank backbones for a dataset from their frozen features, before fine-tuning any of them.
+
+Usage: python rank.py --dataset eurosat [-models all] [--runs runs/]
+
+Each backbone's penultimate features of the training and validation splits are extracted once (no augmentation)
+and cached; LogME and LEEP score the training split, kNN and a linear probe are fitted on it and scored on the
+validation split. The test split is never read. With --runs, the ranking is checked against fine-tuned runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import importlib
+import json
+import math
+import time
+from datetime import datetime
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+import models
+import report
+from datasets.base import DatasetSpec, cache_dir
+from errors import UserError, run_cli
+from train_common import (
+    ImageDataset,
+    dataset_options,
+    fraction,
+    image_size,
+    load_splits,
+    make_loader,
+    make_precision,
+    make_transforms,
+    positive_int,
+    predict,
+    resolve_device,
+    seed_everything,
+)
+from transferability import agreement, knn_accuracy, leep, linear_probe_accuracy, logme
+
+DATASETS = sorted(
+    p.stem for p in (Path(__file__).parent / "datasets").glob("*.py") if p.stem not in ("__init__", "base")
+)
+# (column, heading, decimals): higher is better for every score
+SCORES = (("logme", "LogME", 4), ("knn", "kNN top-1 %", 2), ("linear", "linear probe top-1 %", 2), ("leep", "LEEP", 4))
+
+
+def build_parser(spec: DatasetSpec | None) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        description="Rank backbones for a dataset from frozen features (LogME, kNN, linear probe, LEEP) before "
+        "fine-tuning any of them; with --runs, check the ranking against fine-tuned runs (Kendall's tau, regret).",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    add = parser.add_argument
+    add("--dataset", required=True, choices=DATASETS, help="the dataset, by its script's name")
+    add("-models", nargs="+", default=["all"], help="backbones to rank ('all': the eleven), names or aliases")
+    add("--weights", default="imagenet", help="'imagenet', 'none' (random init, a baseline) or a checkpoint FILE")
+    default_size = "x".join(map(str, spec.image_size)) if spec else "the dataset's"
+    add("--image-size", type=image_size, default=default_size, help="feature-extraction size, S or HxW")
+    add("--data", type=Path, default=Path(spec.default_data if spec else "data"), help="dataset root")
+    add(
+        "--download",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="download the dataset if it is missing and its source allows it",
+    )
+    add("--val-fraction", type=fraction, default=0.1, help="validation share of the training data (as in training)")
+    add("--seed", type=int, default=0, help="seeds the splits (as in training), random init and the probe")
+    add("-bs", type=positive_int, default=64, help="batch size for feature extraction")
+    add("--workers", type=int, default=2, help="data-loading processes")
+    add("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
+    add("--runs", type=Path, nargs="+", default=None, help="folders of fine-tuned runs to check the ranking against")
+    add("--out", type=Path, default=None, help="CSV to write (default: results/rank-<dataset>-<time>.csv)")
+    if spec and spec.add_arguments:
+        spec.add_arguments(parser)
+    parser.set_defaults(protocol="val")  # the splits are carved exactly as a fine-tuning run carves them
+    return parser
+
+
+def parse_args(argv: list[str] | None) -> tuple[DatasetSpec, argparse.Namespace]:
+    """Two passes: --dataset decides which dataset flags (BreakHis's -mag, ...) exist."""
+    first = argparse.ArgumentParser(add_help=False)
+    first.add_argument("--dataset")
+    known, _ = first.parse_known_args(argv)
+    spec = importlib.import_module(f"datasets.{known.dataset}").SPEC if known.dataset in DATASETS else None
+    args = build_parser(spec).parse_args(argv)
+    if args.models == ["all"]:
+        args.models = models.list_models()
+    args.models = [models.resolve_name(name) for name in args.models]
+    return spec, args
+
+
+# ----------------------------------------------------------------------------------------------- features
+def fingerprint(*modules: torch.nn.Module | None) -> str:
+    """A hash of every weight: the cache follows the weights themselves, not a file name or a date."""
+    digest = hashlib.sha1()
+    for module in modules:
+        for name, tensor in [] if module is None else module.state_dict().items():
+            digest.update(name.encode())
+            digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def extract(name: str, spec: DatasetSpec, args, catalog, samples: pd.DataFrame, log) -> tuple[dict, bool]:
+    """{split: (features, source-class probabilities or None, labels)} for train and val, from the cache when
+    the same weights already saw the same images at the same size."""
+    seed_everything(args.seed)  # random-init weights are reproducible
+    model, classifier = models.create_feature_extractor(name, args.weights)
+    weights = fingerprint(model, classifier)
+    device = resolve_device(args.device)
+    precision = make_precision(device)
+    model.to(device)
+    outputs, reused = {}, True
+    for split in ("train", "val"):
+        rows = samples[samples["split"] == split]
+        key = hashlib.sha1(
+            json.dumps(
+                [spec.name, report.dataset_label(run_like(spec, args)), split, name, weights, args.image_size]
+                + rows["sample"].tolist()
+                + rows["label"].tolist()
+            ).encode()
+        ).hexdigest()[:20]
+        path = cache_dir() / "features" / f"{spec.name}-{split}-{name.replace(':', '_')}-{key}.npz"
+        if path.exists():
+            with np.load(path) as saved:
+                outputs[split] = (saved["features"], saved.get("probabilities"), saved["labels"])
+            log(f"  {name} {split}: {len(rows)} images, features reused from the cache ({path})")
+            continue
+        reused = False
+        dataset = ImageDataset(rows, catalog.read, make_transforms(spec, args.image_size, train=False))
+        features, labels = predict(model, make_loader(dataset, args, device, False), precision, f"{name} {split}")
+        saved = {"features": features.numpy(), "labels": labels.numpy()}
+        if classifier is not None:
+            with torch.inference_mode():
+                saved["probabilities"] = torch.softmax(classifier.float().cpu()(features), dim=1).numpy()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        temporary = path.with_name(path.stem + ".tmp.npz")
+        np.savez(temporary, **saved)
+        temporary.replace(path)  # a killed extraction never leaves a file that looks complete
+        outputs[split] = (saved["features"], saved.get("probabilities"), saved["labels"])
+    return outputs, reused
+
+
+def run_like(spec: DatasetSpec, args) -> dict:
+    """The fields report.py identifies a dataset by, as a fine-tuning run on these flags would record them."""
+    return {
+        "dataset": spec.name,
+        "dataset_options": dataset_options(spec, args),
+        "domain": spec.domain,
+        "config": {"data": str(args.data)},
+    }
+
+
+def score(outputs: dict, seed: int) -> dict:
+    (train, train_probabilities, train_labels), (val, _, val_labels) = outputs["train"], outputs["val"]
+    return {
+        "logme": logme(train, train_labels),
+        "knn": knn_accuracy(train, train_labels, val, val_labels),
+        "linear": linear_probe_accuracy(train, train_labels, val, val_labels, seed),
+        "leep": math.nan if train_probabilities is None else leep(train_probabilities, train_labels),
+    }
+
+
+# ----------------------------------------------------------------------------------------------- checking
+def measured_top1(spec: DatasetSpec, args, log) -> tuple[pd.Series, pd.Series, str]:
+    """(mean test top-1 per backbone, mean fine-tuning seconds per backbone, the setting) from --runs."""
+    runs, skipped = report.find_runs(args.runs)
+    for path, reason in skipped:
+        log(f"  skipped {path}: {reason}")
+    if not runs:
+        return pd.Series(dtype=float), pd.Series(dtype=float), ""
+    table, _ = report.runs_table(runs)
+    size = "x".join(map(str, args.image_size))
+    table = table[
+        (table["dataset"] == report.dataset_label(run_like(spec, args)))
+        & (table["weights"] == args.weights)
+        & (table["protocol"] == "val")
+    ]
+    if table.empty:
+        return pd.Series(dtype=float), pd.Series(dtype=float), ""
+    at_size = table[table["resolution"].str.split(" ").str[0] == size]
+    table = at_size if not at_size.empty else table[table["setting"] == table["setting"].value_counts().index[0]]
+    grouped = table.groupby("model")
+    return (
+        grouped["top1"].mean(),
+        grouped["train_seconds"].mean(),
+        report.describe(json.loads(table["setting"].iloc[0])),
+    )
+
+
+def out_path(args, spec: DatasetSpec) -> Path:
+    if args.out is None:
+        return Path("results") / f"rank-{spec.name}-{datetime.now().strftime('%Y%m%d-%H%M%S')}.csv"
+    if args.out.exists():
+        raise UserError(f"--out {args.out} already exists; this tool never overwrites a file. Choose a new name.")
+    return args.out
+
+
+def main(argv: list[str] | None = None) -> pd.DataFrame:
+    spec, args = parse_args(argv)
+    out = out_path(args, spec)
+    catalog, samples = load_splits(spec, args)
+    counts = samples["split"].value_counts()
+    if counts.get("train", 0) < 2 or counts.get("val", 0) < 1:
+        raise UserError(
+            f"{spec.title} under {args.data} gives {counts.get('train', 0)} training and {counts.get('val', 0)} "
+            "validation images; ranking needs both. Add data or raise --val-fraction."
+        )
+    log = print
+    log(
+        f"Ranking {len(args.models)} backbones on {spec.title} ({counts['train']} train / {counts['val']} val "
+        f"images, test split untouched) with {args.weights} weights at {args.image_size[0]}x{args.image_size[1]}"
+    )
+    rows, started = [], time.perf_counter()
+    for name in args.models:
+        begun = time.perf_counter()
+        outputs, reused = extract(name, spec, args, catalog, samples, log)
+        extracted = time.perf_counter()
+        scores = score(outputs, args.seed)
+        rows.append(
+            {
+                "backbone": name,
+                **scores,
+                "feature_dim": outputs["train"][0].shape[1],
+                "features_seconds": extracted - begun,
+                "score_seconds": time.perf_counter() - extracted,
+                "features_cached": reused,
+            }
+        )
+    total = time.perf_counter() - started
+    table = pd.DataFrame(rows).set_index("backbone")
+    table = table.sort_values("logme", ascending=False)
+    table.insert(0, "rank", table["logme"].rank(ascending=False, method="min").astype(int))
+    for column, _, _ in SCORES:
+        table[f"{column}_rank"] = table[column].rank(ascending=False, method="min")
+    setting = {
+        "dataset": report.dataset_label(run_like(spec, args)),
+        "weights": args.weights,
+        "resolution": "x".join(map(str, args.image_size)),
+        "seed": args.seed,
+        "n_train": int(counts["train"]),
+        "n_val": int(counts["val"]),
+    }
+    columns = {"rank": table["rank"].tolist(), "backbone": table.index.tolist()}
+    for column, heading, decimals in SCORES:
+        columns[heading] = [report.number(v, decimals) for v in table[column]]
+    columns["seconds"] = [
+        f"{f + s:.1f}" + (" (cached features)" if cached else "")
+        for f, s, cached in zip(
+            table["features_seconds"], table["score_seconds"], table["features_cached"], strict=True
+        )
+    ]
+    log("\n" + report.markdown_table(columns) + "\n")
+    log(f"Ranked by LogME. Total {total:.1f} s for {len(table)} backbones.")
+
+    if args.runs:
+        measured, finetune_seconds, measured_setting = measured_top1(spec, args, log)
+        table["measured_top1"] = measured
+        if measured.empty:
+            log(f"No fine-tuned runs of {setting['dataset']} with --weights {args.weights} under --runs to check.")
+        else:
+            log(f"\nAgainst fine-tuned runs ({measured_setting}):")
+            for column, heading, _ in SCORES:
+                result = agreement(table[column], measured)
+                if result:
+                    verdict = "the true best" if result["pick_is_best"] else f"true best: {result['true_best']}"
+                    log(
+                        f"  {heading}: Kendall's tau {result['kendall_tau']:+.2f} over {result['backbones']} "
+                        f"backbones; first pick {result['pick']} ({verdict}), regret {result['regret']:.2f} points"
+                    )
+            mean_finetune = float(finetune_seconds.mean())
+            log(
+                f"  Cost: ranking {len(table)} backbones took {total:.1f} s; fine-tuning one took {mean_finetune:.1f} "
+                f"s on average in these runs (ranking costs {100 * total / mean_finetune:.1f}% of one fine-tuning run)."
+            )
+    out.parent.mkdir(parents=True, exist_ok=True)
+    table.reset_index().assign(**setting).to_csv(out, index=False)
+    log(f"Ranking written to {out}")
+    return table
+
+
+if __name__ == "__main__":
+    run_cli(main)

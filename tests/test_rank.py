@@ -1,0 +1,114 @@
+"""rank.py on digits: the table, the feature cache and its invalidation, and the check against fine-tuned runs."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+import models
+from conftest import SWEEP_BACKBONES, assert_clean_error, plant_imagenet_weights, run_script
+from transferability import agreement, logme
+
+RANK = ["--dataset", "digits", "--workers", "0", "-bs", "128"]
+
+
+def rank(tmp_path, *args: str, env: dict | None = None):
+    out = tmp_path / f"rank-{len(list(tmp_path.glob('rank-*.csv')))}.csv"
+    result = run_script("rank.py", *RANK, *args, "--out", out, env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result.stdout, pd.read_csv(out).set_index("backbone")
+
+
+def test_ranks_from_cached_features_of_train_and_val_only(tmp_path, monkeypatch):
+    monkeypatch.setenv("BACKBONES_CACHE", str(tmp_path / "cache"))
+    printed, table = rank(tmp_path, "-models", "mobilenet", "shufflenet", "--weights", "none")
+    assert sorted(table.index) == sorted(SWEEP_BACKBONES)
+    assert "| rank | backbone | LogME | kNN top-1 % | linear probe top-1 % | LEEP |" in printed
+    assert table["rank"].tolist() == [1, 2] and table["logme"].is_monotonic_decreasing
+    assert table["leep"].isna().all()  # random weights have no source classifier
+    cached = sorted((tmp_path / "cache" / "features").glob("digits-*.npz"))
+    assert [p.name.split("-")[1] for p in cached] == ["train", "train", "val", "val"]  # never the test split
+    n_train, n_val = table["n_train"].iloc[0], table["n_val"].iloc[0]
+    assert n_train + n_val == round(1797 * 0.8)  # digits holds out 20% for test
+    train = np.load(next(p for p in cached if "train-mobilenet" in p.name))
+    assert train["features"].shape == (n_train, 1280) and len(train["labels"]) == n_train
+    assert table.loc["mobilenet_v3_large", "logme"] == pytest.approx(logme(train["features"], train["labels"]))
+
+    again, same = rank(tmp_path, "-models", "mobilenet", "shufflenet", "--weights", "none")
+    assert again.count("features reused from the cache") == 4
+    timings = ["features_seconds", "score_seconds", "features_cached"]
+    pd.testing.assert_frame_equal(same.drop(columns=timings), table.drop(columns=timings))
+
+
+def test_changed_weights_file_invalidates_the_cache_and_leep_uses_its_head(tmp_path, monkeypatch):
+    monkeypatch.setenv("BACKBONES_CACHE", str(tmp_path / "cache"))
+    weights = tmp_path / "best.pt"
+
+    def save(seed: int) -> None:
+        torch.manual_seed(seed)
+        model = models.create_model("mobilenet", 10, "none")
+        torch.save({"model": model.state_dict(), "meta": {"num_classes": 10}}, weights)
+
+    save(0)
+    first, table = rank(tmp_path, "-models", "mobilenet", "--weights", weights)
+    assert "reused" not in first and table["leep"].iloc[0] < 0  # a log-likelihood
+    second, _ = rank(tmp_path, "-models", "mobilenet", "--weights", weights)
+    assert second.count("features reused from the cache") == 2
+    save(1)
+    os.utime(weights, (0, 0))  # even with an old date, new contents are new weights
+    third, changed = rank(tmp_path, "-models", "mobilenet", "--weights", weights)
+    assert "reused" not in third and changed["logme"].iloc[0] != table["logme"].iloc[0]
+
+
+def test_imagenet_weights_give_leep_from_the_imagenet_head(tmp_path, monkeypatch):
+    monkeypatch.setenv("BACKBONES_CACHE", str(tmp_path / "cache"))
+    plant_imagenet_weights("shufflenet_v2_x2_0", tmp_path / "torch")
+    env = {**os.environ, "TORCH_HOME": str(tmp_path / "torch"), "HTTPS_PROXY": "http://127.0.0.1:9"}
+    _, table = rank(tmp_path, "-models", "shufflenet", env=env)
+    assert table["weights"].iloc[0] == "imagenet" and -np.log(10) - 1 < table["leep"].iloc[0] < 0
+
+
+def test_checked_against_fine_tuned_runs(digits_sweep, tmp_path):
+    printed, table = rank(tmp_path, "-models", *SWEEP_BACKBONES, "--weights", "none", "--image-size", "32",
+                          "--runs", digits_sweep)  # fmt: skip
+    measured = table["measured_top1"]
+    for backbone in SWEEP_BACKBONES:
+        runs = [pd.read_json(p, typ="series") for p in digits_sweep.glob(f"{backbone}-s*/metrics.json")]
+        assert measured[backbone] == pytest.approx(np.mean([run["top1"] for run in runs]))
+    result = agreement(table["logme"], measured)
+    order_agrees = table["logme"].idxmax() == measured.idxmax()
+    assert result["kendall_tau"] == (1.0 if order_agrees else -1.0)
+    assert result["regret"] == pytest.approx(measured.max() - measured[table["logme"].idxmax()])
+    assert f"LogME: Kendall's tau {result['kendall_tau']:+.2f} over 2 backbones" in printed
+    assert "Cost: ranking 2 backbones took" in printed and "of one fine-tuning run" in printed
+
+    report = tmp_path / "report"
+    result = run_script("report.py", "--runs", digits_sweep, "--out", report, "--rankings", tmp_path / "rank-0.csv")
+    assert result.returncode == 0, result.stderr
+    board = pd.read_csv(report / "digits-val-32x32-default-none" / "leaderboard.csv").set_index("backbone")
+    assert board["logme_predicted_rank"].to_dict() == table["logme"].rank(ascending=False).to_dict()
+    assert "Predicted by rank.py before fine-tuning: LogME: Kendall's tau" in result.stdout
+
+
+def test_agreement_of_a_perfect_and_a_reversed_ranking():
+    measured = pd.Series({"a": 90.0, "b": 80.0, "c": 70.0})
+    assert agreement(pd.Series({"a": 3, "b": 2, "c": 1, "d": 9}), measured) == {
+        "backbones": 3, "kendall_tau": 1.0, "pick": "a", "true_best": "a", "pick_is_best": True, "regret": 0.0,
+    }  # fmt: skip
+    reversed_ = agreement(pd.Series({"a": 1, "b": 2, "c": 3}), measured)
+    assert reversed_["kendall_tau"] == -1.0 and reversed_["regret"] == 20.0 and reversed_["pick"] == "c"
+
+
+def test_bad_input_is_a_clean_error(tmp_path):
+    taken = tmp_path / "taken.csv"
+    taken.write_text("mine")
+    assert_clean_error(run_script("rank.py", *RANK, "--out", taken), "already exists")
+    assert taken.read_text() == "mine"
+    assert_clean_error(run_script("rank.py", *RANK, "-models", "nonet"), "Unknown model 'nonet'")
+    result = run_script("rank.py", "--dataset", "mnist")
+    assert result.returncode == 2 and "invalid choice: 'mnist'" in result.stderr and "Traceback" not in result.stderr
+    assert_clean_error(run_script("rank.py", *RANK, "--weights", tmp_path / "missing.pt"), "does not exist")
