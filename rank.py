@@ -28,6 +28,7 @@ from datasets.base import DatasetSpec, cache_dir
 from errors import UserError, run_cli
 from train_common import (
     ImageDataset,
+    add_data_size_arguments,
     dataset_options,
     fraction,
     image_size,
@@ -68,6 +69,7 @@ def build_parser(spec: DatasetSpec | None) -> argparse.ArgumentParser:
         default=True,
         help="download the dataset if it is missing and its source allows it",
     )
+    add_data_size_arguments(parser)
     add("--val-fraction", type=fraction, default=0.1, help="validation share of the training data (as in training)")
     add("--seed", type=int, default=0, help="seeds the splits (as in training), random init and the probe")
     add("-bs", type=positive_int, default=64, help="batch size for feature extraction")

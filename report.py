@@ -41,6 +41,8 @@ REQUIRED = (
     "protocol",
     "image_size",
     "default_image_size",
+    "n_train",
+    "n_val",
     "n_test",
     "top1",
     "top5",
@@ -78,9 +80,9 @@ METRICS = (
 SHOWN = ("top1", "balanced_accuracy", "macro_f1", "ece", "gflops", "latency_ms_batch1")  # in the terminal
 # Settings: what makes two runs answer different questions. Config keys that only say where or how fast a run
 # happened are ignored; every other config difference makes a separate row.
-SETTING_CONFIG_KEYS = ("train_fraction", "shots", "finetune")
+SETTING_DEFAULTS = {"train_fraction": 1.0, "shots": None, "finetune": "full"}  # absent from older runs
 NOT_CONFIGURATION = {"seed", "out", "data", "results", "workers", "device", "download", "compile", "eval_only", "model"}
-NOT_CONFIGURATION |= {"weights", "protocol", "image_size", *SETTING_CONFIG_KEYS}
+NOT_CONFIGURATION |= {"weights", "protocol", "image_size", *SETTING_DEFAULTS}
 PREDICTORS = {"logme": "LogME", "knn": "kNN", "linear": "linear probe", "leep": "LEEP"}  # rank.py's scores
 ALPHA = 0.05
 BOOTSTRAP_RESAMPLES = 10_000
@@ -168,8 +170,8 @@ def setting_of(run: dict) -> dict:
         "weights": run["weights"],
         "resolution": size + (" (default)" if run["image_size"] == run["default_image_size"] else ""),
     }
-    for key in SETTING_CONFIG_KEYS:
-        if run["config"].get(key) is not None:
+    for key, default in SETTING_DEFAULTS.items():
+        if run["config"].get(key, default) != default:
             setting[key] = run["config"][key]
     return setting
 
@@ -188,6 +190,7 @@ def runs_table(runs: list[dict]) -> tuple[pd.DataFrame, list[tuple[str, str]]]:
                 "configuration": json.dumps(configuration, sort_keys=True),
                 "seed": run["seed"],
                 "params": run["params"],
+                "n_used": run["n_train"] + run["n_val"],
                 **{column: run[column] for column, _, _ in METRICS},
                 "finished": run["finished"],
                 "folder": run["folder"],
@@ -492,6 +495,38 @@ def plot_cost(board: pd.DataFrame, title: str, path: Path) -> None:
     plt.close(figure)
 
 
+def learning_curves(table: pd.DataFrame, out: Path) -> list[str]:
+    """Top-1 against the number of training images (train + validation), one line per backbone with a ± std band
+    over seeds, for every group of settings that differ only in --train-fraction / --shots."""
+    sizes = ("train_fraction", "shots")
+    curve_of = table["setting"].map(lambda key: {k: v for k, v in json.loads(key).items() if k not in sizes})
+    table = table.assign(curve=curve_of.map(lambda setting: json.dumps(setting, sort_keys=True)))
+    sections = []
+    for key, runs in table.groupby("curve"):
+        if runs["setting"].nunique() < 2:
+            continue
+        title = describe(json.loads(key))
+        figure, axis = plt.subplots(figsize=(7.5, 4.8))
+        for label, rows in runs.groupby("label"):
+            points = rows.groupby("setting").agg(used=("n_used", "mean"), top1=("top1", "mean"), std=("top1", "std"))
+            points = points.sort_values("used")
+            band = points["std"].fillna(0)
+            axis.plot(points["used"], points["top1"], "o-", label=label)
+            axis.fill_between(points["used"], points["top1"] - band, points["top1"] + band, alpha=0.2)
+        axis.set_xscale("log")
+        axis.set_xlabel("training images (train + validation)")
+        axis.set_ylabel("test top-1 (%)")
+        axis.grid(alpha=0.3)
+        axis.legend(fontsize=8)
+        axis.set_title(textwrap.fill(title, 80), fontsize=9)
+        figure.tight_layout()
+        name = f"learning-curve-{slug(json.loads(key))}.png"
+        figure.savefig(out / name, dpi=110)
+        plt.close(figure)
+        sections.append(f"## Learning curves ({title})\n\n![learning curves]({name})")
+    return sections
+
+
 def plot_kappa(kappa: pd.DataFrame, title: str, path: Path) -> None:
     size = 4 + 0.6 * len(kappa)
     figure, axis = plt.subplots(figsize=(size + 1, size))
@@ -565,6 +600,7 @@ def main(argv: list[str] | None = None) -> None:
         if predicted:
             print(predicted)
     pd.concat(all_boards).to_csv(args.out / "leaderboard.csv", index=False)
+    sections += learning_curves(table, args.out)
     for name, domains in domain_tables(boards, settings).items():
         columns = {"backbone": domains["backbone"].tolist()}
         columns.update(

@@ -32,7 +32,7 @@ from torchvision.transforms import v2
 from tqdm import tqdm
 
 import models
-from datasets.base import DataNotFound, DatasetSpec, assign_splits
+from datasets.base import DataNotFound, DatasetSpec, assign_splits, nested_subset
 from errors import UserError, run_cli
 from metrics import fit_temperature, gflops, peak_memory_mb, quality, reliability_diagram, speed
 
@@ -49,6 +49,9 @@ RESULT_COLUMNS = [
     "n_train",
     "n_val",
     "n_test",
+    "train_fraction",
+    "shots",
+    "finetune",
     "top1",
     "top5",
     "balanced_accuracy",
@@ -80,6 +83,13 @@ def fraction(text: str) -> float:
     return value
 
 
+def share(text: str) -> float:
+    value = float(text)
+    if not 0 < value <= 1:
+        raise argparse.ArgumentTypeError(f"must be in (0, 1], got {value}")
+    return value
+
+
 def image_size(text: str) -> tuple[int, int]:
     """'224' or '448x672' (height x width)."""
     try:
@@ -89,6 +99,24 @@ def image_size(text: str) -> tuple[int, int]:
     if len(parts) not in (1, 2) or min(parts) < 8:
         raise argparse.ArgumentTypeError(f"expected S or HxW with sides of at least 8 pixels, got '{text}'")
     return (parts[0], parts[-1])
+
+
+def add_data_size_arguments(parser: argparse.ArgumentParser) -> None:
+    """--train-fraction / --shots: how much of the training data a run (or a ranking) uses."""
+    size = parser.add_mutually_exclusive_group()
+    size.add_argument(
+        "--train-fraction",
+        type=share,
+        default=1.0,
+        help="train on this share of each class's training data (0 < F <= 1; nested: for one seed a smaller "
+        "share is inside a larger one); validation is carved from it, the test set is never subsampled",
+    )
+    size.add_argument(
+        "--shots",
+        type=positive_int,
+        default=None,
+        help="train on K images per class (nested like --train-fraction), validation carved from them",
+    )
 
 
 def build_parser(spec: DatasetSpec) -> argparse.ArgumentParser:
@@ -122,6 +150,13 @@ def build_parser(spec: DatasetSpec) -> argparse.ArgumentParser:
         default=0.1,
         help="share of training data held out for validation, "
         "per class, where the dataset has no official validation split",
+    )
+    add_data_size_arguments(parser)
+    add(
+        "--finetune",
+        choices=("full", "head"),
+        default="full",
+        help="'full': train every weight; 'head': a linear probe (backbone and its BatchNorm statistics frozen)",
     )
     add(
         "--protocol",
@@ -252,9 +287,24 @@ def make_precision(device: torch.device) -> Precision:
 
 
 # ----------------------------------------------------------------------------------------------------- loop
+def frozen_norms(model: nn.Module) -> list[nn.Module]:
+    """BatchNorm layers whose weights are frozen (linear probing): they keep their pretrained statistics."""
+    return [
+        m
+        for m in model.modules()
+        if isinstance(m, nn.modules.batchnorm._BatchNorm) and not any(p.requires_grad for p in m.parameters())
+    ]
+
+
+def train_mode(model: nn.Module) -> None:
+    model.train()
+    for norm in frozen_norms(model):
+        norm.eval()
+
+
 def train_one_epoch(model, loader, optimizer, scaler, precision: Precision, desc: str) -> tuple[float, float]:
     """One pass over the training data; returns (mean loss, top-1 %) counted over samples."""
-    model.train()
+    train_mode(model)
     criterion = nn.CrossEntropyLoss()
     total_loss, correct, seen = 0.0, 0, 0
     bar = tqdm(loader, desc=desc, leave=False, disable=None)
@@ -310,14 +360,19 @@ def recompute_bn_stats(model, loader, precision: Precision, max_images: int) -> 
     describe the initial weights and evaluation falls to chance. A cumulative average over fresh batches fixes
     that for every backbone, and is what the checkpoint then stores.
     """
-    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+    frozen = frozen_norms(model)
+    norms = [
+        m
+        for m in model.modules()
+        if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats and m not in frozen
+    ]
     if not norms or max_images <= 0:
         return
     momenta = [m.momentum for m in norms]
     for m in norms:
         m.reset_running_stats()
         m.momentum = None  # cumulative moving average
-    model.train()
+    train_mode(model)
     seen = 0
     for images, _ in loader:
         with precision.autocast():
@@ -444,7 +499,12 @@ def load_splits(spec: DatasetSpec, args: argparse.Namespace):
         samples = samples.assign(split=samples["split"].replace("val", "train"))
     val_fraction = 0.0 if args.protocol == "paper" else args.val_fraction
     test_fraction = getattr(args, "test_size", spec.test_fraction)  # a dataset may let the user set it
-    samples = assign_splits(samples, test_fraction, val_fraction, args.seed)
+    subset = None
+    if args.train_fraction < 1 or args.shots is not None:
+        subset = lambda pool: nested_subset(  # noqa: E731
+            pool["label"], catalog.classes, args.seed, args.train_fraction, args.shots
+        )
+    samples = assign_splits(samples, test_fraction, val_fraction, args.seed, subset)
     if spec.num_classes is not None and len(catalog.classes) != spec.num_classes:
         print(
             f"warning: {spec.title} has {spec.num_classes} classes but {args.data} holds {len(catalog.classes)}; "
@@ -496,6 +556,8 @@ def main(spec: DatasetSpec, argv: list[str] | None = None) -> dict:
         )
 
     model = models.create_model(model_name, num_classes, args.weights)
+    if args.finetune == "head":
+        models.freeze_all_but_head(model, model_name)
     params = sum(p.numel() for p in model.parameters())
     model.to(device)
     if precision.channels_last:
@@ -503,6 +565,11 @@ def main(spec: DatasetSpec, argv: list[str] | None = None) -> dict:
     forward = torch.compile(model) if args.compile else model
 
     mode = "evaluation of " + args.weights if args.eval_only else f"protocol {args.protocol}"
+    if not args.eval_only:
+        mode += ", linear probe (backbone frozen)" if args.finetune == "head" else ", full fine-tuning"
+    if args.shots is not None or args.train_fraction < 1:
+        size = f"{args.shots} per class" if args.shots is not None else f"{args.train_fraction:g} of each class"
+        mode += f", training data: {size} ({int(counts.get('unused', 0))} images unused)"
     name = f"{spec.name}-{model_name.replace(':', '_')}-s{args.seed}"
     out = make_out_dir(args.out, name)
     log = RunLog(out / "log.txt")
@@ -573,6 +640,10 @@ def main(spec: DatasetSpec, argv: list[str] | None = None) -> dict:
         "n_train": n_train,
         "n_val": n_val,
         "n_test": n_test,
+        "n_unused": int(counts.get("unused", 0)),
+        "train_fraction": args.train_fraction,
+        "shots": args.shots,
+        "finetune": args.finetune,
         "image_size": list(args.image_size),
         "default_image_size": list(spec.image_size),
         **{k: round(v, 6) if isinstance(v, float) else v for k, v in scores.items()},
@@ -638,7 +709,7 @@ def fit(model, forward, train_loader, select_loader, select_name, precision, arg
     best: dict = {}
     history: list[dict] = []
     for phase, make_optimizer in phases:
-        optimizer = make_optimizer(model.parameters())
+        optimizer = make_optimizer([p for p in model.parameters() if p.requires_grad])
         stale, phase_epochs = 0, 0
         while stale < args.patience and (args.max_epochs is None or phase_epochs < args.max_epochs):
             epoch = len(history) + 1

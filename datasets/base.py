@@ -29,7 +29,7 @@ from errors import UserError
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 SPLITS = ("train", "val", "test")
-TEST_STREAM, VAL_STREAM = 0, 1  # independent random streams for the test and the validation split
+TEST_STREAM, VAL_STREAM, SUBSET_STREAM = 0, 1, 2  # independent random streams: test, validation, low-data subset
 
 
 class DataNotFound(Exception):
@@ -170,8 +170,45 @@ def stratified_holdout(
     return held_units[unit_of]
 
 
-def assign_splits(samples: pd.DataFrame, test_fraction: float | None, val_fraction: float, seed: int) -> pd.DataFrame:
-    """Fill in the splits the dataset leaves open: test by the dataset's rule, then validation from training."""
+def nested_subset(
+    labels: Sequence[int], classes: Sequence[str], seed: int, fraction: float = 1.0, shots: int | None = None
+) -> np.ndarray:
+    """Boolean mask of a stratified subset: `shots` samples of each class, or `fraction` of each (at least one).
+
+    Each class's members are shuffled once per seed, whatever the size asked for, and the subset is a prefix of
+    that order: for one seed, a smaller subset is always inside a larger one, so learning curves compare like
+    with like.
+    """
+    labels = np.asarray(labels)
+    rng = np.random.default_rng([seed, SUBSET_STREAM])
+    keep = np.zeros(len(labels), dtype=bool)
+    for label in np.unique(labels):
+        members = rng.permutation(np.flatnonzero(labels == label))
+        if shots is not None and shots > len(members):
+            smallest = min(np.unique(labels, return_counts=True)[1])
+            raise UserError(
+                f"--shots {shots} asks for {shots} training images per class, but class '{classes[label]}' has "
+                f"only {len(members)} outside the test set (the smallest class has {smallest}). Use --shots "
+                f"{smallest} or fewer, or --train-fraction."
+            )
+        count = shots if shots is not None else max(1, int(round(len(members) * fraction)))
+        keep[members[:count]] = True
+    return keep
+
+
+def assign_splits(
+    samples: pd.DataFrame,
+    test_fraction: float | None,
+    val_fraction: float,
+    seed: int,
+    subset: Callable[[pd.DataFrame], np.ndarray] | None = None,
+) -> pd.DataFrame:
+    """Fill in the splits the dataset leaves open: test by the dataset's rule, then validation from training.
+
+    With `subset` (a mask over the non-test samples), only those are used, their validation split is carved from
+    them (a user with ten images per class has only those) and the rest are marked 'unused'; the test set is
+    never subsampled.
+    """
     samples = samples.copy()
     open_rows = samples["split"] == ""
     if open_rows.any():
@@ -180,6 +217,9 @@ def assign_splits(samples: pd.DataFrame, test_fraction: float | None, val_fracti
         rows = samples[open_rows]
         held = stratified_holdout(rows["label"], test_fraction, seed, TEST_STREAM, rows["group"])
         samples.loc[open_rows, "split"] = np.where(held, "test", "train")
+    if subset is not None:
+        pool = samples["split"] != "test"
+        samples.loc[pool, "split"] = np.where(subset(samples[pool]), "train", "unused")
     if val_fraction > 0 and not (samples["split"] == "val").any():
         train_rows = samples["split"] == "train"
         rows = samples[train_rows]

@@ -119,6 +119,14 @@ def create_feature_extractor(name: str, weights: str = "imagenet") -> tuple[nn.M
     return model, None if weights == "none" else classifier
 
 
+def freeze_all_but_head(model: nn.Module, name: str) -> None:
+    """Linear probing: only the classifier keeps trainable weights."""
+    name = resolve_name(name)
+    head = model.pretrained_cfg.get("classifier", "head") if name.startswith(TIMM_PREFIX) else BACKBONES[name].head
+    for key, parameter in model.named_parameters():
+        parameter.requires_grad = key.startswith(head + ".")
+
+
 def _build(name: str, weights: str, num_classes: int | None) -> tuple[nn.Module, str]:
     """(model, dotted path of its classifier); `num_classes` None keeps the architecture's 1000-class head."""
     if name.startswith(TIMM_PREFIX):

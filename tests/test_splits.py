@@ -10,7 +10,8 @@ import pytest
 
 import split
 from conftest import assert_clean_error, run_script
-from datasets.base import TEST_STREAM, VAL_STREAM, assign_splits, stratified_holdout
+from datasets.base import TEST_STREAM, VAL_STREAM, assign_splits, nested_subset, stratified_holdout
+from errors import UserError
 from formats import make_class_folders
 
 
@@ -125,3 +126,39 @@ def test_groups_count_under_their_most_common_label():
     for label in range(3):
         members = [g for g, m in majority.items() if m == label]
         assert sum(held[groups == g][0] for g in members) == round(len(members) * 0.25)
+
+
+def test_low_data_subsets_are_nested_stratified_and_seeded():
+    labels = np.repeat(np.arange(3), [40, 20, 10])
+    classes = ["a", "b", "c"]
+    subsets = {
+        size: nested_subset(labels, classes, seed=5, **size_kwargs)
+        for size, size_kwargs in [
+            ("1 shot", {"shots": 1}),
+            ("5 shots", {"shots": 5}),
+            ("10%", {"fraction": 0.1}),
+            ("50%", {"fraction": 0.5}),
+            ("100%", {"fraction": 1.0}),
+        ]
+    }
+    assert [int(subsets["5 shots"][labels == c].sum()) for c in range(3)] == [5, 5, 5]
+    assert [int(subsets["10%"][labels == c].sum()) for c in range(3)] == [4, 2, 1]
+    assert subsets["100%"].all()
+    ordered = ["1 shot", "10%", "5 shots", "50%", "100%"]  # each inside the next, class by class
+    for smaller, larger in zip(ordered, ordered[1:], strict=False):
+        assert not (subsets[smaller] & ~subsets[larger]).any(), (smaller, larger)
+    assert not np.array_equal(subsets["50%"], nested_subset(labels, classes, seed=6, fraction=0.5))
+    with pytest.raises(UserError, match=r"class 'c' has only 10 outside the test set \(the smallest class has 10\)"):
+        nested_subset(labels, classes, seed=0, shots=11)
+
+
+def test_subset_keeps_the_test_set_whole_and_carves_val_from_the_subset():
+    samples = pd.DataFrame({"sample": [str(i) for i in range(100)], "label": [i % 2 for i in range(100)],
+                            "split": ["train"] * 60 + ["val"] * 20 + ["test"] * 20})  # fmt: skip
+    samples["group"] = samples["sample"]
+    full = assign_splits(samples, None, 0.2, seed=0)
+    few = assign_splits(samples, None, 0.2, seed=0, subset=lambda pool: nested_subset(pool["label"], "ab", 0, shots=5))
+    assert few["split"].value_counts().to_dict() == {"unused": 70, "test": 20, "train": 8, "val": 2}
+    assert few.loc[few["split"] == "test", "sample"].tolist() == full.loc[full["split"] == "test", "sample"].tolist()
+    used = few[few["split"].isin(["train", "val"])]
+    assert used.groupby("label").size().tolist() == [5, 5] and used.groupby("label")["split"].nunique().eq(2).all()

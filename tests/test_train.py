@@ -13,6 +13,7 @@ import torch
 from conftest import FAST, assert_clean_error, finished_run, run_script
 from formats import make_class_folders
 from models import create_model
+from train_common import seed_everything
 
 
 def read_rows(path) -> list[dict]:
@@ -127,6 +128,29 @@ def test_paper_protocol_selects_on_test_and_says_so(tmp_path):
     assert all("test_top1" in h for h in metrics["history"])
 
 
+def test_few_shot_linear_probe_trains_only_the_head_on_a_nested_subset(tmp_path):
+    runs = {}
+    for shots in (3, 6):
+        out = tmp_path / f"shots{shots}"
+        result = run_script(
+            "digits.py", *FAST, "-bs", "16", "--shots", shots, "--finetune", "head", "--out", out,
+            "--results", tmp_path / "r.csv",
+        )  # fmt: skip
+        runs[shots] = (finished_run(result, out), pd.read_csv(out / "split.csv"), out)
+    (metrics, split, out), (_, larger, _) = runs[3], runs[6]
+    assert metrics["n_train"] + metrics["n_val"] == 30 and metrics["n_val"] == 10  # one validation image per class
+    assert metrics["shots"] == 3 and metrics["finetune"] == "head" and metrics["n_test"] == 359
+    assert metrics["n_unused"] == 1797 - 359 - 30 and (split["split"] == "unused").sum() == metrics["n_unused"]
+    used = lambda table: set(table.loc[table["split"].isin(["train", "val"]), "sample"])  # noqa: E731
+    assert used(split) < used(larger)  # nested: the 3-shot subset is inside the 6-shot one
+    assert set(split.loc[split["split"] == "test", "sample"]) == set(larger.loc[larger["split"] == "test", "sample"])
+    seed_everything(0)
+    initial = create_model("mobilenet_v3_large", 10, "none").state_dict()
+    trained = torch.load(out / "best.pt", weights_only=True)["model"]
+    changed = sorted({key.rsplit(".", 1)[0] for key in initial if not torch.equal(initial[key], trained[key])})
+    assert changed == ["classifier.3"]  # the backbone, BatchNorm statistics included, is untouched
+
+
 def test_an_existing_run_folder_is_never_overwritten(digits_run):
     out, _, _ = digits_run
     before = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
@@ -159,6 +183,10 @@ def test_default_out_makes_a_fresh_folder_per_run(tmp_path):
         ),
         ("rsna.py", ["-model", "resnet50", "--data", "/nonexistent"], ["stage_2_train_labels.csv", "kaggle"]),
         ("digits.py", ["-model", "resnet50", "--device", "cuda:7"], ["--device cuda:7", "--device cpu"]),
+        ("digits.py", ["-model", "resnet50", "--train-fraction", "0"], ["--train-fraction", "must be in (0, 1]"]),
+        ("digits.py", ["-model", "resnet50", "--train-fraction", "1.5"], ["must be in (0, 1], got 1.5"]),
+        ("digits.py", ["-model", "resnet50", "--shots", "5", "--train-fraction", "0.5"], ["not allowed with"]),
+        ("digits.py", ["-model", "resnet50", "--shots", "500"], ["--shots 500", "class '", "the smallest class has"]),
     ],
 )
 def test_bad_input_gets_a_clear_message(script, args, phrases, tmp_path):
