@@ -150,6 +150,13 @@ def test_few_shot_linear_probe_trains_only_the_head_on_a_nested_subset(tmp_path)
     changed = sorted({key.rsplit(".", 1)[0] for key in initial if not torch.equal(initial[key], trained[key])})
     assert changed == ["classifier.3"]  # the backbone, BatchNorm statistics included, is untouched
 
+    result = run_script("report.py", "--runs", tmp_path / "shots3", tmp_path / "shots6", "--out", tmp_path / "report")
+    assert result.returncode == 0, result.stderr
+    board = pd.read_csv(tmp_path / "report" / "leaderboard.csv")
+    assert sorted(board["shots"]) == [3, 6] and (board["finetune"] == "head").all()  # one leaderboard per size
+    curves = list((tmp_path / "report").glob("learning-curve-*.png"))
+    assert len(curves) == 1 and "## Learning curves" in (tmp_path / "report" / "report.md").read_text()
+
 
 def test_an_existing_run_folder_is_never_overwritten(digits_run):
     out, _, _ = digits_run
