@@ -183,6 +183,11 @@ def build_parser(spec: DatasetSpec) -> argparse.ArgumentParser:
     add("--compile", action="store_true", help="compile the model with torch.compile")
     add("--eval-only", action="store_true", help="evaluate --weights FILE on the test split without training")
     add("--out", type=Path, default=None, help="this run's folder (default: a new folder under runs/)")
+    add(
+        "--resume",
+        action="store_true",
+        help="continue the killed run in --out from its last completed epoch (same flags required)",
+    )
     add("--results", type=Path, default=Path("results/results.csv"), help="results table to append a row to")
     if spec.add_arguments:
         spec.add_arguments(parser)
@@ -397,8 +402,10 @@ class RunLog:
             file.write(line + "\n")
 
 
-def make_out_dir(requested: Path | None, name: str) -> Path:
-    """A fresh folder for this run; an existing non-empty folder is never reused."""
+def make_out_dir(requested: Path | None, name: str, resume: bool = False) -> Path:
+    """A fresh folder for this run; an existing non-empty folder is never reused, except to resume it."""
+    if resume:
+        return requested
     if requested is not None:
         if requested.exists() and (not requested.is_dir() or any(requested.iterdir())):
             raise UserError(
@@ -571,7 +578,8 @@ def main(spec: DatasetSpec, argv: list[str] | None = None) -> dict:
         size = f"{args.shots} per class" if args.shots is not None else f"{args.train_fraction:g} of each class"
         mode += f", training data: {size} ({int(counts.get('unused', 0))} images unused)"
     name = f"{spec.name}-{model_name.replace(':', '_')}-s{args.seed}"
-    out = make_out_dir(args.out, name)
+    resumed = resume_state(args, run_config(args)) if args.resume else None
+    out = make_out_dir(args.out, name, resume=args.resume)
     log = RunLog(out / "log.txt")
     log(
         f"{spec.title}: {n_train} train / {n_val} val / {n_test} test images, {num_classes} classes; "
@@ -600,10 +608,6 @@ def main(spec: DatasetSpec, argv: list[str] | None = None) -> dict:
         train_loader = loader("train", train=True)
         select_loader = test_loader if args.protocol == "paper" else loader("val", train=False)
         select_name = "test" if args.protocol == "paper" else "val"
-        config = {
-            k: (list(v) if isinstance(v, tuple) else str(v) if isinstance(v, Path) else v)
-            for k, v in vars(args).items()
-        }
         meta = {
             "dataset": spec.name,
             "model": model_name,
@@ -611,11 +615,15 @@ def main(spec: DatasetSpec, argv: list[str] | None = None) -> dict:
             "classes": catalog.classes,
             "seed": args.seed,
             "image_size": list(args.image_size),
-            "config": json.dumps(config),
+            "config": json.dumps(run_config(args)),
         }
         started = time.perf_counter()
-        best, history = fit(model, forward, train_loader, select_loader, select_name, precision, args, meta, out, log)
-        train_seconds = time.perf_counter() - started
+        best, history = fit(
+            model, forward, train_loader, select_loader, select_name, precision, args, meta, out, log, resumed
+        )
+        train_seconds = (
+            time.perf_counter() - started + (sum(h["seconds"] for h in resumed["history"]) if resumed else 0)
+        )
 
     temperature = None
     if n_val and args.protocol == "val":  # calibrate on validation data only; the test set stays untouched
@@ -670,6 +678,7 @@ def main(spec: DatasetSpec, argv: list[str] | None = None) -> dict:
     ).to_csv(out / "confusion_matrix.csv")
     reliability_diagram(test_logits, test_labels, out / "reliability.png", f"{spec.title}, {model_name}")
     write_json(metrics, out / "metrics.json")
+    (out / RESUME_FILE).unlink(missing_ok=True)  # finished: best.pt is what is worth keeping
     if not args.eval_only:
         append_result({**metrics, "image_size": "x".join(map(str, args.image_size))}, args.results)
     log(
@@ -698,7 +707,67 @@ def measure_cost(model, forward, args, precision: Precision, history: list[dict]
     return {k: round(v, 4) if isinstance(v, float) else v for k, v in cost.items()}
 
 
-def fit(model, forward, train_loader, select_loader, select_name, precision, args, meta, out, log):
+RESUME_FILE = "checkpoint.pt"
+NOT_RESUME_RELEVANT = {"resume", "workers", "device", "results", "download", "data", "out"}
+
+
+def run_config(args: argparse.Namespace) -> dict:
+    """The command line as JSON-ready values."""
+    return {
+        k: (list(v) if isinstance(v, tuple) else str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()
+    }
+
+
+def resume_state(args: argparse.Namespace, config: dict) -> dict | None:
+    """The state a killed run in --out left (None if it died before finishing an epoch), after checking that the
+    command line asks for the same run."""
+    if args.out is None or not args.out.is_dir():
+        given = "no --out was given" if args.out is None else f"--out {args.out} is not an existing folder"
+        raise UserError(f"--resume continues the run in --out DIR, but {given}. Pass the folder of the killed run.")
+    if (args.out / "metrics.json").exists():
+        raise UserError(f"--resume: the run in {args.out} already finished (it has metrics.json); nothing to do.")
+    path = args.out / RESUME_FILE
+    if not path.exists():
+        return None
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    saved = json.loads(state["config"])
+    differences = [
+        f"{key} {saved.get(key)!r} there, {config.get(key)!r} now"
+        for key in sorted(set(saved) | set(config))
+        if key not in NOT_RESUME_RELEVANT and saved.get(key) != config.get(key)
+    ]
+    if differences:
+        raise UserError(
+            f"--resume: the run in {args.out} was started with other flags ({'; '.join(differences)}). Resume it "
+            "with the flags it was started with, or start a new run in a new --out."
+        )
+    return state
+
+
+def rng_state(*loaders: DataLoader) -> dict:
+    """Every random stream a run draws from, so a resumed run draws exactly what an uninterrupted one would."""
+    numpy_state = np.random.get_state()
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "numpy": [numpy_state[0], torch.from_numpy(numpy_state[1].astype(np.int64)), *numpy_state[2:]],
+        "python": random.getstate(),
+        "loaders": [loader.generator.get_state() for loader in loaders],
+    }
+
+
+def restore_rng(state: dict, *loaders: DataLoader) -> None:
+    torch.set_rng_state(state["torch"])
+    if state["cuda"]:
+        torch.cuda.set_rng_state_all(state["cuda"])
+    name, keys, *rest = state["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), *rest))
+    random.setstate(tuple(tuple(part) if isinstance(part, list) else part for part in state["python"]))
+    for loader, generator_state in zip(loaders, state["loaders"], strict=True):
+        loader.generator.set_state(generator_state)
+
+
+def fit(model, forward, train_loader, select_loader, select_name, precision, args, meta, out, log, resumed=None):
     """The two-phase protocol. Every improvement is saved to best.pt, and each phase ends by reloading it, so
     phase 2 starts from the best weights so far and the model leaves `fit` at the selected checkpoint."""
     phases = [
@@ -708,9 +777,22 @@ def fit(model, forward, train_loader, select_loader, select_name, precision, arg
     scaler = torch.amp.GradScaler(precision.device.type, enabled=precision.amp_dtype == torch.float16)
     best: dict = {}
     history: list[dict] = []
-    for phase, make_optimizer in phases:
+    first_phase, stale, phase_epochs = 0, 0, 0
+    if resumed is not None:
+        model.load_state_dict(resumed["model"])
+        scaler.load_state_dict(resumed["scaler"])
+        best, history = resumed["best"], resumed["history"]
+        first_phase, stale, phase_epochs = resumed["phase"], resumed["stale"], resumed["phase_epochs"]
+        log(f"resuming after epoch {len(history)} ({phases[first_phase][0]}, {stale} epochs without improvement)")
+    for index, (phase, make_optimizer) in enumerate(phases):
+        if index < first_phase:
+            continue
         optimizer = make_optimizer([p for p in model.parameters() if p.requires_grad])
-        stale, phase_epochs = 0, 0
+        if resumed is not None and index == first_phase:
+            optimizer.load_state_dict(resumed["optimizer"])
+            restore_rng(resumed["rng"], train_loader, select_loader)
+        else:
+            stale, phase_epochs = 0, 0
         while stale < args.patience and (args.max_epochs is None or phase_epochs < args.max_epochs):
             epoch = len(history) + 1
             started = time.perf_counter()
@@ -742,6 +824,21 @@ def fit(model, forward, train_loader, select_loader, select_name, precision, arg
                     "seconds": round(seconds, 2),
                     "train_pass_seconds": round(train_pass, 2),
                 }
+            )
+            atomic_save(  # everything needed to continue from here if the run is killed
+                {
+                    "model": model.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "scaler": scaler.state_dict(),
+                    "phase": index,
+                    "stale": stale,
+                    "phase_epochs": phase_epochs,
+                    "best": best,
+                    "history": history,
+                    "rng": rng_state(train_loader, select_loader),
+                    "config": meta["config"],
+                },
+                out / RESUME_FILE,
             )
             log(
                 f"epoch {epoch:3d} {phase:5s} train loss {train_loss:.4f} acc {train_top1:6.2f}% | {select_name} "

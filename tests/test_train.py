@@ -5,12 +5,17 @@ from __future__ import annotations
 import csv
 import json
 import re
+import shutil
+import signal
+import subprocess
+import sys
+from pathlib import Path
 
 import pandas as pd
 import pytest
 import torch
 
-from conftest import FAST, assert_clean_error, finished_run, run_script
+from conftest import FAST, ROOT, assert_clean_error, finished_run, run_script
 from formats import make_class_folders
 from models import create_model
 from train_common import seed_everything
@@ -241,3 +246,55 @@ def test_results_table_survives_concurrent_appends(tmp_path):
     read = read_rows(table)
     assert sorted(int(r["top1"]) for r in read) == list(range(40))
     assert json.dumps(list(read[0])) == json.dumps(train_common.RESULT_COLUMNS)
+
+
+RESUMABLE = [*FAST, "-bs", "64", "--max-epochs", "2", "--patience", "5"]  # two epochs per phase, four in all
+
+
+def comparable(metrics: dict) -> dict:
+    """Everything a run measured except wall-clock figures."""
+    timing = ("seconds", "train_seconds", "latency", "throughput", "images_per_s", "peak_memory", "finished", "out")
+    history = [{k: v for k, v in h.items() if "seconds" not in k} for h in metrics["history"]]
+    kept = {k: v for k, v in metrics.items() if not any(t in k for t in timing) and k not in ("config", "history")}
+    return {**kept, "history": history}
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("resume") / "whole"
+    finished_run(run_script("digits.py", *RESUMABLE, "--out", out), out)
+    return out
+
+
+@pytest.mark.parametrize("kill_after", [1, 3])  # inside the AdamW phase, and inside the SGD phase
+def test_a_killed_run_resumes_to_exactly_the_uninterrupted_result(tmp_path, kill_after, uninterrupted):
+    whole = json.loads((uninterrupted / "metrics.json").read_text())
+    out = tmp_path / "killed"
+    command = [sys.executable, str(ROOT / "digits.py"), *map(str, RESUMABLE), "--out", str(out)]
+    process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    for line in process.stdout:
+        if line.startswith(f"epoch {kill_after:3d}"):
+            process.send_signal(signal.SIGKILL)
+            break
+    process.wait()
+    assert not (out / "metrics.json").exists() and (out / "checkpoint.pt").exists()
+    result = run_script("digits.py", *RESUMABLE, "--out", out, "--resume")
+    resumed = finished_run(result, out)
+    assert "resuming after epoch" in result.stdout
+    assert comparable(resumed) == comparable(whole)
+    assert not (out / "checkpoint.pt").exists()
+    best = torch.load(out / "best.pt", weights_only=True)["model"]
+    assert all(torch.equal(v, best[k]) for k, v in torch.load(uninterrupted / "best.pt")["model"].items())
+
+
+def test_resume_refuses_other_flags_and_finished_runs(tmp_path, uninterrupted):
+    out = tmp_path / "run"
+    shutil.copytree(uninterrupted, out)
+    assert_clean_error(run_script("digits.py", *RESUMABLE, "--out", out, "--resume"), "already finished")
+    (out / "metrics.json").rename(out / "metrics.moved")
+    torch.save({"config": json.dumps({"lr": 0.5})}, out / "checkpoint.pt")
+    before = sorted(p.name for p in out.iterdir())
+    result = run_script("digits.py", *RESUMABLE, "--out", out, "--resume")
+    assert_clean_error(result, "started with other flags", "lr 0.5 there, 0.001 now")
+    assert sorted(p.name for p in out.iterdir()) == before
+    assert_clean_error(run_script("digits.py", *RESUMABLE, "--resume"), "no --out was given")
