@@ -81,8 +81,8 @@ SHOWN = ("top1", "balanced_accuracy", "macro_f1", "ece", "gflops", "latency_ms_b
 # Settings: what makes two runs answer different questions. Config keys that only say where or how fast a run
 # happened are ignored; every other config difference makes a separate row.
 SETTING_DEFAULTS = {"train_fraction": 1.0, "shots": None, "finetune": "full"}  # absent from older runs
-NOT_CONFIGURATION = {"seed", "out", "data", "results", "workers", "device", "download", "compile", "eval_only", "model"}
-NOT_CONFIGURATION |= {"weights", "protocol", "image_size", *SETTING_DEFAULTS}
+NOT_CONFIGURATION = {"seed", "out", "data", "results", "workers", "device", "download", "compile", "eval_only"}
+NOT_CONFIGURATION |= {"resume", "model", "weights", "protocol", "image_size", *SETTING_DEFAULTS}
 PREDICTORS = {"logme": "LogME", "knn": "kNN", "linear": "linear probe", "leep": "LEEP"}  # rank.py's scores
 ALPHA = 0.05
 BOOTSTRAP_RESAMPLES = 10_000

@@ -1,0 +1,193 @@
+"""Run a grid of fine-tuning runs that survives being killed: backbones x datasets x data sizes x seeds.
+
+Usage: python sweep.py --models all --datasets eurosat dtd --fractions 0.1 1 --seeds 0 1 2 -- -bs 32
+
+Each run has its own folder named from its configuration (<out>/<dataset>/<backbone>/<size>/s<seed>). Finished runs
+(they have metrics.json) are skipped, killed ones are resumed from their last epoch, a failed run is recorded and
+the sweep goes on. Flags after `--` go to every run. At the end the report is written to <out>/report.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import os
+import queue
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import models
+import report
+from errors import UserError, run_cli
+
+PROJECT_DIR = Path(__file__).resolve().parent
+DATASETS = sorted(p.stem for p in (PROJECT_DIR / "datasets").glob("*.py") if p.stem not in ("__init__", "base"))
+OWN_FLAGS = ("-model", "--seed", "--train-fraction", "--shots", "--out", "--resume", "--device")
+
+
+@dataclass(frozen=True)
+class Job:
+    dataset: str
+    model: str
+    size: str  # 'full', 'fraction<F>' or 'shots<K>': the folder's name
+    seed: int
+    folder: Path
+
+    def command(self, passthrough: list[str]) -> list[str]:
+        size = []
+        for flag, prefix in (("--train-fraction", "fraction"), ("--shots", "shots")):
+            if self.size.startswith(prefix):
+                size = [flag, self.size.removeprefix(prefix)]
+        command = [sys.executable, str(PROJECT_DIR / f"{self.dataset}.py"), "-model", self.model]
+        command += ["--seed", str(self.seed), *size, *passthrough, "--out", str(self.folder)]
+        return command + (["--resume"] if self.folder.exists() else [])
+
+    @property
+    def status(self) -> str:
+        if (self.folder / "metrics.json").exists():
+            return "done"
+        return "resume" if self.folder.exists() else "new"
+
+
+def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
+    argv = sys.argv[1:] if argv is None else argv
+    own, passthrough = (argv[: argv.index("--")], argv[argv.index("--") + 1 :]) if "--" in argv else (argv, [])
+    parser = argparse.ArgumentParser(
+        description="Run every combination of backbones, datasets, data sizes and seeds; finished runs are "
+        "skipped and killed ones resumed, so rerunning the same command continues a sweep. Flags after -- are "
+        "passed to every run (e.g. -- -bs 32 --weights imagenet).",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    add = parser.add_argument
+    add("--models", nargs="+", required=True, help="backbones: names, aliases, timm:<name>, or 'all' (the eleven)")
+    add("--datasets", nargs="+", required=True, choices=DATASETS, metavar="DATASET", help="dataset script names")
+    add("--fractions", nargs="+", type=float, default=[], help="--train-fraction values (with --shots: both)")
+    add("--shots", nargs="+", type=int, default=[], help="--shots values (images per class)")
+    add("--seeds", nargs="+", type=int, default=[0], help="seeds; each seeds the split, init and data order")
+    add("--out", type=Path, default=Path("runs/sweep"), help="the sweep's folder: one subfolder per run")
+    add("--gpus", default=None, help="comma-separated GPU ids: one run per GPU at a time (default: one at a time)")
+    add(
+        "--launcher",
+        choices=("local", "slurm", "submitit-local"),
+        default="local",
+        help="'local': runs here; 'slurm': a submitit job array on a Slurm cluster; 'submitit-local': submitit's "
+        "local executor (the same code path, on this machine)",
+    )
+    add("--slurm-partition", default=None, help="Slurm partition for --launcher slurm")
+    add("--timeout-min", type=int, default=24 * 60, help="time limit of each submitit job, in minutes")
+    add("--dry-run", action="store_true", help="print the plan (and what is done already) without running")
+    args = parser.parse_args(own)
+    clash = [flag for flag in passthrough if flag in OWN_FLAGS]
+    if clash:
+        raise UserError(
+            f"{', '.join(clash)} after -- would clash with what the sweep sets for each run (backbone, seed, size, "
+            "folder, device). Use --models, --seeds, --fractions/--shots, --out and --gpus instead."
+        )
+    bad = [f for f in args.fractions if not 0 < f <= 1] + [k for k in args.shots if k < 1]
+    if bad:
+        raise UserError(f"--fractions must be in (0, 1] and --shots at least 1; got {bad}.")
+    return args, passthrough
+
+
+def plan(args: argparse.Namespace) -> list[Job]:
+    names = models.list_models() if args.models == ["all"] else [models.resolve_name(m) for m in args.models]
+    sizes = [f"fraction{f:g}" if f < 1 else "full" for f in args.fractions] + [f"shots{k}" for k in args.shots]
+    sizes = sizes or ["full"]
+    return [
+        Job(dataset, model, size, seed, args.out / dataset / model.replace(":", "_") / size / f"s{seed}")
+        for dataset, model, size, seed in itertools.product(args.datasets, names, dict.fromkeys(sizes), args.seeds)
+    ]
+
+
+def run_job(command: list[str], folder: str, gpu: str | None = None) -> int:
+    """Run one job to the end; its output goes to <folder>.log beside the folder, and a failure is recorded in
+    <folder>.error rather than stopping the sweep."""
+    environment = dict(os.environ)
+    if gpu is not None:
+        environment["CUDA_VISIBLE_DEVICES"] = gpu
+        command = [*command, "--device", "cuda"]
+    folder_path = Path(folder)
+    folder_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(f"{folder}.log", "a") as output:
+        code = subprocess.run(command, stdout=output, stderr=subprocess.STDOUT, env=environment).returncode
+    error_file = Path(f"{folder}.error")
+    if code != 0:
+        tail = Path(f"{folder}.log").read_text().strip().splitlines()[-15:]
+        error_file.write_text(f"exit code {code}\n" + "\n".join(tail) + "\n")
+    else:
+        error_file.unlink(missing_ok=True)
+    return code
+
+
+def run_local(jobs: list[Job], passthrough: list[str], gpus: list[str] | None) -> dict[Job, int]:
+    devices: queue.Queue = queue.Queue()
+    for gpu in gpus or [None]:
+        devices.put(gpu)
+
+    def one(job: Job) -> int:
+        gpu = devices.get()
+        try:
+            print(f"start  {job.folder}" + (f" on GPU {gpu}" if gpu is not None else ""), flush=True)
+            code = run_job(job.command(passthrough), str(job.folder), gpu)
+            outcome = "done  " if code == 0 else "FAILED"
+            print(f"{outcome} {job.folder}" + (f" (see {job.folder}.error)" if code else ""), flush=True)
+            return code
+        finally:
+            devices.put(gpu)
+
+    with ThreadPoolExecutor(max_workers=len(gpus or [None])) as pool:
+        return dict(zip(jobs, pool.map(one, jobs), strict=True))
+
+
+def run_submitit(jobs: list[Job], passthrough: list[str], args: argparse.Namespace) -> dict[Job, int]:
+    """One job array through submitit: on Slurm, or with its local executor."""
+    import submitit
+
+    logs = args.out / "submitit"
+    if args.launcher == "slurm":
+        executor = submitit.AutoExecutor(folder=logs, cluster="slurm")
+        executor.update_parameters(
+            timeout_min=args.timeout_min, gpus_per_node=1, slurm_partition=args.slurm_partition, cpus_per_task=8
+        )
+    else:
+        executor = submitit.LocalExecutor(folder=logs)
+        executor.update_parameters(timeout_min=args.timeout_min)
+    submitted = executor.map_array(
+        run_job, [job.command(passthrough) for job in jobs], [str(job.folder) for job in jobs]
+    )
+    print(f"submitted {len(submitted)} jobs ({args.launcher}); logs in {logs}", flush=True)
+    return {job: handle.result() for job, handle in zip(jobs, submitted, strict=True)}
+
+
+def main(argv: list[str] | None = None) -> None:
+    args, passthrough = parse_args(argv)
+    jobs = plan(args)
+    counts = {status: sum(job.status == status for job in jobs) for status in ("done", "resume", "new")}
+    print(
+        f"{len(jobs)} runs: {counts['done']} finished (skipped), {counts['resume']} to resume, {counts['new']} new"
+        + (f"; every run gets: {' '.join(passthrough)}" if passthrough else ""),
+        flush=True,
+    )
+    if args.dry_run:
+        for job in jobs:
+            print(f"{job.status:6s} {' '.join(job.command(passthrough))}")
+        return
+    todo = [job for job in jobs if job.status != "done"]
+    if args.launcher == "local":
+        gpus = args.gpus.split(",") if args.gpus else None
+        codes = run_local(todo, passthrough, gpus)
+    else:
+        codes = run_submitit(todo, passthrough, args)
+    failed = [job for job, code in codes.items() if code != 0]
+    print(f"\n{len(todo) - len(failed)} runs finished now, {counts['done']} before, {len(failed)} failed")
+    for job in failed:
+        print(f"  failed: {job.folder} (see {job.folder}.error)")
+    if len(failed) < len(jobs):
+        report.main(["--runs", str(args.out), "--out", str(args.out / "report")])
+
+
+if __name__ == "__main__":
+    run_cli(main)

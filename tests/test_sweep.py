@@ -1,0 +1,95 @@
+"""sweep.py on digits: a grid that is killed mid-way and resumed loses and repeats nothing, and ends in a report."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+
+from conftest import ROOT, assert_clean_error, run_script
+
+RUN_FLAGS = ["-bs", "64", "--weights", "none", "--max-epochs", "1", "--patience", "1", "--workers", "0"]
+GRID = ["--models", "mobilenet", "shufflenet", "timm:test_resnet", "--datasets", "digits", "--fractions", "0.5", "1",
+        "--seeds", "0", "1"]  # fmt: skip
+
+
+def test_a_killed_sweep_resumes_without_repeating_or_losing_runs(tmp_path):
+    out = tmp_path / "sweep"
+    command = [sys.executable, str(ROOT / "sweep.py"), *GRID, "--out", str(out), "--", *RUN_FLAGS]
+    process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                               start_new_session=True)  # fmt: skip
+    finished = 0
+    for line in process.stdout:
+        finished += line.startswith("done ")
+        if finished == 3:
+            break
+    started_fourth = next(line for line in process.stdout if line.startswith("start"))
+    interrupted = started_fourth.split()[1]
+    deadline = time.monotonic() + 120
+    while not (Path(interrupted) / "log.txt").exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    os.killpg(process.pid, signal.SIGKILL)  # the sweep and the run it had started
+    process.wait()
+    done_before = {p.parent: p.stat().st_mtime_ns for p in out.rglob("metrics.json")}
+    assert len(done_before) == 3
+
+    plan = run_script("sweep.py", *GRID, "--out", out, "--dry-run", "--", *RUN_FLAGS)
+    assert plan.returncode == 0, plan.stderr
+    assert plan.stdout.startswith("12 runs: 3 finished (skipped), 1 to resume, 8 new")
+    assert any(line.startswith("resume") and line.endswith(f"--out {interrupted} --resume")
+               for line in plan.stdout.splitlines())  # fmt: skip
+
+    result = run_script("sweep.py", *GRID, "--out", out, "--", *RUN_FLAGS)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "9 runs finished now, 3 before, 0 failed" in result.stdout
+    runs = sorted(out.rglob("metrics.json"))
+    assert len(runs) == 12
+    assert {p.parent: p.stat().st_mtime_ns for p in runs if p.parent in done_before} == done_before  # not repeated
+    configurations = {(m["model"], m["train_fraction"], m["seed"]) for m in (json.loads(p.read_text()) for p in runs)}
+    assert len(configurations) == 12
+
+    board = pd.read_csv(out / "report" / "leaderboard.csv")
+    assert sorted(board.groupby(board["train_fraction"].fillna(1.0))["backbone"].count().items()) == [
+        (0.5, 3),
+        (1.0, 3),
+    ]
+    assert (board["seeds"] == "0,1").all()
+    assert len(list((out / "report").glob("learning-curve-*.png"))) == 1
+
+
+def test_a_failed_run_is_recorded_and_the_sweep_goes_on(tmp_path):
+    out = tmp_path / "sweep"
+    result = run_script("sweep.py", "--models", "wavemix", "mobilenet", "--datasets", "digits", "--out", out,
+                        "--", *RUN_FLAGS, "--image-size", "40")  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    error = out / "digits" / "wavemix" / "full" / "s0.error"
+    assert "multiples of 32" in " ".join(error.read_text().split())
+    assert (
+        "1 runs finished now, 0 before, 1 failed" in result.stdout
+        and f"failed: {error.with_suffix('')}" in result.stdout
+    )
+    assert (out / "digits" / "mobilenet_v3_large" / "full" / "s0" / "metrics.json").exists()
+
+
+def test_submitit_local_executor_runs_the_grid(tmp_path):
+    out = tmp_path / "sweep"
+    result = run_script("sweep.py", "--models", "mobilenet", "--datasets", "digits", "--shots", "4", "--out", out,
+                        "--launcher", "submitit-local", "--", *RUN_FLAGS)  # fmt: skip
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    metrics = json.loads((out / "digits" / "mobilenet_v3_large" / "shots4" / "s0" / "metrics.json").read_text())
+    assert metrics["shots"] == 4 and metrics["n_train"] + metrics["n_val"] == 40
+    assert "submitted 1 jobs (submitit-local)" in result.stdout and any((out / "submitit").iterdir())
+
+
+def test_sweep_flags_that_would_clash_are_refused(tmp_path):
+    common = ["--models", "mobilenet", "--datasets", "digits", "--out", tmp_path / "s"]
+    assert_clean_error(run_script("sweep.py", *common, "--", "--seed", "3"), "--seed after -- would clash")
+    assert_clean_error(run_script("sweep.py", *common, "--fractions", "1.5"), "--fractions must be in (0, 1]")
+    assert_clean_error(run_script("sweep.py", *common[:2], "nonet", *common[2:]), "Unknown model 'nonet'")
+    assert not (tmp_path / "s").exists()
