@@ -26,8 +26,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
+import torch.distributed as dist
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 from torchvision.transforms import v2
 from tqdm import tqdm
 
@@ -101,8 +102,25 @@ def image_size(text: str) -> tuple[int, int]:
     return (parts[0], parts[-1])
 
 
-def add_data_size_arguments(parser: argparse.ArgumentParser) -> None:
-    """--train-fraction / --shots: how much of the training data a run (or a ranking) uses."""
+def add_data_arguments(parser: argparse.ArgumentParser, default_data: str) -> None:
+    """Where the dataset is and which of its images are used: shared by the dataset scripts and rank.py, so a
+    ranking sees exactly the training and validation images a run with the same flags trains and selects on."""
+    parser.add_argument(
+        "--data", type=Path, default=Path(default_data), help="dataset root: where its archive was extracted"
+    )
+    parser.add_argument(
+        "--download",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="download the dataset if it is missing and its source allows it; --no-download never does",
+    )
+    parser.add_argument(
+        "--val-fraction",
+        type=fraction,
+        default=0.1,
+        help="share of training data held out for validation, "
+        "per class, where the dataset has no official validation split",
+    )
     size = parser.add_mutually_exclusive_group()
     size.add_argument(
         "--train-fraction",
@@ -130,13 +148,6 @@ def build_parser(spec: DatasetSpec) -> argparse.ArgumentParser:
     add = parser.add_argument
     add("-model", required=True, help=f"backbone: {', '.join(models.list_models())}, an alias, or timm:<name>")
     add("-bs", type=positive_int, default=32, help="batch size")
-    add("--data", type=Path, default=Path(spec.default_data), help="dataset root: where its archive was extracted")
-    add(
-        "--download",
-        action=argparse.BooleanOptionalAction,
-        default=True,
-        help="download the dataset if it is missing and its source allows it; --no-download never does",
-    )
     add("--weights", default="imagenet", help="'imagenet' (pretrained), 'none' (random init) or a checkpoint FILE")
     add("--image-size", type=image_size, default=f"{height}x{width}", help="training/evaluation size, S or HxW")
     add("--max-epochs", type=positive_int, default=None, help="cap on epochs per optimizer phase (none: no cap)")
@@ -144,14 +155,7 @@ def build_parser(spec: DatasetSpec) -> argparse.ArgumentParser:
     add("--lr", type=float, default=1e-3, help="AdamW learning rate (phase 1)")
     add("--weight-decay", type=float, default=0.01, help="AdamW weight decay (phase 1)")
     add("--sgd-lr", type=float, default=1e-3, help="SGD learning rate, momentum 0.9 (phase 2)")
-    add(
-        "--val-fraction",
-        type=fraction,
-        default=0.1,
-        help="share of training data held out for validation, "
-        "per class, where the dataset has no official validation split",
-    )
-    add_data_size_arguments(parser)
+    add_data_arguments(parser, spec.default_data)
     add(
         "--finetune",
         choices=("full", "head"),
@@ -231,12 +235,57 @@ def seed_worker(worker_id: int) -> None:
     np.random.seed(torch.initial_seed() % 2**32)
 
 
+def world() -> tuple[int, int]:
+    """(this process's rank, number of processes): (0, 1) unless launched by torchrun."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def is_main() -> bool:
+    """Only the first process writes files and prints."""
+    return world()[0] == 0
+
+
+def start_distributed(device_name: str) -> None:
+    """Join the torchrun job this process was started in (NCCL on GPUs, gloo on CPUs); nothing otherwise."""
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
+        cuda = device_name != "cpu" and torch.cuda.is_available()
+        if cuda:
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+        dist.init_process_group("nccl" if cuda else "gloo")
+
+
+def gather_shards(local: torch.Tensor) -> torch.Tensor:
+    """Reassemble a tensor whose rows were strided over the processes (row i on rank i % size)."""
+    rank, size = world()
+    if size == 1:
+        return local
+    parts: list = [None] * size
+    dist.all_gather_object(parts, local.cpu())
+    full = parts[0].new_empty((sum(len(part) for part in parts), *parts[0].shape[1:]))
+    for index, part in enumerate(parts):
+        full[index::size] = part
+    return full
+
+
 def make_loader(dataset: Dataset, args: argparse.Namespace, device: torch.device, train: bool) -> DataLoader:
+    """Under torchrun, training batches come from a DistributedSampler and evaluation sees a strided shard, so
+    every evaluated sample is on exactly one process (no padding duplicates)."""
     generator = torch.Generator().manual_seed(args.seed)
+    rank, size = world()
+    sampler = None
+    if size > 1 and train:
+        sampler = DistributedSampler(
+            dataset, num_replicas=size, rank=rank, shuffle=True, seed=args.seed, drop_last=True
+        )
+    elif size > 1:
+        dataset = Subset(dataset, range(rank, len(dataset), size))
     return DataLoader(
         dataset,
         batch_size=args.bs,
-        shuffle=train,
+        shuffle=train and sampler is None,
+        sampler=sampler,
         drop_last=train and len(dataset) > args.bs,  # a batch of one breaks BatchNorm in training mode
         num_workers=args.workers,
         pin_memory=device.type == "cuda",
@@ -268,7 +317,7 @@ class Precision:
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
         if torch.cuda.is_available():
-            return torch.device("cuda")
+            return torch.device("cuda", torch.cuda.current_device())
         return torch.device("mps" if torch.backends.mps.is_available() else "cpu")
     try:
         device = torch.device(name)
@@ -326,6 +375,10 @@ def train_one_epoch(model, loader, optimizer, scaler, precision: Precision, desc
         correct += (logits.argmax(1) == labels).sum().item()
         seen += len(labels)
         bar.set_postfix(loss=f"{total_loss / seen:.4f}", acc=f"{100 * correct / seen:.2f}%")
+    if world()[1] > 1:  # over every process's samples
+        totals = torch.tensor([total_loss, correct, seen], dtype=torch.float64, device=precision.device)
+        dist.all_reduce(totals)
+        total_loss, correct, seen = totals.tolist()
     return total_loss / max(seen, 1), 100 * correct / max(seen, 1)
 
 
@@ -346,7 +399,7 @@ def predict(model, loader, precision: Precision, desc: str) -> tuple[torch.Tenso
         with precision.autocast():
             all_outputs.append(model(precision.to_device(images)).float().cpu())
         all_labels.append(labels)
-    return torch.cat(all_outputs), torch.cat(all_labels)
+    return gather_shards(torch.cat(all_outputs)), gather_shards(torch.cat(all_labels))
 
 
 def evaluate(model, loader, precision: Precision, desc: str) -> Evaluation:
@@ -387,6 +440,10 @@ def recompute_bn_stats(model, loader, precision: Precision, max_images: int) -> 
             break
     for m, momentum in zip(norms, momenta, strict=True):
         m.momentum = momentum
+        if world()[1] > 1:  # each process saw its own images: average, so every process evaluates the same model
+            for statistic in (m.running_mean, m.running_var):
+                dist.all_reduce(statistic)
+                statistic /= world()[1]
 
 
 # ------------------------------------------------------------------------------------------------- run files
@@ -397,6 +454,8 @@ class RunLog:
         self.path = path
 
     def __call__(self, line: str) -> None:
+        if not is_main():
+            return
         print(line, flush=True)
         with open(self.path, "a") as file:
             file.write(line + "\n")
@@ -542,6 +601,7 @@ def main(spec: DatasetSpec, argv: list[str] | None = None) -> dict:
             f"{max(multiple, round(args.image_size[0] / multiple) * multiple)}."
         )
     seed_everything(args.seed)
+    start_distributed(args.device)
     device = resolve_device(args.device)
     precision = make_precision(device)
 
@@ -570,6 +630,10 @@ def main(spec: DatasetSpec, argv: list[str] | None = None) -> dict:
     if precision.channels_last:
         model.to(memory_format=torch.channels_last)
     forward = torch.compile(model) if args.compile else model
+    train_forward = forward
+    if world()[1] > 1:  # gradients are averaged over the processes; evaluation runs on the plain model
+        ddp = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+        train_forward = torch.compile(ddp) if args.compile else ddp
 
     mode = "evaluation of " + args.weights if args.eval_only else f"protocol {args.protocol}"
     if not args.eval_only:
@@ -579,7 +643,10 @@ def main(spec: DatasetSpec, argv: list[str] | None = None) -> dict:
         mode += f", training data: {size} ({int(counts.get('unused', 0))} images unused)"
     name = f"{spec.name}-{model_name.replace(':', '_')}-s{args.seed}"
     resumed = resume_state(args, run_config(args)) if args.resume else None
-    out = make_out_dir(args.out, name, resume=args.resume)
+    out = [make_out_dir(args.out, name, resume=args.resume) if is_main() else None]
+    if world()[1] > 1:
+        dist.broadcast_object_list(out)  # the folder the first process made
+    out = out[0]
     log = RunLog(out / "log.txt")
     log(
         f"{spec.title}: {n_train} train / {n_val} val / {n_test} test images, {num_classes} classes; "
@@ -592,7 +659,8 @@ def main(spec: DatasetSpec, argv: list[str] | None = None) -> dict:
             "PROTOCOL paper: checkpoints are chosen on the TEST set, as in the original benchmark. The accuracy "
             "below is optimistically biased; use it only to compare with the original's numbers."
         )
-    samples[["sample", "label", "split"]].to_csv(out / "split.csv", index=False)
+    if is_main():
+        samples[["sample", "label", "split"]].to_csv(out / "split.csv", index=False)
 
     def loader(split: str, train: bool) -> DataLoader:
         rows = samples[samples["split"] == split]
@@ -619,7 +687,18 @@ def main(spec: DatasetSpec, argv: list[str] | None = None) -> dict:
         }
         started = time.perf_counter()
         best, history = fit(
-            model, forward, train_loader, select_loader, select_name, precision, args, meta, out, log, resumed
+            model,
+            forward,
+            train_loader,
+            select_loader,
+            select_name,
+            precision,
+            args,
+            meta,
+            out,
+            log,
+            resumed,
+            train_forward,
         )
         train_seconds = (
             time.perf_counter() - started + (sum(h["seconds"] for h in resumed["history"]) if resumed else 0)
@@ -632,6 +711,9 @@ def main(spec: DatasetSpec, argv: list[str] | None = None) -> dict:
     test = evaluate(forward, test_loader, precision, "test")
     test_logits, test_labels = test.logits.numpy(), test.labels.numpy()
     scores = quality(test_logits, test_labels, num_classes, temperature)
+    if not is_main():  # the first process measures the cost and writes the files
+        dist.destroy_process_group()
+        return {}
     cost = measure_cost(model, forward, args, precision, history, train_loader)
     metrics = {
         "dataset": spec.name,
@@ -663,6 +745,7 @@ def main(spec: DatasetSpec, argv: list[str] | None = None) -> dict:
         "params": params,
         **cost,
         "device": str(device),
+        "processes": world()[1],
         "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.machine(),
         "amp_dtype": str(precision.amp_dtype) if precision.amp_dtype else None,
         "history": history,
@@ -691,6 +774,8 @@ def main(spec: DatasetSpec, argv: list[str] | None = None) -> dict:
     )
     log(f"{len(history)} epochs in {train_seconds:.0f}s; files in {out}")
     log(f"Top-1 accuracy: {test.top1:.2f}%")
+    if world()[1] > 1:
+        dist.destroy_process_group()
     return metrics
 
 
@@ -767,7 +852,20 @@ def restore_rng(state: dict, *loaders: DataLoader) -> None:
         loader.generator.set_state(generator_state)
 
 
-def fit(model, forward, train_loader, select_loader, select_name, precision, args, meta, out, log, resumed=None):
+def fit(
+    model,
+    forward,
+    train_loader,
+    select_loader,
+    select_name,
+    precision,
+    args,
+    meta,
+    out,
+    log,
+    resumed=None,
+    train_forward=None,
+):
     """The two-phase protocol. Every improvement is saved to best.pt, and each phase ends by reloading it, so
     phase 2 starts from the best weights so far and the model leaves `fit` at the selected checkpoint."""
     phases = [
@@ -796,8 +894,10 @@ def fit(model, forward, train_loader, select_loader, select_name, precision, arg
         while stale < args.patience and (args.max_epochs is None or phase_epochs < args.max_epochs):
             epoch = len(history) + 1
             started = time.perf_counter()
+            if isinstance(train_loader.sampler, DistributedSampler):
+                train_loader.sampler.set_epoch(epoch)
             train_loss, train_top1 = train_one_epoch(
-                forward, train_loader, optimizer, scaler, precision, f"epoch {epoch} {phase}"
+                train_forward or forward, train_loader, optimizer, scaler, precision, f"epoch {epoch} {phase}"
             )
             train_pass = time.perf_counter() - started
             recompute_bn_stats(forward, train_loader, precision, args.bn_images)
@@ -806,12 +906,11 @@ def fit(model, forward, train_loader, select_loader, select_name, precision, arg
             improved = not best or (selection.top1, -selection.loss) > (best["top1"], -best["loss"])
             if improved:
                 best = {"epoch": epoch, "top1": selection.top1, "loss": selection.loss}
+            if improved and is_main():
                 atomic_save(
                     {"model": model.state_dict(), "meta": {**meta, "epoch": epoch, "phase": phase}}, out / "best.pt"
                 )
-                stale = 0
-            else:
-                stale += 1
+            stale = 0 if improved else stale + 1
             seconds = time.perf_counter() - started
             history.append(
                 {
@@ -825,26 +924,29 @@ def fit(model, forward, train_loader, select_loader, select_name, precision, arg
                     "train_pass_seconds": round(train_pass, 2),
                 }
             )
-            atomic_save(  # everything needed to continue from here if the run is killed
-                {
-                    "model": model.state_dict(),
-                    "optimizer": optimizer.state_dict(),
-                    "scaler": scaler.state_dict(),
-                    "phase": index,
-                    "stale": stale,
-                    "phase_epochs": phase_epochs,
-                    "best": best,
-                    "history": history,
-                    "rng": rng_state(train_loader, select_loader),
-                    "config": meta["config"],
-                },
-                out / RESUME_FILE,
-            )
+            if is_main():
+                atomic_save(  # everything needed to continue from here if the run is killed
+                    {
+                        "model": model.state_dict(),
+                        "optimizer": optimizer.state_dict(),
+                        "scaler": scaler.state_dict(),
+                        "phase": index,
+                        "stale": stale,
+                        "phase_epochs": phase_epochs,
+                        "best": best,
+                        "history": history,
+                        "rng": rng_state(train_loader, select_loader),
+                        "config": meta["config"],
+                    },
+                    out / RESUME_FILE,
+                )
             log(
                 f"epoch {epoch:3d} {phase:5s} train loss {train_loss:.4f} acc {train_top1:6.2f}% | {select_name} "
                 f"loss {selection.loss:.4f} acc {selection.top1:6.2f}% | {seconds:5.1f}s"
                 + ("  *best*" if improved else "")
             )
+        if world()[1] > 1:
+            dist.barrier()  # best.pt is written by the first process
         model.load_state_dict(torch.load(out / "best.pt", map_location=precision.device, weights_only=True)["model"])
     return best, history
 
