@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import importlib
 import json
 import math
 import time
@@ -22,15 +21,15 @@ import numpy as np
 import pandas as pd
 import torch
 
+import datasets
 import models
 import report
 from datasets.base import DatasetSpec, cache_dir
 from errors import UserError, run_cli
 from train_common import (
     ImageDataset,
-    add_data_size_arguments,
+    add_data_arguments,
     dataset_options,
-    fraction,
     image_size,
     load_splits,
     make_loader,
@@ -43,9 +42,6 @@ from train_common import (
 )
 from transferability import agreement, knn_accuracy, leep, linear_probe_accuracy, logme
 
-DATASETS = sorted(
-    p.stem for p in (Path(__file__).parent / "datasets").glob("*.py") if p.stem not in ("__init__", "base")
-)
 # (column, heading, decimals): higher is better for every score
 SCORES = (("logme", "LogME", 4), ("knn", "kNN top-1 %", 2), ("linear", "linear probe top-1 %", 2), ("leep", "LEEP", 4))
 
@@ -57,20 +53,12 @@ def build_parser(spec: DatasetSpec | None) -> argparse.ArgumentParser:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     add = parser.add_argument
-    add("--dataset", required=True, choices=DATASETS, help="the dataset, by its script's name")
+    add("--dataset", required=True, choices=datasets.NAMES, help="the dataset, by its script's name")
     add("-models", nargs="+", default=["all"], help="backbones to rank ('all': the eleven), names or aliases")
     add("--weights", default="imagenet", help="'imagenet', 'none' (random init, a baseline) or a checkpoint FILE")
     default_size = "x".join(map(str, spec.image_size)) if spec else "the dataset's"
     add("--image-size", type=image_size, default=default_size, help="feature-extraction size, S or HxW")
-    add("--data", type=Path, default=Path(spec.default_data if spec else "data"), help="dataset root")
-    add(
-        "--download",
-        action=argparse.BooleanOptionalAction,
-        default=True,
-        help="download the dataset if it is missing and its source allows it",
-    )
-    add_data_size_arguments(parser)
-    add("--val-fraction", type=fraction, default=0.1, help="validation share of the training data (as in training)")
+    add_data_arguments(parser, spec.default_data if spec else "data")
     add("--seed", type=int, default=0, help="seeds the splits (as in training), random init and the probe")
     add("-bs", type=positive_int, default=64, help="batch size for feature extraction")
     add("--workers", type=int, default=2, help="data-loading processes")
@@ -88,7 +76,7 @@ def parse_args(argv: list[str] | None) -> tuple[DatasetSpec, argparse.Namespace]
     first = argparse.ArgumentParser(add_help=False)
     first.add_argument("--dataset")
     known, _ = first.parse_known_args(argv)
-    spec = importlib.import_module(f"datasets.{known.dataset}").SPEC if known.dataset in DATASETS else None
+    spec = datasets.spec(known.dataset) if known.dataset in datasets.NAMES else None
     args = build_parser(spec).parse_args(argv)
     if args.models == ["all"]:
         args.models = models.list_models()
@@ -121,7 +109,14 @@ def extract(name: str, spec: DatasetSpec, args, catalog, samples: pd.DataFrame, 
         rows = samples[samples["split"] == split]
         key = hashlib.sha1(
             json.dumps(
-                [spec.name, report.dataset_label(run_like(spec, args)), split, name, weights, args.image_size]
+                [
+                    spec.name,
+                    report.dataset_label(spec.name, dataset_options(spec, args), spec.domain, args.data),
+                    split,
+                    name,
+                    weights,
+                    args.image_size,
+                ]
                 + rows["sample"].tolist()
                 + rows["label"].tolist()
             ).encode()
@@ -147,16 +142,6 @@ def extract(name: str, spec: DatasetSpec, args, catalog, samples: pd.DataFrame, 
     return outputs, reused
 
 
-def run_like(spec: DatasetSpec, args) -> dict:
-    """The fields report.py identifies a dataset by, as a fine-tuning run on these flags would record them."""
-    return {
-        "dataset": spec.name,
-        "dataset_options": dataset_options(spec, args),
-        "domain": spec.domain,
-        "config": {"data": str(args.data)},
-    }
-
-
 def score(outputs: dict, seed: int) -> dict:
     (train, train_probabilities, train_labels), (val, _, val_labels) = outputs["train"], outputs["val"]
     return {
@@ -178,7 +163,7 @@ def measured_top1(spec: DatasetSpec, args, log) -> tuple[pd.Series, pd.Series, s
     table, _ = report.runs_table(runs)
     size = "x".join(map(str, args.image_size))
     table = table[
-        (table["dataset"] == report.dataset_label(run_like(spec, args)))
+        (table["dataset"] == report.dataset_label(spec.name, dataset_options(spec, args), spec.domain, args.data))
         & (table["weights"] == args.weights)
         & (table["protocol"] == "val")
     ]
@@ -240,7 +225,7 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
     for column, _, _ in SCORES:
         table[f"{column}_rank"] = table[column].rank(ascending=False, method="min")
     setting = {
-        "dataset": report.dataset_label(run_like(spec, args)),
+        "dataset": report.dataset_label(spec.name, dataset_options(spec, args), spec.domain, args.data),
         "weights": args.weights,
         "resolution": "x".join(map(str, args.image_size)),
         "seed": args.seed,

@@ -153,18 +153,20 @@ def read_run(folder: Path) -> tuple[dict | None, str]:
     return run, ""
 
 
-def dataset_label(run: dict) -> str:
-    """The dataset a run saw: its name, its own options (BreakHis -mag), and for your own folder, the folder."""
-    options = "".join(f" {key}={value}" for key, value in sorted(run["dataset_options"].items()))
-    custom = f" {Path(run['config'].get('data', '')).name}" if run["domain"] == "custom" else ""
-    return run["dataset"] + custom + options
+def dataset_label(name: str, options: dict, domain: str, data: str | Path) -> str:
+    """The data a run saw: the dataset, its own options (BreakHis -mag), and for your own folder, the folder."""
+    return (
+        name
+        + (f" {Path(data).name}" if domain == "custom" else "")
+        + "".join(f" {key}={value}" for key, value in sorted(options.items()))
+    )
 
 
 def setting_of(run: dict) -> dict:
     """What a number answers: runs in different settings are never averaged or ranked together."""
     size = "x".join(map(str, run["image_size"]))
     setting = {
-        "dataset": dataset_label(run),
+        "dataset": dataset_label(run["dataset"], run["dataset_options"], run["domain"], run["config"].get("data", "")),
         "domain": run["domain"],
         "protocol": run["protocol"],
         "weights": run["weights"],

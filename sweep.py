@@ -19,12 +19,12 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
+import datasets
 import models
 import report
 from errors import UserError, run_cli
 
 PROJECT_DIR = Path(__file__).resolve().parent
-DATASETS = sorted(p.stem for p in (PROJECT_DIR / "datasets").glob("*.py") if p.stem not in ("__init__", "base"))
 OWN_FLAGS = ("-model", "--seed", "--train-fraction", "--shots", "--out", "--resume", "--device")
 
 
@@ -63,7 +63,7 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
     )
     add = parser.add_argument
     add("--models", nargs="+", required=True, help="backbones: names, aliases, timm:<name>, or 'all' (the eleven)")
-    add("--datasets", nargs="+", required=True, choices=DATASETS, metavar="DATASET", help="dataset script names")
+    add("--datasets", nargs="+", required=True, choices=datasets.NAMES, metavar="DATASET", help="dataset script names")
     add("--fractions", nargs="+", type=float, default=[], help="--train-fraction values (with --shots: both)")
     add("--shots", nargs="+", type=int, default=[], help="--shots values (images per class)")
     add("--seeds", nargs="+", type=int, default=[0], help="seeds; each seeds the split, init and data order")

@@ -6,6 +6,7 @@ import re
 
 import pytest
 
+import datasets
 from conftest import ROOT, run_script
 
 README = (ROOT / "README.md").read_text()
@@ -45,11 +46,9 @@ def missing_from_readme(flags: set[str]) -> list[str]:
 
 @pytest.mark.parametrize("script", SCRIPTS)
 def test_every_flag_of_every_dataset_script_is_in_the_readme(script):
-    import importlib
-
     import train_common
 
-    spec = importlib.import_module(f"datasets.{script.removesuffix('.py')}").SPEC
+    spec = datasets.spec(script.removesuffix(".py"))
     assert missing_from_readme(documented_flags(train_common.build_parser(spec).format_help())) == []
 
 
