@@ -10,6 +10,7 @@ validation split. The test split is never read. With --runs, the ranking is chec
 from __future__ import annotations
 
 import argparse
+import functools
 import hashlib
 import json
 import math
@@ -24,7 +25,7 @@ import torch
 import datasets
 import models
 import report
-from datasets.base import DatasetSpec, cache_dir
+from datasets.base import DatasetSpec, atomic_write, cache_dir
 from errors import UserError, run_cli
 from train_common import (
     ImageDataset,
@@ -135,9 +136,7 @@ def extract(name: str, spec: DatasetSpec, args, catalog, samples: pd.DataFrame, 
             with torch.inference_mode():
                 saved["probabilities"] = torch.softmax(classifier.float().cpu()(features), dim=1).numpy()
         path.parent.mkdir(parents=True, exist_ok=True)
-        temporary = path.with_name(path.stem + ".tmp.npz")
-        np.savez(temporary, **saved)
-        temporary.replace(path)  # a killed extraction never leaves a file that looks complete
+        atomic_write(path, functools.partial(np.savez, **saved))  # a killed extraction leaves no complete-looking file
         outputs[split] = (saved["features"], saved.get("probabilities"), saved["labels"])
     return outputs, reused
 

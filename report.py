@@ -9,6 +9,7 @@ data used); numbers are only ever averaged over seeds within one setting and one
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import math
 import os
@@ -226,6 +227,7 @@ def row_label(row: pd.Series, table: pd.DataFrame) -> str:
     return f"{row['model']} ({', '.join(f'{k}={own[k]}' for k in differing)})"
 
 
+@functools.cache  # each run's outputs serve every tie test and every kappa pair it is in
 def correct_vector(folder: str) -> tuple[np.ndarray, np.ndarray] | None:
     """(labels, whether each test image was classified correctly) from a run's saved test logits."""
     path = Path(folder) / "test_outputs.npz"

@@ -33,7 +33,7 @@ from torchvision.transforms import v2
 from tqdm import tqdm
 
 import models
-from datasets.base import DataNotFound, DatasetSpec, assign_splits, nested_subset
+from datasets.base import DataNotFound, DatasetSpec, assign_splits, atomic_write, nested_subset
 from errors import UserError, run_cli
 from metrics import fit_temperature, gflops, peak_memory_mb, quality, reliability_diagram, speed
 
@@ -485,15 +485,11 @@ def make_out_dir(requested: Path | None, name: str, resume: bool = False) -> Pat
 
 
 def atomic_save(obj: object, path: Path) -> None:
-    temporary = path.with_name(path.name + ".tmp")
-    torch.save(obj, temporary)
-    os.replace(temporary, path)
+    atomic_write(path, lambda file: torch.save(obj, file))
 
 
 def write_json(data: dict, path: Path) -> None:
-    temporary = path.with_name(path.name + ".tmp")
-    temporary.write_text(json.dumps(data, indent=2, default=str) + "\n")
-    os.replace(temporary, path)
+    atomic_write(path, lambda file: file.write((json.dumps(data, indent=2, default=str) + "\n").encode()))
 
 
 def append_result(row: dict, table: Path) -> None:
@@ -749,7 +745,7 @@ def main(spec: DatasetSpec, argv: list[str] | None = None) -> dict:
         "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.machine(),
         "amp_dtype": str(precision.amp_dtype) if precision.amp_dtype else None,
         "history": history,
-        "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+        "config": run_config(args),
         "versions": library_versions(),
         "git_commit": git_commit(),
         "finished": datetime.now().isoformat(timespec="seconds"),

@@ -18,6 +18,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import pandas as pd
@@ -228,6 +229,15 @@ def assign_splits(
     return samples
 
 
+def atomic_write(path: Path, write: Callable[[BinaryIO], None]) -> None:
+    """Write `path` through a temporary file and one rename, so a killed writer never leaves a file that looks
+    complete and concurrent writers never interleave."""
+    temporary = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    with open(temporary, "wb") as file:
+        write(file)
+    os.replace(temporary, path)
+
+
 def cache_dir() -> Path:
     """Where the tool keeps what it can rebuild (folder indexes): $BACKBONES_CACHE, else the user's cache folder."""
     if os.environ.get("BACKBONES_CACHE"):
@@ -350,9 +360,8 @@ def scan_class_folders(root: Path) -> pd.DataFrame:
         if max(folder_times.values()) < time.time_ns() - 2_000_000_000:
             with contextlib.suppress(OSError):  # an unwritable cache only costs the next run a rescan
                 index.parent.mkdir(parents=True, exist_ok=True)
-                partial = index.with_suffix(f".{os.getpid()}.tmp")
-                partial.write_bytes(pickle.dumps({"root": str(root), "folders": folder_times, "rows": rows}))
-                os.replace(partial, index)
+                saved = {"root": str(root), "folders": folder_times, "rows": rows}
+                atomic_write(index, lambda file: pickle.dump(saved, file))
     return pd.DataFrame(rows, columns=["sample", "class"])
 
 
