@@ -148,7 +148,13 @@ def run_submitit(jobs: list[Job], passthrough: list[str], args: argparse.Namespa
 
     logs = args.out / "submitit"
     if args.launcher == "slurm":
-        executor = submitit.AutoExecutor(folder=logs, cluster="slurm")
+        try:
+            executor = submitit.AutoExecutor(folder=logs, cluster="slurm")
+        except RuntimeError as err:  # submitit finds no srun/sbatch here
+            raise UserError(
+                f"--launcher slurm needs a Slurm cluster, but submitit says: {err} Run the sweep from a login node "
+                "of the cluster, or use --launcher local (this machine) instead. Nothing was run."
+            ) from err
         executor.update_parameters(
             timeout_min=args.timeout_min, gpus_per_node=1, slurm_partition=args.slurm_partition, cpus_per_task=8
         )

@@ -92,4 +92,6 @@ def test_sweep_flags_that_would_clash_are_refused(tmp_path):
     assert_clean_error(run_script("sweep.py", *common, "--", "--seed", "3"), "--seed after -- would clash")
     assert_clean_error(run_script("sweep.py", *common, "--fractions", "1.5"), "--fractions must be in (0, 1]")
     assert_clean_error(run_script("sweep.py", *common[:2], "nonet", *common[2:]), "Unknown model 'nonet'")
+    result = run_script("sweep.py", *common, "--launcher", "slurm")
+    assert_clean_error(result, "--launcher slurm needs a Slurm cluster", "--launcher local")
     assert not (tmp_path / "s").exists()
