@@ -28,18 +28,18 @@ import report
 from datasets.base import DatasetSpec, atomic_write, cache_dir
 from errors import UserError, run_cli
 from train_common import (
-    ImageDataset,
     add_data_arguments,
     dataset_options,
+    image_cache,
     image_size,
     load_splits,
-    make_loader,
     make_precision,
-    make_transforms,
+    parse_dataset_args,
     positive_int,
     predict,
     resolve_device,
     seed_everything,
+    split_batches,
 )
 from transferability import agreement, knn_accuracy, leep, linear_probe_accuracy, logme
 
@@ -73,12 +73,7 @@ def build_parser(spec: DatasetSpec | None) -> argparse.ArgumentParser:
 
 
 def parse_args(argv: list[str] | None) -> tuple[DatasetSpec, argparse.Namespace]:
-    """Two passes: --dataset decides which dataset flags (BreakHis's -mag, ...) exist."""
-    first = argparse.ArgumentParser(add_help=False)
-    first.add_argument("--dataset")
-    known, _ = first.parse_known_args(argv)
-    spec = datasets.spec(known.dataset) if known.dataset in datasets.NAMES else None
-    args = build_parser(spec).parse_args(argv)
+    spec, args = parse_dataset_args(build_parser, argv)
     if args.models == ["all"]:
         args.models = models.list_models()
     args.models = [models.resolve_name(name) for name in args.models]
@@ -96,9 +91,9 @@ def fingerprint(*modules: torch.nn.Module | None) -> str:
     return digest.hexdigest()
 
 
-def extract(name: str, spec: DatasetSpec, args, catalog, samples: pd.DataFrame, log) -> tuple[dict, bool]:
+def extract(name: str, spec: DatasetSpec, args, catalog, samples: pd.DataFrame, images, log) -> tuple[dict, bool]:
     """{split: (features, source-class probabilities or None, labels)} for train and val, from the cache when
-    the same weights already saw the same images at the same size."""
+    the same weights already saw the same images at the same size. `images()` gives the decoded-image cache."""
     seed_everything(args.seed)  # random-init weights are reproducible
     model, classifier = models.create_feature_extractor(name, args.weights)
     weights = fingerprint(model, classifier)
@@ -129,8 +124,8 @@ def extract(name: str, spec: DatasetSpec, args, catalog, samples: pd.DataFrame, 
             log(f"  {name} {split}: {len(rows)} images, features reused from the cache ({path})")
             continue
         reused = False
-        dataset = ImageDataset(rows, catalog.read, make_transforms(spec, args.image_size, train=False))
-        features, labels = predict(model, make_loader(dataset, args, device, False), precision, f"{name} {split}")
+        batches = split_batches(spec, args, catalog, samples, split, precision, False, images())
+        features, labels = predict(model, batches, precision, f"{name} {split}")
         saved = {"features": features.numpy(), "labels": labels.numpy()}
         if classifier is not None:
             with torch.inference_mode():
@@ -201,10 +196,12 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
         f"Ranking {len(args.models)} backbones on {spec.title} ({counts['train']} train / {counts['val']} val "
         f"images, test split untouched) with {args.weights} weights at {args.image_size[0]}x{args.image_size[1]}"
     )
+    # decoded once, and only if some backbone's features are not cached yet; the test images are never decoded
+    images = functools.cache(lambda: image_cache(spec, args, catalog, samples, log, splits=("train", "val")))
     rows, started = [], time.perf_counter()
     for name in args.models:
         begun = time.perf_counter()
-        outputs, reused = extract(name, spec, args, catalog, samples, log)
+        outputs, reused = extract(name, spec, args, catalog, samples, images, log)
         extracted = time.perf_counter()
         scores = score(outputs, args.seed)
         rows.append(

@@ -19,6 +19,7 @@ import random
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -29,13 +30,14 @@ import torch
 import torch.distributed as dist
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
-from torchvision.transforms import v2
 from tqdm import tqdm
 
+import datasets
 import models
-from datasets.base import DataNotFound, DatasetSpec, assign_splits, atomic_write, nested_subset
+from datasets.base import SPLITS, DataNotFound, DatasetSpec, assign_splits, atomic_write, nested_subset
 from errors import UserError, run_cli
 from metrics import fit_temperature, gflops, peak_memory_mb, quality, reliability_diagram, speed
+from pipeline import DeviceBatches, SplitImages, cached_images
 
 PROJECT_DIR = Path(__file__).resolve().parent
 RESULT_COLUMNS = [
@@ -115,6 +117,14 @@ def add_data_arguments(parser: argparse.ArgumentParser, default_data: str) -> No
         help="download the dataset if it is missing and its source allows it; --no-download never does",
     )
     parser.add_argument(
+        "--cache",
+        choices=("auto", "disk", "off"),
+        default="auto",
+        help="'disk': decode and resize each image once into a memory-mapped file under $BACKBONES_CACHE that "
+        "later epochs and runs on the same data read; 'auto': the same where it fits on disk; 'off': decode every "
+        "image every epoch",
+    )
+    parser.add_argument(
         "--val-fraction",
         type=fraction,
         default=0.1,
@@ -135,6 +145,19 @@ def add_data_arguments(parser: argparse.ArgumentParser, default_data: str) -> No
         default=None,
         help="train on K images per class (nested like --train-fraction), validation carved from them",
     )
+
+
+def parse_dataset_args(
+    build_parser: Callable[[DatasetSpec | None], argparse.ArgumentParser], argv: list[str] | None
+) -> tuple[DatasetSpec, argparse.Namespace]:
+    """For tools taking `--dataset NAME`, two passes: the dataset decides which of its own flags (BreakHis's
+    -mag, ...) exist and the defaults shown by --help."""
+    first = argparse.ArgumentParser(add_help=False)
+    first.add_argument("--dataset")
+    known, _ = first.parse_known_args(argv)
+    spec = datasets.spec(known.dataset) if known.dataset in datasets.NAMES else None
+    args = build_parser(spec).parse_args(argv)
+    return datasets.spec(args.dataset), args
 
 
 def build_parser(spec: DatasetSpec) -> argparse.ArgumentParser:
@@ -208,33 +231,6 @@ def dataset_options(spec: DatasetSpec, args: argparse.Namespace) -> dict:
 
 
 # ----------------------------------------------------------------------------------------------------- data
-class ImageDataset(Dataset):
-    def __init__(self, samples: pd.DataFrame, read, transform) -> None:
-        self.ids = samples["sample"].tolist()
-        self.labels = samples["label"].tolist()
-        self.read, self.transform = read, transform
-
-    def __len__(self) -> int:
-        return len(self.ids)
-
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
-        return self.transform(self.read(self.ids[index])), self.labels[index]
-
-
-def make_transforms(spec: DatasetSpec, size: tuple[int, int], train: bool) -> v2.Compose:
-    steps: list = [v2.Resize(size, antialias=True)]
-    if train and spec.augment in ("hflip", "trivialaugment"):
-        steps.append(v2.RandomHorizontalFlip())
-    if train and spec.augment == "trivialaugment":
-        steps.append(v2.TrivialAugmentWide())
-    steps += [v2.ToImage(), v2.ToDtype(torch.float32, scale=True), v2.Normalize(spec.mean, spec.std)]
-    return v2.Compose(steps)
-
-
-def seed_worker(worker_id: int) -> None:
-    np.random.seed(torch.initial_seed() % 2**32)
-
-
 def world() -> tuple[int, int]:
     """(this process's rank, number of processes): (0, 1) unless launched by torchrun."""
     if dist.is_available() and dist.is_initialized():
@@ -270,12 +266,14 @@ def gather_shards(local: torch.Tensor) -> torch.Tensor:
 
 
 def make_loader(dataset: Dataset, args: argparse.Namespace, device: torch.device, train: bool) -> DataLoader:
-    """Under torchrun, training batches come from a DistributedSampler and evaluation sees a strided shard, so
-    every evaluated sample is on exactly one process (no padding duplicates)."""
-    generator = torch.Generator().manual_seed(args.seed)
+    """Training order is a permutation drawn from (seed, epoch) alone (`DeviceBatches.set_epoch`), so it does not
+    depend on workers or on how many times a loader was iterated, and a resumed run needs no loader state; under
+    torchrun each process takes its share of it. Evaluation sees a strided shard, so every evaluated sample is on
+    exactly one process (no padding duplicates). The loader's own generator keeps worker seeding off the run's
+    random stream."""
     rank, size = world()
     sampler = None
-    if size > 1 and train:
+    if train:
         sampler = DistributedSampler(
             dataset, num_replicas=size, rank=rank, shuffle=True, seed=args.seed, drop_last=True
         )
@@ -284,15 +282,31 @@ def make_loader(dataset: Dataset, args: argparse.Namespace, device: torch.device
     return DataLoader(
         dataset,
         batch_size=args.bs,
-        shuffle=train and sampler is None,
         sampler=sampler,
         drop_last=train and len(dataset) > args.bs,  # a batch of one breaks BatchNorm in training mode
         num_workers=args.workers,
         pin_memory=device.type == "cuda",
         persistent_workers=args.workers > 0,
-        worker_init_fn=seed_worker,
-        generator=generator,
+        generator=torch.Generator().manual_seed(args.seed),
     )
+
+
+def image_cache(
+    spec: DatasetSpec, args: argparse.Namespace, catalog, samples: pd.DataFrame, log, splits=SPLITS
+) -> tuple:
+    """(cache file, row of each sample) for the samples of `splits` (`cached_images`), or (None, None)."""
+    label = spec.name + "".join(f"-{k}{v}" for k, v in sorted(dataset_options(spec, args).items()))
+    used = samples.loc[samples["split"].isin(splits), "sample"]
+    return cached_images(label, catalog.read, used, args.image_size, args.cache, args.workers, log)
+
+
+def split_batches(
+    spec: DatasetSpec, args, catalog, samples: pd.DataFrame, split: str, precision, train: bool, cache: tuple
+) -> DeviceBatches:
+    """Device-ready batches of one split: decoded (or read from `cache`), augmented when `train`, normalised."""
+    rows = samples[samples["split"] == split]
+    images = SplitImages(rows["sample"], rows["label"], catalog.read, args.image_size, *cache)
+    return DeviceBatches(make_loader(images, args, precision.device, train), spec, precision, args.seed, train)
 
 
 # ---------------------------------------------------------------------------------------------------- model
@@ -363,7 +377,6 @@ def train_one_epoch(model, loader, optimizer, scaler, precision: Precision, desc
     total_loss, correct, seen = 0.0, 0, 0
     bar = tqdm(loader, desc=desc, leave=False, disable=None)
     for images, labels in bar:
-        images, labels = precision.to_device(images), labels.to(precision.device, non_blocking=True)
         with precision.autocast():
             logits = model(images)
             loss = criterion(logits, labels)
@@ -397,7 +410,7 @@ def predict(model, loader, precision: Precision, desc: str) -> tuple[torch.Tenso
     all_outputs, all_labels = [], []
     for images, labels in tqdm(loader, desc=desc, leave=False, disable=None):
         with precision.autocast():
-            all_outputs.append(model(precision.to_device(images)).float().cpu())
+            all_outputs.append(model(images).float().cpu())
         all_labels.append(labels)
     return gather_shards(torch.cat(all_outputs)), gather_shards(torch.cat(all_labels))
 
@@ -434,7 +447,7 @@ def recompute_bn_stats(model, loader, precision: Precision, max_images: int) -> 
     seen = 0
     for images, _ in loader:
         with precision.autocast():
-            model(precision.to_device(images))
+            model(images)
         seen += len(images)
         if seen >= max_images:
             break
@@ -658,11 +671,10 @@ def main(spec: DatasetSpec, argv: list[str] | None = None) -> dict:
     if is_main():
         samples[["sample", "label", "split"]].to_csv(out / "split.csv", index=False)
 
-    def loader(split: str, train: bool) -> DataLoader:
-        rows = samples[samples["split"] == split]
-        return make_loader(
-            ImageDataset(rows, catalog.read, make_transforms(spec, args.image_size, train)), args, device, train
-        )
+    cache = image_cache(spec, args, catalog, samples, log)
+
+    def loader(split: str, train: bool) -> DeviceBatches:
+        return split_batches(spec, args, catalog, samples, split, precision, train, cache)
 
     test_loader = loader("test", train=False)
     history: list[dict] = []
@@ -782,14 +794,15 @@ def measure_cost(model, forward, args, precision: Precision, history: list[dict]
     cost["seconds_per_epoch"] = float(np.mean([h["seconds"] for h in history])) if history else None
     cost["train_images_per_s"] = None
     if history and train_loader is not None:
-        per_epoch = len(train_loader) * args.bs if train_loader.drop_last else len(train_loader.dataset)
+        loader = train_loader.loader
+        per_epoch = len(loader) * args.bs if loader.drop_last else len(loader.dataset)
         cost["train_images_per_s"] = per_epoch * len(history) / sum(h["train_pass_seconds"] for h in history)
     cost["peak_memory_mb"], cost["peak_memory_kind"] = peak_memory_mb(precision.device)
     return {k: round(v, 4) if isinstance(v, float) else v for k, v in cost.items()}
 
 
 RESUME_FILE = "checkpoint.pt"
-NOT_RESUME_RELEVANT = {"resume", "workers", "device", "results", "download", "data", "out"}
+NOT_RESUME_RELEVANT = {"resume", "workers", "cache", "device", "results", "download", "data", "out"}
 
 
 def run_config(args: argparse.Namespace) -> dict:
@@ -825,27 +838,25 @@ def resume_state(args: argparse.Namespace, config: dict) -> dict | None:
     return state
 
 
-def rng_state(*loaders: DataLoader) -> dict:
-    """Every random stream a run draws from, so a resumed run draws exactly what an uninterrupted one would."""
+def rng_state() -> dict:
+    """Every random stream a run draws from (data order and augmentation come from seed and epoch alone), so a
+    resumed run draws exactly what an uninterrupted one would."""
     numpy_state = np.random.get_state()
     return {
         "torch": torch.get_rng_state(),
         "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
         "numpy": [numpy_state[0], torch.from_numpy(numpy_state[1].astype(np.int64)), *numpy_state[2:]],
         "python": random.getstate(),
-        "loaders": [loader.generator.get_state() for loader in loaders],
     }
 
 
-def restore_rng(state: dict, *loaders: DataLoader) -> None:
+def restore_rng(state: dict) -> None:
     torch.set_rng_state(state["torch"])
     if state["cuda"]:
         torch.cuda.set_rng_state_all(state["cuda"])
     name, keys, *rest = state["numpy"]
     np.random.set_state((name, keys.numpy().astype(np.uint32), *rest))
     random.setstate(tuple(tuple(part) if isinstance(part, list) else part for part in state["python"]))
-    for loader, generator_state in zip(loaders, state["loaders"], strict=True):
-        loader.generator.set_state(generator_state)
 
 
 def fit(
@@ -884,14 +895,13 @@ def fit(
         optimizer = make_optimizer([p for p in model.parameters() if p.requires_grad])
         if resumed is not None and index == first_phase:
             optimizer.load_state_dict(resumed["optimizer"])
-            restore_rng(resumed["rng"], train_loader, select_loader)
+            restore_rng(resumed["rng"])
         else:
             stale, phase_epochs = 0, 0
         while stale < args.patience and (args.max_epochs is None or phase_epochs < args.max_epochs):
             epoch = len(history) + 1
             started = time.perf_counter()
-            if isinstance(train_loader.sampler, DistributedSampler):
-                train_loader.sampler.set_epoch(epoch)
+            train_loader.set_epoch(epoch)  # the sampler's order and the augmentation draws
             train_loss, train_top1 = train_one_epoch(
                 train_forward or forward, train_loader, optimizer, scaler, precision, f"epoch {epoch} {phase}"
             )
@@ -931,7 +941,7 @@ def fit(
                         "phase_epochs": phase_epochs,
                         "best": best,
                         "history": history,
-                        "rng": rng_state(train_loader, select_loader),
+                        "rng": rng_state(),
                         "config": meta["config"],
                     },
                     out / RESUME_FILE,

@@ -119,6 +119,14 @@ class FileReader:
     def __init__(self, root: Path) -> None:
         self.root = Path(root)
 
+    def fingerprint(self, samples: Sequence[str]) -> str:
+        """What changes when a source file does: its size and modification time (for the image cache's key)."""
+        digest = hashlib.sha1(str(self.root.resolve()).encode())
+        for sample in samples:
+            info = os.stat(self.root / sample)
+            digest.update(f"{sample}:{info.st_size}:{info.st_mtime_ns};".encode())
+        return digest.hexdigest()
+
     def __call__(self, sample: str) -> Image.Image:
         path = self.root / sample
         try:
@@ -136,6 +144,14 @@ class ArrayReader:
 
     def __init__(self, arrays: dict[str, np.ndarray]) -> None:
         self.arrays = arrays
+
+    def fingerprint(self, samples: Sequence[str]) -> str:
+        """A hash of the arrays' pixels (for the image cache's key)."""
+        digest = hashlib.sha1()
+        for name in sorted(self.arrays):
+            digest.update(name.encode())
+            digest.update(np.ascontiguousarray(self.arrays[name]).tobytes())
+        return digest.hexdigest()
 
     def __call__(self, sample: str) -> Image.Image:
         name, _, index = sample.rpartition("/")
@@ -233,9 +249,13 @@ def atomic_write(path: Path, write: Callable[[BinaryIO], None]) -> None:
     """Write `path` through a temporary file and one rename, so a killed writer never leaves a file that looks
     complete and concurrent writers never interleave."""
     temporary = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-    with open(temporary, "wb") as file:
-        write(file)
-    os.replace(temporary, path)
+    try:
+        with open(temporary, "wb") as file:
+            write(file)
+        os.replace(temporary, path)
+    except BaseException:  # a failed write (disk full, interrupted) leaves nothing behind
+        temporary.unlink(missing_ok=True)
+        raise
 
 
 def cache_dir() -> Path:

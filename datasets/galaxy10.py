@@ -42,6 +42,11 @@ class HDF5Reader:
     def __getstate__(self) -> dict:
         return {"path": self.path, "_file": None, "_pid": None}
 
+    def fingerprint(self, samples: list[str]) -> str:
+        """The file's size and modification time (for the image cache's key)."""
+        info = os.stat(self.path)
+        return f"{info.st_size}:{info.st_mtime_ns}"
+
     def __call__(self, sample: str) -> Image.Image:
         import h5py
 

@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from datasets.base import Catalog, DataNotFound, DatasetSpec, locate, relative
+from datasets.base import Catalog, DataNotFound, DatasetSpec, FileReader, locate, relative
 from errors import UserError
 
 TOP = "rsna-pneumonia-detection-challenge"
@@ -17,11 +17,8 @@ LABELS_CSV = "stage_2_train_labels.csv"
 IMAGES = "stage_2_train_images"
 
 
-class DicomReader:
+class DicomReader(FileReader):
     """Reads a DICOM radiograph into an 8-bit RGB image (MONOCHROME1 inverted, other depths rescaled)."""
-
-    def __init__(self, root: Path) -> None:
-        self.root = Path(root)
 
     def __call__(self, sample: str) -> Image.Image:
         import pydicom
