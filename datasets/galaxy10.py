@@ -43,9 +43,9 @@ class HDF5Reader:
         return {"path": self.path, "_file": None, "_pid": None}
 
     def fingerprint(self, samples: list[str]) -> str:
-        """The file's size and modification time (for the image cache's key)."""
+        """The file's path, size and modification time (for the image cache's key)."""
         info = os.stat(self.path)
-        return f"{info.st_size}:{info.st_mtime_ns}"
+        return f"{self.path.resolve()}:{info.st_size}:{info.st_mtime_ns}"
 
     def __call__(self, sample: str) -> Image.Image:
         import h5py
