@@ -38,6 +38,7 @@ from pipeline import DeviceBatches
 from train_common import (
     Precision,
     add_data_arguments,
+    check_input_size,
     git_commit,
     image_cache,
     image_size,
@@ -90,7 +91,7 @@ def endless(batches: DeviceBatches) -> Iterator:
         yield from batches
 
 
-def synthetic(spec: DatasetSpec, size: tuple[int, int], batch_size: int, classes: int, precision: Precision):
+def synthetic(size: tuple[int, int], batch_size: int, classes: int, precision: Precision):
     """One batch already on the device, served forever: the step with no data cost at all."""
     images = precision.to_device(torch.randn(batch_size, 3, *size))
     labels = torch.randint(0, classes, (batch_size,), device=precision.device)
@@ -191,7 +192,7 @@ def measure(spec, args, catalog, samples, name: str, device, cache) -> list[dict
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
         step = trainer(name, classes, precision, compile_model, args.weights)
-        limit = images_per_s(synthetic(spec, size, batch_size, classes, precision), batch_size, args.steps,
+        limit = images_per_s(synthetic(size, batch_size, classes, precision), batch_size, args.steps,
                              args.warmup, device, step)  # fmt: skip
         ours = endless(split_batches(spec, args, catalog, samples, "train", precision, True, cache))
         data = images_per_s(ours, batch_size, args.steps, args.warmup, device)
@@ -231,11 +232,8 @@ def measure(spec, args, catalog, samples, name: str, device, cache) -> list[dict
 def main(argv: list[str] | None = None) -> pd.DataFrame:
     spec, args = parse_dataset_args(build_parser, argv)
     args.models = models.list_models() if args.models == ["all"] else [models.resolve_name(m) for m in args.models]
-    for size in args.image_size:
-        for name in args.models:
-            multiple = models.input_multiple(name)
-            if any(side % multiple for side in size):
-                raise UserError(f"{name} needs an --image-size whose sides are multiples of {multiple}, got {size}.")
+    for size, name in itertools.product(args.image_size, args.models):
+        check_input_size(name, size)
     seed_everything(args.seed)
     device = resolve_device(args.device)
     catalog, samples = load_splits(spec, args)

@@ -29,6 +29,7 @@ from datasets.base import DatasetSpec, atomic_write, cache_dir
 from errors import UserError, run_cli
 from train_common import (
     add_data_arguments,
+    check_input_size,
     dataset_options,
     image_cache,
     image_size,
@@ -77,6 +78,8 @@ def parse_args(argv: list[str] | None) -> tuple[DatasetSpec, argparse.Namespace]
     if args.models == ["all"]:
         args.models = models.list_models()
     args.models = [models.resolve_name(name) for name in args.models]
+    for name in args.models:
+        check_input_size(name, args.image_size)
     return spec, args
 
 

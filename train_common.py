@@ -589,6 +589,16 @@ def load_splits(spec: DatasetSpec, args: argparse.Namespace):
     return catalog, samples
 
 
+def check_input_size(model_name: str, size: tuple[int, int]) -> None:
+    """Refuse, before any work, a size the backbone cannot take (WaveMix: multiples of 32)."""
+    multiple = models.input_multiple(model_name)
+    if any(side % multiple for side in size):
+        raise UserError(
+            f"{model_name} needs an input height and width that are multiples of {multiple}, got "
+            f"--image-size {size[0]}x{size[1]}; try {max(multiple, round(size[0] / multiple) * multiple)}."
+        )
+
+
 def main(spec: DatasetSpec, argv: list[str] | None = None) -> dict:
     """Fine-tune (or with --eval-only, evaluate) one backbone on one dataset; returns the metrics written."""
     args = build_parser(spec).parse_args(argv)
@@ -602,13 +612,7 @@ def main(spec: DatasetSpec, argv: list[str] | None = None) -> dict:
         checkpoint_meta = models.load_checkpoint(Path(args.weights)).get("meta", {})
     if args.seed is None:
         args.seed = int(checkpoint_meta.get("seed", 0))
-    multiple = models.input_multiple(model_name)
-    if any(side % multiple for side in args.image_size):
-        raise UserError(
-            f"{model_name} needs an input height and width that are multiples of {multiple}, got "
-            f"--image-size {args.image_size[0]}x{args.image_size[1]}; try "
-            f"{max(multiple, round(args.image_size[0] / multiple) * multiple)}."
-        )
+    check_input_size(model_name, args.image_size)
     seed_everything(args.seed)
     start_distributed(args.device)
     device = resolve_device(args.device)

@@ -34,7 +34,7 @@ def test_bench_refuses_what_it_cannot_measure(tmp_path):
     assert_clean_error(result, "training images, fewer than a batch of 5000", "lower -bs")
     result = run_script("bench.py", "--dataset", "digits", "-models", "wavemix", "--image-size", "48",
                         "--out", tmp_path / "b.csv")  # fmt: skip
-    assert_clean_error(result, "wavemix needs an --image-size whose sides are multiples of 32")
+    assert_clean_error(result, "wavemix needs an input height and width that are multiples of 32", "try 64")
     assert not (tmp_path / "b.csv").exists()
     (tmp_path / "b.csv").write_text("mine\n")
     result = run_script("bench.py", *SMALL, "--out", tmp_path / "b.csv")
