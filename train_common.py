@@ -675,7 +675,8 @@ def main(spec: DatasetSpec, argv: list[str] | None = None) -> dict:
     if is_main():
         samples[["sample", "label", "split"]].to_csv(out / "split.csv", index=False)
 
-    cache = image_cache(spec, args, catalog, samples, log)
+    read = ("val", "test") if args.eval_only else SPLITS  # an evaluation reads no training images
+    cache = image_cache(spec, args, catalog, samples, log, read)
 
     def loader(split: str, train: bool) -> DeviceBatches:
         return split_batches(spec, args, catalog, samples, split, precision, train, cache)

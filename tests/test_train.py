@@ -111,6 +111,7 @@ def test_eval_only_reproduces_the_printed_accuracy(digits_run, tmp_path):
     assert again.stdout.strip().splitlines()[-1] == result.stdout.strip().splitlines()[-1]
     assert evaluated["top1"] == metrics["top1"] and evaluated["eval_only"] and evaluated["epochs"] == 0
     assert not (tmp_path / "r.csv").exists()  # an evaluation is not a new result
+    assert f"Caching {metrics['n_val'] + metrics['n_test']} decoded images" in again.stdout  # no training images
 
 
 def test_eval_only_refuses_a_checkpoint_for_other_classes(digits_run, tmp_path):
