@@ -27,7 +27,7 @@ from datasets.base import DatasetSpec, atomic_write, cache_dir
 from errors import UserError
 
 AUGMENT_STREAM = 3  # beside the split streams of datasets.base: augmentation draws never move a split
-FREE_DISK_MARGIN = 0.1  # --cache auto leaves at least this share of the disk free
+MAX_SHARE_OF_FREE_DISK = 0.5  # the cache never takes more than this share of the free space
 
 
 def decode(read: Callable[[str], Image.Image], sample: str, size: tuple[int, int]) -> torch.Tensor:
@@ -108,15 +108,15 @@ def _build(path: Path, ids: list[str], read, size: tuple[int, int], mode: str, w
     shape = (len(ids), 3, *size)
     needed = int(np.prod(shape))
     disk = shutil.disk_usage(path.parent)
-    if disk.free - needed < FREE_DISK_MARGIN * disk.total:
+    if needed > MAX_SHARE_OF_FREE_DISK * disk.free:
         message = (
             f"the decoded images need {needed / 2**30:.2f} GiB and {path.parent} has {disk.free / 2**30:.2f} GiB "
             f"free of {disk.total / 2**30:.1f} GiB"
         )
         if mode == "disk":
             raise UserError(
-                f"--cache disk: {message} (at least {FREE_DISK_MARGIN:.0%} must stay free). Free some space, point "
-                "$BACKBONES_CACHE at a larger disk, or pass --cache off to decode every image every epoch."
+                f"--cache disk: {message} (it may take at most {MAX_SHARE_OF_FREE_DISK:.0%} of it). Free some "
+                "space, point $BACKBONES_CACHE at a larger disk, or pass --cache off to decode every image every epoch."
             )
         log(f"Image cache skipped: {message}; decoding every image every epoch instead.")
         return False
