@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from scipy.optimize import minimize_scalar
 from scipy.special import log_softmax, softmax
-from sklearn.metrics import balanced_accuracy_score, confusion_matrix, f1_score, log_loss, recall_score
+from sklearn.metrics import balanced_accuracy_score, confusion_matrix, f1_score, recall_score
 
 ECE_BINS = 15
 
@@ -43,13 +43,30 @@ def expected_calibration_error(probs: np.ndarray, labels: np.ndarray, bins: int 
     return float((count * np.abs(confidence - accuracy)).sum() / count.sum())
 
 
-def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> float:
-    """The temperature T > 0 minimising the NLL of softmax(logits / T) (Guo et al., 2017), searched over log T."""
+TEMPERATURE_BOUNDS = (-4.0, 4.0)  # log T
+
+
+def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> float | None:
+    """The temperature T > 0 minimising the NLL of softmax(logits / T) (Guo et al., 2017), searched over log T.
+
+    None when there is no minimum to find: when every validation image is classified correctly the NLL keeps
+    falling as T shrinks (towards 0), so any "fit" is an artefact of the search (its bound, or where the loss
+    underflows), not a calibration; likewise when the minimum lies at the search's edge."""
+    if (np.asarray(logits).argmax(axis=1) == labels).all():
+        return None
 
     def nll(log_t: float) -> float:
         return -log_softmax(logits / np.exp(log_t), axis=1)[np.arange(len(labels)), labels].mean()
 
-    return float(np.exp(minimize_scalar(nll, bounds=(-4, 4), method="bounded", options={"xatol": 1e-6}).x))
+    low, high = TEMPERATURE_BOUNDS
+    log_t = minimize_scalar(nll, bounds=(low, high), method="bounded", options={"xatol": 1e-6}).x
+    return None if min(log_t - low, high - log_t) < 1e-3 else float(np.exp(log_t))
+
+
+def negative_log_likelihood(logits: np.ndarray, labels: np.ndarray) -> float:
+    """Mean cross-entropy computed from log-softmax, so a confident mistake costs its full log-probability (a
+    probability clipped at 1e-15, as `sklearn.metrics.log_loss` does, caps it at about 34.5)."""
+    return float(-log_softmax(logits, axis=1)[np.arange(len(labels)), labels].mean())
 
 
 def balanced_accuracy(labels: np.ndarray, predictions: np.ndarray) -> float:
@@ -60,21 +77,24 @@ def balanced_accuracy(labels: np.ndarray, predictions: np.ndarray) -> float:
 
 
 def quality(logits: np.ndarray, labels: np.ndarray, num_classes: int, temperature: float | None) -> dict:
-    """Accuracy, per-class errors and calibration of test logits (percentages for accuracies)."""
+    """Accuracy, per-class errors and calibration of test logits (percentages for accuracies).
+
+    A class with no test image has no accuracy (None) and is left out of macro-F1, as of balanced accuracy; top-5
+    is None with five classes or fewer, where it would be 100% by construction."""
     logits = np.asarray(logits, dtype=np.float64)
     everything = np.arange(num_classes)
+    present = np.unique(labels)
     probs, predictions = softmax(logits, axis=1), logits.argmax(axis=1)
-    top5 = np.argsort(-logits, axis=1)[:, : min(5, num_classes)]
+    top5 = np.argsort(-logits, axis=1)[:, :5]
+    recall = 100 * recall_score(labels, predictions, labels=everything, average=None, zero_division=0)
     result = {
         "top1": 100 * float((predictions == labels).mean()),
-        "top5": 100 * float((top5 == labels[:, None]).any(axis=1).mean()),
+        "top5": 100 * float((top5 == labels[:, None]).any(axis=1).mean()) if num_classes > 5 else None,
         "balanced_accuracy": 100 * balanced_accuracy(labels, predictions),
-        "macro_f1": 100 * f1_score(labels, predictions, labels=everything, average="macro", zero_division=0),
-        "per_class_accuracy": (
-            100 * recall_score(labels, predictions, labels=everything, average=None, zero_division=0)
-        ).tolist(),  # fmt: skip
+        "macro_f1": 100 * f1_score(labels, predictions, labels=present, average="macro", zero_division=0),
+        "per_class_accuracy": [float(r) if k in present else None for k, r in enumerate(recall)],
         "confusion_matrix": confusion_matrix(labels, predictions, labels=everything).tolist(),
-        "nll": log_loss(labels, probs, labels=everything),
+        "nll": negative_log_likelihood(logits, labels),
         "brier": brier_score(probs, labels),
         "ece": expected_calibration_error(probs, labels),
         "temperature": temperature,

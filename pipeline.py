@@ -94,6 +94,9 @@ def cached_images(
     path = folder / f"{label.replace('/', '_')}-{height}x{width}-{key}.npy"
     with open(folder / f"{path.stem}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # another process building the same file: wait for it
+        if path.exists() and not _intact(path, (len(ids), 3, height, width)):
+            log(f"The image cache {path} is damaged (truncated or overwritten); rebuilding it.")
+            path.unlink()
         if not path.exists():
             for stale in folder.glob(f"{path.name}.*.tmp"):  # left by a killed build; we hold the lock
                 stale.unlink(missing_ok=True)
@@ -102,6 +105,15 @@ def cached_images(
         else:
             log(f"Reading {len(ids)} decoded images at {height}x{width} from the cache {path}")
     return path, {sample: row for row, sample in enumerate(ids)}
+
+
+def _intact(path: Path, shape: tuple[int, ...]) -> bool:
+    """Whether the cache file is a whole uint8 array of `shape` (its header and its size on disk agree)."""
+    try:
+        images = np.load(path, mmap_mode="r")
+    except (OSError, ValueError, EOFError):
+        return False
+    return images.dtype == np.uint8 and images.shape == shape
 
 
 def _build(path: Path, ids: list[str], read, size: tuple[int, int], mode: str, workers: int, log) -> bool:

@@ -10,6 +10,7 @@ interrupted split never leaves a half-written output behind.
 from __future__ import annotations
 
 import argparse
+import errno
 import os
 import shutil
 import tempfile
@@ -63,12 +64,23 @@ def materialise(plan: pd.DataFrame, input_dir: Path, output_dir: Path, mode: str
             source = (input_dir / row.sample).resolve()
             target = staging / row.split / row.sample
             target.parent.mkdir(parents=True, exist_ok=True)
+            if mode == "hardlink":
+                try:
+                    os.link(source, target)
+                    continue
+                except OSError as err:
+                    if err.errno not in (errno.EXDEV, errno.EPERM, errno.EMLINK):
+                        raise
+                    print(
+                        f"note: cannot hard-link {source} into {output_dir.parent} ({err.strerror}: another "
+                        "filesystem, or one without hard links); copying the rest instead",
+                        flush=True,
+                    )
+                    mode = "copy"
             if mode == "copy":
                 shutil.copy2(source, target)
-            elif mode == "symlink":
-                os.symlink(source, target)
             else:
-                os.link(source, target)
+                os.symlink(source, target)
         plan.assign(destination=plan["split"] + "/" + plan["sample"])[
             ["sample", "class", "split", "destination"]
         ].to_csv(staging / "manifest.csv", index=False)

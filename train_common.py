@@ -11,8 +11,10 @@ from __future__ import annotations
 import argparse
 import contextlib
 import csv
+import errno
 import fcntl
 import json
+import math
 import os
 import platform
 import random
@@ -34,7 +36,17 @@ from tqdm import tqdm
 
 import datasets
 import models
-from datasets.base import SPLITS, DataNotFound, DatasetSpec, assign_splits, atomic_write, nested_subset
+from datasets.base import (
+    SPLITS,
+    DataNotFound,
+    DatasetSpec,
+    FileReader,
+    assign_splits,
+    atomic_write,
+    dataset_fingerprint,
+    nested_subset,
+    split_hashes,
+)
 from errors import UserError, run_cli
 from metrics import fit_temperature, gflops, peak_memory_mb, quality, reliability_diagram, speed
 from pipeline import DeviceBatches, SplitImages, cached_images
@@ -76,6 +88,35 @@ def positive_int(text: str) -> int:
     value = int(text)
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    """A finite number above 0 (learning rates): a typo fails here, not after hours of training."""
+    value = _finite(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be above 0, got {value:g}")
+    return value
+
+
+def non_negative_float(text: str) -> float:
+    value = _finite(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value:g}")
+    return value
+
+
+def non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
+    return value
+
+
+def _finite(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"must be a finite number, got {text}")
     return value
 
 
@@ -175,9 +216,9 @@ def build_parser(spec: DatasetSpec) -> argparse.ArgumentParser:
     add("--image-size", type=image_size, default=f"{height}x{width}", help="training/evaluation size, S or HxW")
     add("--max-epochs", type=positive_int, default=None, help="cap on epochs per optimizer phase (none: no cap)")
     add("--patience", type=positive_int, default=10, help="epochs without improvement before a phase stops")
-    add("--lr", type=float, default=1e-3, help="AdamW learning rate (phase 1)")
-    add("--weight-decay", type=float, default=0.01, help="AdamW weight decay (phase 1)")
-    add("--sgd-lr", type=float, default=1e-3, help="SGD learning rate, momentum 0.9 (phase 2)")
+    add("--lr", type=positive_float, default=1e-3, help="AdamW learning rate (phase 1)")
+    add("--weight-decay", type=non_negative_float, default=0.01, help="AdamW weight decay (phase 1)")
+    add("--sgd-lr", type=positive_float, default=1e-3, help="SGD learning rate, momentum 0.9 (phase 2)")
     add_data_arguments(parser, spec.default_data)
     add(
         "--finetune",
@@ -194,7 +235,7 @@ def build_parser(spec: DatasetSpec) -> argparse.ArgumentParser:
     )
     add(
         "--bn-images",
-        type=int,
+        type=non_negative_int,
         default=2048,
         help="before each evaluation, recompute BatchNorm statistics over this many training images (0: off)",
     )
@@ -206,7 +247,7 @@ def build_parser(spec: DatasetSpec) -> argparse.ArgumentParser:
         "recorded in the --weights checkpoint with --eval-only)",
     )
     add("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
-    add("--workers", type=int, default=min(4, os.cpu_count() or 1), help="data-loading processes")
+    add("--workers", type=non_negative_int, default=min(4, os.cpu_count() or 1), help="data-loading processes")
     add("--compile", action="store_true", help="compile the model with torch.compile")
     add("--eval-only", action="store_true", help="evaluate --weights FILE on the test split without training")
     add("--out", type=Path, default=None, help="this run's folder (default: a new folder under runs/)")
@@ -380,11 +421,14 @@ def train_one_epoch(model, loader, optimizer, scaler, precision: Precision, desc
         with precision.autocast():
             logits = model(images)
             loss = criterion(logits, labels)
+        value = loss.item()
+        if not math.isfinite(value):
+            raise Diverged(desc, "training loss", value)
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
         scaler.step(optimizer)
         scaler.update()
-        total_loss += loss.item() * len(labels)
+        total_loss += value * len(labels)
         correct += (logits.argmax(1) == labels).sum().item()
         seen += len(labels)
         bar.set_postfix(loss=f"{total_loss / seen:.4f}", acc=f"{100 * correct / seen:.2f}%")
@@ -393,6 +437,17 @@ def train_one_epoch(model, loader, optimizer, scaler, precision: Precision, desc
         dist.all_reduce(totals)
         total_loss, correct, seen = totals.tolist()
     return total_loss / max(seen, 1), 100 * correct / max(seen, 1)
+
+
+class Diverged(UserError):
+    """The loss left the finite numbers: nothing after that point is a result, so the run stops there."""
+
+    def __init__(self, where: str, what: str, value: float) -> None:
+        super().__init__(
+            f"Training diverged in {where}: the {what} became {value}. Nothing from that epoch was kept (a non-finite "
+            "loss is never the best checkpoint). Lower that phase's learning rate (--lr for AdamW, --sgd-lr for SGD), "
+            "for example ten times, and start a new run."
+        )
 
 
 @dataclass
@@ -484,7 +539,12 @@ def make_out_dir(requested: Path | None, name: str, resume: bool = False) -> Pat
                 f"--out {requested} already exists and is not an empty folder; this tool never overwrites a run. "
                 f"Choose a new --out, or leave it out to get a fresh folder under runs/."
             )
-        requested.mkdir(parents=True, exist_ok=True)
+        try:
+            requested.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise UserError(
+                f"--out {requested} cannot be created ({err.strerror or err}). Choose a folder in a writable place."
+            ) from err
         return requested
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
     for attempt in range(1, 1000):
@@ -494,6 +554,8 @@ def make_out_dir(requested: Path | None, name: str, resume: bool = False) -> Pat
             return path
         except FileExistsError:
             continue
+        except OSError as err:
+            raise UserError(f"Cannot create a run folder under runs/ ({err.strerror or err}); pass --out DIR.") from err
     raise UserError("Could not create a fresh run folder under runs/; pass --out DIR.")
 
 
@@ -505,17 +567,50 @@ def write_json(data: dict, path: Path) -> None:
     atomic_write(path, lambda file: file.write((json.dumps(data, indent=2, default=str) + "\n").encode()))
 
 
+def check_results_table(table: Path) -> list[str] | None:
+    """The header of the results table at `table` (None while it is new or empty), after checking that the file can
+    be written and is a results table: a run must not learn at its end, hours in, that its row has nowhere to go."""
+    try:
+        if table.exists():
+            with open(table, "r+", newline="") as file:  # r+: readable and writable, and nothing created
+                header = next(csv.reader(file), None)
+        else:
+            folder = next(p for p in table.absolute().parents if p.exists())
+            if not folder.is_dir() or not os.access(folder, os.W_OK):
+                raise OSError(errno.EACCES, f"{folder} is not a writable folder")
+            header = None
+    except (OSError, UnicodeDecodeError, csv.Error) as err:
+        raise UserError(
+            f"--results {table} cannot be written or read ({getattr(err, 'strerror', None) or err}). Pass a CSV file "
+            "in a writable folder (default results/results.csv)."
+        ) from err
+    if header is not None and not (set(header) <= set(RESULT_COLUMNS) and {"dataset", "model", "top1"} <= set(header)):
+        raise UserError(
+            f"--results {table} is not a results table written by this tool (its header is {','.join(header)[:200]}); "
+            "appending a row would corrupt it. Pass a new file or an earlier results table."
+        )
+    return header
+
+
 def append_result(row: dict, table: Path) -> None:
-    """Append one row under an exclusive lock, so concurrent runs never interleave or corrupt the table."""
+    """Append one row under an exclusive lock, so concurrent runs never interleave or corrupt the table. An older
+    table keeps its own columns; a file whose last line lacks its newline gets one first."""
+    check_results_table(table)
     table.parent.mkdir(parents=True, exist_ok=True)
     with open(table, "a+", newline="") as file:
         fcntl.flock(file, fcntl.LOCK_EX)
         file.seek(0)
         header = next(csv.reader(file), None)
         writer = csv.DictWriter(file, fieldnames=header or RESULT_COLUMNS, extrasaction="ignore")
+        file.seek(0, os.SEEK_END)
         if header is None:
             writer.writeheader()
-        file.seek(0, os.SEEK_END)
+        elif file.tell() > 0:
+            file.seek(file.tell() - 1)
+            last = file.read(1)
+            file.seek(0, os.SEEK_END)
+            if last != "\n":
+                file.write("\n")
         writer.writerow(row)
         file.flush()
         os.fsync(file.fileno())
@@ -580,6 +675,15 @@ def load_splits(spec: DatasetSpec, args: argparse.Namespace):
             pool["label"], catalog.classes, args.seed, args.train_fraction, args.shots
         )
     samples = assign_splits(samples, test_fraction, val_fraction, args.seed, subset)
+    tested = set(samples.loc[samples["split"] == "test", "label"])
+    untested = [name for label, name in enumerate(catalog.classes) if label not in tested]
+    if untested:
+        print(
+            f"warning: {len(untested)} class(es) have no test image ({', '.join(untested[:5])}"
+            f"{', ...' if len(untested) > 5 else ''}): too few images to hold one out. Their per-class accuracy is "
+            "reported as missing and they are left out of macro-F1; add images to test them.",
+            file=sys.stderr,
+        )
     if spec.num_classes is not None and len(catalog.classes) != spec.num_classes:
         print(
             f"warning: {spec.title} has {spec.num_classes} classes but {args.data} holds {len(catalog.classes)}; "
@@ -587,6 +691,123 @@ def load_splits(spec: DatasetSpec, args: argparse.Namespace):
             file=sys.stderr,
         )
     return catalog, samples
+
+
+SPLIT_FLAGS = ("seed", "val_fraction", "train_fraction", "shots", "protocol", "test_size")
+
+
+def split_identity(spec: DatasetSpec, args: argparse.Namespace, catalog, samples: pd.DataFrame) -> dict:
+    """What decides which images a run trains, selects and is tested on; kept in its checkpoints and metrics."""
+    options = dataset_options(spec, args)
+    return {
+        "dataset": spec.name,
+        "dataset_options": options,
+        "dataset_fingerprint": dataset_fingerprint(spec.name, options, catalog, args.data, spec.domain == "custom"),
+        "classes": list(catalog.classes),
+        "split_hashes": split_hashes(samples),
+    }
+
+
+def identity_differences(saved: dict, now: dict, saved_config: dict, config: dict) -> list[str]:
+    """How the split a checkpoint was made on differs from the one this command would draw (empty: identical)."""
+    differences = []
+    if saved.get("dataset") != now["dataset"] or saved.get("dataset_options", {}) != now["dataset_options"]:
+        differences.append(
+            f"dataset {saved.get('dataset')} {saved.get('dataset_options', {})} there, "
+            f"{now['dataset']} {now['dataset_options']} now"
+        )
+    if saved.get("classes") != now["classes"]:
+        there, here = saved.get("classes") or [], now["classes"]
+        if sorted(there) == sorted(here):
+            first = next(i for i, (a, b) in enumerate(zip(there, here, strict=True)) if a != b)
+            detail = f"the same names in another order (label {first} is {there[first]} there, {here[first]} now)"
+        else:
+            detail = f"{len(there)} classes there ({', '.join(map(str, there[:4]))}...), {len(here)} now " + (
+                f"({', '.join(here[:4])}...)"
+            )
+        differences.append(f"class names differ: {detail}")
+    changed = [s for s in SPLITS if saved.get("split_hashes", {}).get(s) != now["split_hashes"][s]]
+    if changed:
+        flags = [
+            f"--{key.replace('_', '-')} {saved_config.get(key)} there, {config.get(key)} now"
+            for key in SPLIT_FLAGS
+            if key in config and saved_config.get(key) != config.get(key)
+        ]
+        differences.append(
+            f"the {'/'.join(changed)} split(s) hold other images"
+            + (f" ({'; '.join(flags)})" if flags else " (same flags: the data under --data changed)")
+        )
+    return differences
+
+
+def check_out_folder(out: Path | None, data: Path, reads_files: bool) -> None:
+    """A run folder inside a dataset of image folders would be read as a class (or as images) by the next run."""
+    target = (out or Path("runs")).resolve()
+    root = data.resolve()
+    if reads_files and root.is_dir() and (target == root or root in target.parents):
+        raise UserError(
+            f"--out {out or 'runs/ (the default)'} lies inside --data {data}: the next run on that data would read "
+            "the run folder as part of the dataset. Write runs outside the dataset folder, e.g. --out runs/<name>."
+        )
+
+
+def check_memory(batch_size: int, size: tuple[int, int], device: torch.device) -> None:
+    """Refuse, before any work, a batch whose input images alone exceed the device's memory."""
+    needed = batch_size * 3 * size[0] * size[1] * 4  # one float32 batch, before any activation
+    if device.type == "cuda":
+        total = torch.cuda.get_device_properties(device).total_memory
+    elif hasattr(os, "sysconf") and "SC_PHYS_PAGES" in os.sysconf_names:
+        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    else:
+        return
+    if needed > total:
+        raise UserError(
+            f"--image-size {size[0]}x{size[1]} at -bs {batch_size} needs {needed / 2**30:,.1f} GiB for one batch of "
+            f"input images alone (activations need many times more), and this {device.type} device has "
+            f"{total / 2**30:,.1f} GiB. Lower --image-size or -bs."
+        )
+
+
+@contextlib.contextmanager
+def out_of_memory_as_user_error():
+    """An allocation that fails mid-run becomes a clear message rather than a traceback."""
+    try:
+        yield
+    except (torch.OutOfMemoryError, RuntimeError) as err:
+        if not isinstance(err, torch.OutOfMemoryError) and "not enough memory" not in str(err):
+            raise
+        first = str(err).strip().splitlines()[0][:300]
+        raise UserError(
+            f"Out of memory: {first}. Lower -bs or --image-size (memory grows with both), or use a device with more "
+            "memory; the run folder can be deleted."
+        ) from err
+
+
+def read_resume_file(path: Path) -> dict:
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # torch.load raises many types for a truncated or foreign file
+        raise UserError(
+            f"--resume: {path} cannot be read ({type(err).__name__}: {err}); it is damaged or truncated. Delete it to "
+            "restart this run from its first epoch in the same folder, or start a new run with a new --out."
+        ) from err
+
+
+def check_evaluation_split(args: argparse.Namespace, meta: dict, identity: dict) -> None:
+    """--eval-only must score only images the checkpoint never trained or selected on, with its own class order."""
+    if "split_hashes" not in meta:
+        raise UserError(
+            f"--eval-only: --weights {args.weights} records no split (a plain state dict, or a checkpoint written by "
+            "an older version), so nothing shows that its test images were never trained or selected on. Evaluate a "
+            "best.pt written by this version of the tool, or fine-tune with --weights FILE instead."
+        )
+    differences = identity_differences(meta, identity, json.loads(meta.get("config", "{}")), run_config(args))
+    if differences:
+        raise UserError(
+            f"--eval-only: --weights {args.weights} was trained on another split than this command draws: "
+            f"{'; '.join(differences)}. Its scores here could include images it trained or selected on, or use "
+            "another class order. Evaluate it with the dataset, --data and split flags it was trained with."
+        )
 
 
 def check_input_size(model_name: str, size: tuple[int, int]) -> None:
@@ -603,6 +824,8 @@ def main(spec: DatasetSpec, argv: list[str] | None = None) -> dict:
     """Fine-tune (or with --eval-only, evaluate) one backbone on one dataset; returns the metrics written."""
     args = build_parser(spec).parse_args(argv)
     model_name = models.resolve_name(args.model)
+    if not args.eval_only:
+        check_results_table(args.results)
     checkpoint_meta = {}
     if args.eval_only:
         if args.weights in ("imagenet", "none"):
@@ -616,9 +839,11 @@ def main(spec: DatasetSpec, argv: list[str] | None = None) -> dict:
     seed_everything(args.seed)
     start_distributed(args.device)
     device = resolve_device(args.device)
+    check_memory(args.bs, args.image_size, device)
     precision = make_precision(device)
 
     catalog, samples = load_splits(spec, args)
+    check_out_folder(args.out, args.data, isinstance(catalog.read, FileReader))
     num_classes = len(catalog.classes)
     trained_for = checkpoint_meta.get("num_classes", num_classes)
     if trained_for != num_classes:
@@ -627,6 +852,9 @@ def main(spec: DatasetSpec, argv: list[str] | None = None) -> dict:
             f"but {spec.title} has {num_classes}; evaluating it would score an untrained head. Pass a "
             f"checkpoint trained on {spec.title}."
         )
+    identity = split_identity(spec, args, catalog, samples)
+    if args.eval_only:
+        check_evaluation_split(args, checkpoint_meta, identity)
     counts = samples["split"].value_counts()
     n_train, n_val, n_test = (int(counts.get(s, 0)) for s in ("train", "val", "test"))
     if n_train == 0 or n_test == 0 or (args.protocol == "val" and not args.eval_only and n_val == 0):
@@ -655,11 +883,14 @@ def main(spec: DatasetSpec, argv: list[str] | None = None) -> dict:
         size = f"{args.shots} per class" if args.shots is not None else f"{args.train_fraction:g} of each class"
         mode += f", training data: {size} ({int(counts.get('unused', 0))} images unused)"
     name = f"{spec.name}-{model_name.replace(':', '_')}-s{args.seed}"
-    resumed = resume_state(args, run_config(args)) if args.resume else None
+    resumed = resume_state(args, run_config(args), identity) if args.resume else None
     out = [make_out_dir(args.out, name, resume=args.resume) if is_main() else None]
     if world()[1] > 1:
         dist.broadcast_object_list(out)  # the folder the first process made
     out = out[0]
+    if is_main() and not (out / "config.json").exists():  # the command as given; a resumed run keeps the first
+        command = sys.argv[1:] if argv is None else argv
+        write_json({"script": Path(sys.argv[0]).name, "argv": command, "config": run_config(args)}, out / "config.json")
     log = RunLog(out / "log.txt")
     log(
         f"{spec.title}: {n_train} train / {n_val} val / {n_test} test images, {num_classes} classes; "
@@ -697,6 +928,7 @@ def main(spec: DatasetSpec, argv: list[str] | None = None) -> dict:
             "seed": args.seed,
             "image_size": list(args.image_size),
             "config": json.dumps(run_config(args)),
+            **identity,
         }
         started = time.perf_counter()
         best, history = fit(
@@ -721,6 +953,12 @@ def main(spec: DatasetSpec, argv: list[str] | None = None) -> dict:
     if n_val and args.protocol == "val":  # calibrate on validation data only; the test set stays untouched
         val = evaluate(forward, loader("val", train=False), precision, "val")
         temperature = fit_temperature(val.logits.numpy(), val.labels.numpy())
+        if temperature is None:
+            temperature = 1.0
+            log(
+                "Temperature scaling: the validation split is classified with full confidence, so the fitted "
+                "temperature would only be the search's bound; T is kept at 1."
+            )
     test = evaluate(forward, test_loader, precision, "test")
     test_logits, test_labels = test.logits.numpy(), test.labels.numpy()
     scores = quality(test_logits, test_labels, num_classes, temperature)
@@ -730,7 +968,8 @@ def main(spec: DatasetSpec, argv: list[str] | None = None) -> dict:
     cost = measure_cost(model, forward, args, precision, history, train_loader)
     metrics = {
         "dataset": spec.name,
-        "dataset_options": dataset_options(spec, args),
+        **identity,
+        "data": str(args.data.resolve()),
         "domain": spec.domain,
         "model": model_name,
         "weights": args.weights,
@@ -739,7 +978,6 @@ def main(spec: DatasetSpec, argv: list[str] | None = None) -> dict:
         "eval_only": args.eval_only,
         "selection": None if args.eval_only else ("test" if args.protocol == "paper" else "val"),
         "num_classes": num_classes,
-        "classes": catalog.classes,
         "n_train": n_train,
         "n_val": n_val,
         "n_test": n_test,
@@ -778,7 +1016,8 @@ def main(spec: DatasetSpec, argv: list[str] | None = None) -> dict:
     if not args.eval_only:
         append_result({**metrics, "image_size": "x".join(map(str, args.image_size))}, args.results)
     log(
-        f"top-5 {metrics['top5']:.2f}%, balanced accuracy {metrics['balanced_accuracy']:.2f}%, macro-F1 "
+        ("top-5 n/a (5 classes or fewer)" if metrics["top5"] is None else f"top-5 {metrics['top5']:.2f}%")
+        + f", balanced accuracy {metrics['balanced_accuracy']:.2f}%, macro-F1 "
         f"{metrics['macro_f1']:.2f}% | NLL {metrics['nll']:.4f}, Brier {metrics['brier']:.4f}, ECE "
         f"{metrics['ece']:.4f}"
         + (f" ({metrics['ece_temperature_scaled']:.4f} at T={temperature:.3f})" if temperature else "")
@@ -807,6 +1046,7 @@ def measure_cost(model, forward, args, precision: Precision, history: list[dict]
 
 
 RESUME_FILE = "checkpoint.pt"
+IDENTITY_KEYS = ("dataset", "dataset_options", "dataset_fingerprint", "classes", "split_hashes")
 NOT_RESUME_RELEVANT = {"resume", "workers", "cache", "device", "results", "download", "data", "out"}
 
 
@@ -817,9 +1057,9 @@ def run_config(args: argparse.Namespace) -> dict:
     }
 
 
-def resume_state(args: argparse.Namespace, config: dict) -> dict | None:
+def resume_state(args: argparse.Namespace, config: dict, identity: dict) -> dict | None:
     """The state a killed run in --out left (None if it died before finishing an epoch), after checking that the
-    command line asks for the same run."""
+    command line asks for the same run on the same data, split the same way."""
     if args.out is None or not args.out.is_dir():
         given = "no --out was given" if args.out is None else f"--out {args.out} is not an existing folder"
         raise UserError(f"--resume continues the run in --out DIR, but {given}. Pass the folder of the killed run.")
@@ -828,8 +1068,14 @@ def resume_state(args: argparse.Namespace, config: dict) -> dict | None:
     path = args.out / RESUME_FILE
     if not path.exists():
         return None
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    state = read_resume_file(path)
     saved = json.loads(state["config"])
+    changed = identity_differences(state.get("identity", {}), identity, saved, config)
+    if changed:
+        raise UserError(
+            f"--resume: the run in {args.out} was trained on other data or another split: {'; '.join(changed)}. "
+            "Resume it with the dataset, --data and flags it was started with, or start a new run in a new --out."
+        )
     differences = [
         f"{key} {saved.get(key)!r} there, {config.get(key)!r} now"
         for key in sorted(set(saved) | set(config))
@@ -913,6 +1159,8 @@ def fit(
             train_pass = time.perf_counter() - started
             recompute_bn_stats(forward, train_loader, precision, args.bn_images)
             selection = evaluate(forward, select_loader, precision, select_name)
+            if not math.isfinite(selection.loss):
+                raise Diverged(f"epoch {epoch} {phase}", f"{select_name} loss", selection.loss)
             phase_epochs += 1
             improved = not best or (selection.top1, -selection.loss) > (best["top1"], -best["loss"])
             if improved:
@@ -948,6 +1196,7 @@ def fit(
                         "history": history,
                         "rng": rng_state(),
                         "config": meta["config"],
+                        "identity": {k: meta[k] for k in IDENTITY_KEYS},
                     },
                     out / RESUME_FILE,
                 )
@@ -964,4 +1213,9 @@ def fit(
 
 def run(spec: DatasetSpec) -> None:
     """Entry point of a dataset script."""
-    run_cli(lambda: main(spec))
+
+    def guarded() -> None:
+        with out_of_memory_as_user_error():
+            main(spec)
+
+    run_cli(guarded)

@@ -11,10 +11,12 @@ from __future__ import annotations
 import argparse
 import contextlib
 import hashlib
+import json
 import os
-import pickle
 import shutil
+import tarfile
 import time
+import zipfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -123,7 +125,13 @@ class FileReader:
         """What changes when a source file does: its size and modification time (for the image cache's key)."""
         digest = hashlib.sha1(str(self.root.resolve()).encode())
         for sample in samples:
-            info = os.stat(self.root / sample)
+            try:
+                info = os.stat(self.root / sample)
+            except OSError as err:  # a dangling or looping symlink, or a file deleted since the listing
+                raise UserError(
+                    f"Cannot open {self.root / sample}: {err.strerror or err}. A broken or looping symbolic link, or "
+                    "a file removed while the run started; fix or delete it, then run again."
+                ) from err
             digest.update(f"{sample}:{info.st_size}:{info.st_mtime_ns};".encode())
         return digest.hexdigest()
 
@@ -131,12 +139,36 @@ class FileReader:
         path = self.root / sample
         try:
             with Image.open(path) as image:
-                return image.convert("RGB")
-        except (OSError, UnidentifiedImageError, ValueError) as err:
+                return to_rgb8(image, path)
+        except (OSError, UnidentifiedImageError, ValueError, Image.DecompressionBombError) as err:
             raise UserError(
-                f"Cannot read image {path}: {err}. The file is missing, truncated or not an image; replace or "
-                f"delete it (and re-extract the dataset if many are affected), then run again."
+                f"Cannot read image {path}: {err}. The file is missing, truncated, not an image, or (a decompression "
+                "bomb) far larger than any photograph; replace or delete it (and re-extract the dataset if many are "
+                "affected), then run again."
             ) from err
+
+
+HIGH_DEPTH_MODES = {"I;16": 16, "I;16L": 16, "I;16B": 16, "I;16N": 16}
+
+
+def to_rgb8(image: Image.Image, path: Path | str = "image") -> Image.Image:
+    """An 8-bit RGB copy of `image`. 16-bit and 32-bit greyscale (medical, remote sensing) are rescaled by their bit
+    depth rather than clipped at 255 as `convert("RGB")` does; float images must lie in [0, 1]."""
+    if image.mode not in (*HIGH_DEPTH_MODES, "I", "F"):
+        return image.convert("RGB")
+    pixels = np.asarray(image, dtype=np.float64)
+    if image.mode == "F":
+        if not np.isfinite(pixels).all() or pixels.min() < 0 or pixels.max() > 1:
+            raise ValueError(
+                f"it is a floating-point image with values from {pixels.min():g} to {pixels.max():g}; only floats in "
+                "[0, 1] have a known scale. Convert it to 8- or 16-bit integers"
+            )
+        scale = 1.0
+    else:
+        if pixels.min() < 0:
+            raise ValueError("it is a signed 32-bit image with negative values, which have no 8-bit equivalent")
+        scale = 2.0 ** HIGH_DEPTH_MODES.get(image.mode, 16 if pixels.max() <= 65535 else 32) - 1
+    return Image.fromarray(np.round(pixels * (255.0 / scale)).astype(np.uint8)).convert("RGB")
 
 
 class ArrayReader:
@@ -222,9 +254,9 @@ def assign_splits(
 ) -> pd.DataFrame:
     """Fill in the splits the dataset leaves open: test by the dataset's rule, then validation from training.
 
-    With `subset` (a mask over the non-test samples), only those are used, their validation split is carved from
-    them (a user with ten images per class has only those) and the rest are marked 'unused'; the test set is
-    never subsampled.
+    With `subset` (a mask over the training samples), only those are used and the rest are marked 'unused'; an
+    official validation split stays whole at every size (so learning curves stay nested), otherwise validation is
+    carved from the subset (a user with ten images per class has only those). The test set is never subsampled.
     """
     samples = samples.copy()
     open_rows = samples["split"] == ""
@@ -235,7 +267,7 @@ def assign_splits(
         held = stratified_holdout(rows["label"], test_fraction, seed, TEST_STREAM, rows["group"])
         samples.loc[open_rows, "split"] = np.where(held, "test", "train")
     if subset is not None:
-        pool = samples["split"] != "test"
+        pool = samples["split"] == "train"
         samples.loc[pool, "split"] = np.where(subset(samples[pool]), "train", "unused")
     if val_fraction > 0 and not (samples["split"] == "val").any():
         train_rows = samples["split"] == "train"
@@ -243,6 +275,29 @@ def assign_splits(
         held = stratified_holdout(rows["label"], val_fraction, seed, VAL_STREAM, rows["group"])
         samples.loc[train_rows, "split"] = np.where(held, "val", "train")
     return samples
+
+
+def split_hashes(samples: pd.DataFrame) -> dict[str, str]:
+    """A hash of each split's (sample, label) list: two runs with equal hashes trained, selected and tested on
+    exactly the same images."""
+    hashes = {}
+    for split in SPLITS:
+        rows = samples[samples["split"] == split].sort_values("sample")
+        text = "\n".join(f"{sample}\t{label}" for sample, label in zip(rows["sample"], rows["label"], strict=True))
+        hashes[split] = hashlib.sha1(text.encode()).hexdigest()[:16]
+    return hashes
+
+
+def dataset_fingerprint(name: str, options: dict, catalog: Catalog, data: Path, by_location: bool) -> str:
+    """What the data is, whatever the seed: the dataset and its own options, the class names in label order and every
+    sample with its label (sample ids are paths relative to --data, so one dataset on two machines agrees). For
+    your own folder (`by_location`), where two different folders can share file names, its resolved path counts too."""
+    digest = hashlib.sha1(json.dumps([name, sorted(options.items()), list(catalog.classes)], default=str).encode())
+    if by_location:
+        digest.update(str(Path(data).resolve()).encode())
+    for sample, label in sorted(zip(catalog.samples["sample"], catalog.samples["label"].tolist(), strict=True)):
+        digest.update(f"{sample}\t{label}\n".encode())
+    return digest.hexdigest()[:16]
 
 
 def atomic_write(path: Path, write: Callable[[BinaryIO], None]) -> None:
@@ -267,20 +322,40 @@ def cache_dir() -> Path:
 
 @dataclass(frozen=True)
 class Archive:
-    """A file the source publishes at a stable URL: fetched with a progress bar, checked against its MD5, and
-    extracted unless it is the dataset file itself (torchvision's download utilities do each step)."""
+    """A file the source publishes at a stable URL: fetched with a progress bar and checked against its MD5 by
+    torchvision's downloader, then extracted (unless it is the dataset file itself) by `safe_extract`."""
 
     url: str
     md5: str
     extract: bool = True
 
     def __call__(self, folder: Path) -> None:
-        from torchvision.datasets.utils import download_and_extract_archive, download_url
+        from torchvision.datasets.utils import download_url
 
+        download_url(self.url, str(folder), md5=self.md5)
         if self.extract:
-            download_and_extract_archive(self.url, str(folder), md5=self.md5, remove_finished=True)
-        else:
-            download_url(self.url, str(folder), md5=self.md5)
+            archive = folder / Path(self.url).name
+            safe_extract(archive, folder)
+            archive.unlink()
+
+
+def safe_extract(archive: Path, folder: Path) -> None:
+    """Extract a .zip or tar archive into `folder`, refusing any member that would land outside it (absolute
+    paths, '..', links pointing out, device files): a checksum proves which file arrived, not that it is benign."""
+    target = Path(folder).resolve()
+    if zipfile.is_zipfile(archive):
+        with zipfile.ZipFile(archive) as bundle:
+            for name in bundle.namelist():
+                destination = (target / name).resolve()
+                if destination != target and target not in destination.parents:
+                    raise ValueError(f"{archive.name} holds {name!r}, which would be written outside {target}")
+            bundle.extractall(target)
+        return
+    with tarfile.open(archive) as bundle:
+        try:
+            bundle.extractall(target, filter="data")
+        except tarfile.FilterError as err:
+            raise ValueError(f"{archive.name} holds a member that is unsafe to extract: {err}") from err
 
 
 @dataclass(frozen=True)
@@ -360,6 +435,25 @@ def _walk_class_folders(root: Path) -> tuple[list[tuple[str, str]], dict[str, in
     return rows, folder_times
 
 
+def read_index(path: Path, root: Path) -> list[tuple[str, str]] | None:
+    """The listing saved for `root`, if it is still valid; None for a missing, stale, damaged or foreign file.
+
+    The index is plain JSON, checked field by field: a file planted in the cache can at worst cost a rescan, never
+    run code or change what is listed (its folders' times must match the disk)."""
+    try:
+        saved = json.loads(path.read_text())
+        folders, rows = saved["folders"], saved["rows"]
+        if saved["root"] != str(root) or not isinstance(folders, dict) or not isinstance(rows, list):
+            return None
+        if str(root) not in folders or not all(os.stat(f).st_mtime_ns == t for f, t in folders.items()):
+            return None
+        if not all(isinstance(r, list) and len(r) == 2 and all(isinstance(x, str) for x in r) for r in rows):
+            return None
+        return [(sample, name) for sample, name in rows]
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None
+
+
 def scan_class_folders(root: Path) -> pd.DataFrame:
     """Every image under root/<class>/ (any depth), with its class name; hidden files are skipped.
 
@@ -368,12 +462,8 @@ def scan_class_folders(root: Path) -> pd.DataFrame:
     tens of thousands of files again.
     """
     root = Path(root).resolve()
-    index = cache_dir() / "index" / (hashlib.sha1(str(root).encode()).hexdigest()[:20] + ".pkl")
-    rows = None
-    with contextlib.suppress(OSError, EOFError, pickle.UnpicklingError, KeyError, TypeError):
-        saved = pickle.loads(index.read_bytes())
-        if saved["root"] == str(root) and all(os.stat(f).st_mtime_ns == t for f, t in saved["folders"].items()):
-            rows = saved["rows"]
+    index = cache_dir() / "index" / (hashlib.sha1(str(root).encode()).hexdigest()[:20] + ".json")
+    rows = read_index(index, root)
     if rows is None:
         rows, folder_times = _walk_class_folders(root)
         # a folder changed in the last seconds may change again unseen within its mtime's resolution: no index then
@@ -381,7 +471,7 @@ def scan_class_folders(root: Path) -> pd.DataFrame:
             with contextlib.suppress(OSError):  # an unwritable cache only costs the next run a rescan
                 index.parent.mkdir(parents=True, exist_ok=True)
                 saved = {"root": str(root), "folders": folder_times, "rows": rows}
-                atomic_write(index, lambda file: pickle.dump(saved, file))
+                atomic_write(index, lambda file: file.write(json.dumps(saved).encode()))
     return pd.DataFrame(rows, columns=["sample", "class"])
 
 
