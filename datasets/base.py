@@ -367,7 +367,21 @@ class TorchvisionDownload:
     def __call__(self, folder: Path) -> None:
         import torchvision
 
-        getattr(torchvision.datasets, self.dataset)(str(folder), download=True)
+        with data_filter_by_default():  # torchvision's own extraction passes no filter
+            getattr(torchvision.datasets, self.dataset)(str(folder), download=True)
+
+
+@contextlib.contextmanager
+def data_filter_by_default():
+    """Make `tarfile`'s 'data' filter the default for extractions that name none (Python's documented hook), so a
+    tar member of an archive extracted by another library cannot land outside its folder either. (Zip extraction
+    already drops absolute paths and '..'.)"""
+    previous = tarfile.TarFile.extraction_filter
+    tarfile.TarFile.extraction_filter = staticmethod(tarfile.data_filter)
+    try:
+        yield
+    finally:
+        tarfile.TarFile.extraction_filter = previous
 
 
 def locate(

@@ -101,6 +101,15 @@ def test_archive_members_never_land_outside_the_target(tmp_path, member, link):
     assert not (tmp_path / "escaped.txt").exists() and list(target.iterdir()) == []
 
 
+def test_archives_extracted_by_torchvision_get_the_data_filter_too(tmp_path):
+    from torchvision.datasets.utils import extract_archive
+
+    (tmp_path / "target").mkdir()
+    with base.data_filter_by_default(), pytest.raises(tarfile.FilterError):
+        extract_archive(str(hostile_tar(tmp_path / "bad.tar.gz", "../escaped.txt")), str(tmp_path / "target"))
+    assert not (tmp_path / "escaped.txt").exists()
+
+
 def test_an_absolute_archive_member_is_extracted_inside_the_target(tmp_path):
     outside = tmp_path / "outside.txt"
     target = tmp_path / "target"
