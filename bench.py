@@ -45,6 +45,7 @@ from train_common import (
     library_versions,
     load_splits,
     make_precision,
+    non_negative_int,
     parse_dataset_args,
     positive_int,
     resolve_device,
@@ -72,7 +73,7 @@ def build_parser(spec: DatasetSpec | None) -> argparse.ArgumentParser:
     add("--warmup", type=positive_int, default=3, help="untimed steps before each measurement")
     add("--weights", default="none", help="'none' or 'imagenet': the weights' values do not change the speed")
     add_data_arguments(parser, spec.default_data if spec else "data")
-    add("--workers", type=int, default=min(4, os.cpu_count() or 1), help="data-loading processes (ours)")
+    add("--workers", type=non_negative_int, default=min(4, os.cpu_count() or 1), help="data-loading processes (ours)")
     add("--original", action=argparse.BooleanOptionalAction, default=True, help="also time the original pipeline")
     add("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
     add("--seed", type=int, default=0, help="seeds the splits, init and data order")

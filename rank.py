@@ -35,12 +35,14 @@ from train_common import (
     image_size,
     load_splits,
     make_precision,
+    non_negative_int,
     parse_dataset_args,
     positive_int,
     predict,
     resolve_device,
     seed_everything,
     split_batches,
+    split_identity,
 )
 from transferability import agreement, knn_accuracy, leep, linear_probe_accuracy, logme
 
@@ -63,7 +65,7 @@ def build_parser(spec: DatasetSpec | None) -> argparse.ArgumentParser:
     add_data_arguments(parser, spec.default_data if spec else "data")
     add("--seed", type=int, default=0, help="seeds the splits (as in training), random init and the probe")
     add("-bs", type=positive_int, default=64, help="batch size for feature extraction")
-    add("--workers", type=int, default=2, help="data-loading processes")
+    add("--workers", type=non_negative_int, default=2, help="data-loading processes")
     add("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
     add("--runs", type=Path, nargs="+", default=None, help="folders of fine-tuned runs to check the ranking against")
     add("--out", type=Path, default=None, help="CSV to write (default: results/rank-<dataset>-<time>.csv)")
@@ -150,25 +152,42 @@ def score(outputs: dict, seed: int) -> dict:
 
 
 # ----------------------------------------------------------------------------------------------- checking
-def measured_top1(spec: DatasetSpec, args, log) -> tuple[pd.Series, pd.Series, str]:
-    """(mean test top-1 per backbone, mean fine-tuning seconds per backbone, the setting) from --runs."""
+def measured_top1(args, fingerprint: str, log) -> tuple[pd.Series, pd.Series, str]:
+    """(mean test top-1 per backbone, mean fine-tuning seconds per backbone, the setting) from the runs under --runs
+    that answer the question this ranking predicts: the same data, weights, resolution and training subset, full
+    fine-tuning under the default protocol, and one training configuration (the one most backbones were run with)."""
     runs, skipped = report.find_runs(args.runs)
     for path, reason in skipped:
         log(f"  skipped {path}: {reason}")
+    empty = pd.Series(dtype=float), pd.Series(dtype=float), ""
     if not runs:
-        return pd.Series(dtype=float), pd.Series(dtype=float), ""
+        return empty
     table, _ = report.runs_table(runs)
     size = "x".join(map(str, args.image_size))
-    table = table[
-        (table["dataset"] == report.dataset_label(spec.name, dataset_options(spec, args), spec.domain, args.data))
-        & (table["weights"] == args.weights)
-        & (table["protocol"] == "val")
-    ]
+
+    def same_setting(key: str) -> bool:
+        setting = json.loads(key)
+        return (
+            setting["protocol"] == "val"
+            and setting["weights"] == args.weights
+            and setting["resolution"].split(" ")[0] == size
+            and math.isclose(setting.get("train_fraction", 1.0), args.train_fraction)
+            and setting.get("shots") == args.shots
+            and setting.get("finetune", "full") == "full"
+        )
+
+    table = table[(table["dataset_fingerprint"] == fingerprint) & table["setting"].map(same_setting)]
     if table.empty:
-        return pd.Series(dtype=float), pd.Series(dtype=float), ""
-    at_size = table[table["resolution"].str.split(" ").str[0] == size]
-    table = at_size if not at_size.empty else table[table["setting"] == table["setting"].value_counts().index[0]]
-    grouped = table.groupby("model")
+        return empty
+    coverage = table.groupby("configuration").agg(backbones=("model", "nunique"), runs=("model", "size"))
+    chosen = coverage.sort_values(["backbones", "runs"], ascending=False).index[0]
+    others = table[table["configuration"] != chosen]
+    if not others.empty:
+        log(
+            f"  {len(others)} matching run(s) with another training configuration are left out, e.g. "
+            + others["folder"].iloc[0]
+        )
+    grouped = table[table["configuration"] == chosen].groupby("model")
     return (
         grouped["top1"].mean(),
         grouped["train_seconds"].mean(),
@@ -201,6 +220,7 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
     )
     # decoded once, and only if some backbone's features are not cached yet; the test images are never decoded
     images = functools.cache(lambda: image_cache(spec, args, catalog, samples, log, splits=("train", "val")))
+    fingerprint = split_identity(spec, args, catalog, samples)["dataset_fingerprint"]
     rows, started = [], time.perf_counter()
     for name in args.models:
         begun = time.perf_counter()
@@ -226,7 +246,11 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
     setting = {
         "dataset": report.dataset_label(spec.name, dataset_options(spec, args), spec.domain, args.data),
         "weights": args.weights,
+        "dataset_fingerprint": fingerprint,
         "resolution": "x".join(map(str, args.image_size)),
+        "train_fraction": args.train_fraction,
+        "shots": args.shots,
+        "val_fraction": args.val_fraction,
         "seed": args.seed,
         "n_train": int(counts["train"]),
         "n_val": int(counts["val"]),
@@ -244,7 +268,7 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
     log(f"Ranked by LogME. Total {total:.1f} s for {len(table)} backbones.")
 
     if args.runs:
-        measured, finetune_seconds, measured_setting = measured_top1(spec, args, log)
+        measured, finetune_seconds, measured_setting = measured_top1(args, fingerprint, log)
         table["measured_top1"] = measured
         if measured.empty:
             log(f"No fine-tuned runs of {setting['dataset']} with --weights {args.weights} under --runs to check.")

@@ -15,6 +15,7 @@ import math
 import os
 import re
 import textwrap
+import zipfile
 from collections import defaultdict
 from pathlib import Path
 
@@ -35,6 +36,7 @@ RUN_FILES = ("metrics.json", "log.txt", "split.csv", "best.pt")
 REQUIRED = (
     "dataset",
     "dataset_options",
+    "dataset_fingerprint",
     "domain",
     "model",
     "weights",
@@ -82,7 +84,7 @@ SHOWN = ("top1", "balanced_accuracy", "macro_f1", "ece", "gflops", "latency_ms_b
 # Settings: what makes two runs answer different questions. Config keys that only say where or how fast a run
 # happened are ignored; every other config difference makes a separate row.
 SETTING_DEFAULTS = {"train_fraction": 1.0, "shots": None, "finetune": "full"}  # absent from older runs
-NOT_CONFIGURATION = {"seed", "out", "data", "results", "workers", "device", "download", "compile", "eval_only"}
+NOT_CONFIGURATION = {"seed", "out", "data", "results", "workers", "device", "download", "compile", "eval_only", "cache"}
 NOT_CONFIGURATION |= {"resume", "model", "weights", "protocol", "image_size", *SETTING_DEFAULTS}
 PREDICTORS = {"logme": "LogME", "knn": "kNN", "linear": "linear probe", "leep": "LEEP"}  # rank.py's scores
 ALPHA = 0.05
@@ -150,8 +152,37 @@ def read_run(folder: Path) -> tuple[dict | None, str]:
         return None, f"written by an older version: metrics.json lacks {', '.join(missing)}"
     if run.get("eval_only"):
         return None, "an --eval-only evaluation of a checkpoint, not a fine-tuning run"
+    problem = malformed(run)
+    if problem:
+        return None, f"metrics.json is malformed: {problem}"
+    if (folder / "test_outputs.npz").exists():
+        try:
+            labels, _ = correct_vector(str(folder))
+        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as err:
+            return None, f"test_outputs.npz cannot be read ({type(err).__name__}: {err})"
+        if len(labels) != run["n_test"]:
+            return None, f"test_outputs.npz holds {len(labels)} test images, metrics.json says {run['n_test']}"
     run["folder"] = str(folder)
     return run, ""
+
+
+OPTIONAL_NUMBERS = {"top5", "ece_temperature_scaled"}  # None where not applicable
+
+
+def malformed(run: dict) -> str:
+    """What in a run's metrics is not of the type this report reads ('' if nothing)."""
+    for column, _, _ in METRICS:
+        value = run[column]
+        if value is None and column in OPTIONAL_NUMBERS:
+            continue
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            return f"{column} is {value!r}, not a number"
+    for field, kind in (("config", dict), ("dataset_options", dict), ("image_size", list), ("seed", int)):
+        if not isinstance(run[field], kind):
+            return f"{field} is {run[field]!r}, not a {kind.__name__}"
+    if len(run["image_size"]) != 2:
+        return f"image_size is {run['image_size']!r}, not [height, width]"
+    return ""
 
 
 def dataset_label(name: str, options: dict, domain: str, data: str | Path) -> str:
@@ -163,11 +194,12 @@ def dataset_label(name: str, options: dict, domain: str, data: str | Path) -> st
     )
 
 
-def setting_of(run: dict) -> dict:
-    """What a number answers: runs in different settings are never averaged or ranked together."""
+def setting_of(run: dict, label: str) -> dict:
+    """What a number answers: runs in different settings are never averaged or ranked together. `label` names the
+    data (`dataset_labels`)."""
     size = "x".join(map(str, run["image_size"]))
     setting = {
-        "dataset": dataset_label(run["dataset"], run["dataset_options"], run["domain"], run["config"].get("data", "")),
+        "dataset": label,
         "domain": run["domain"],
         "protocol": run["protocol"],
         "weights": run["weights"],
@@ -179,11 +211,27 @@ def setting_of(run: dict) -> dict:
     return setting
 
 
+def dataset_labels(runs: list[dict]) -> list[str]:
+    """A readable name for each run's data, one per dataset fingerprint: where different data share a name (two
+    folders both called 'photos', a partial copy of a benchmark), each gets its fingerprint's first digits."""
+    names = [
+        dataset_label(run["dataset"], run["dataset_options"], run["domain"], run.get("data") or run["config"]["data"])
+        for run in runs
+    ]
+    fingerprints = defaultdict(set)
+    for name, run in zip(names, runs, strict=True):
+        fingerprints[name].add(run["dataset_fingerprint"])
+    return [
+        name + (f" #{run['dataset_fingerprint'][:6]}" if len(fingerprints[name]) > 1 else "")
+        for name, run in zip(names, runs, strict=True)
+    ]
+
+
 def runs_table(runs: list[dict]) -> tuple[pd.DataFrame, list[tuple[str, str]]]:
     """One row per run with its setting, configuration and metrics; of repeated runs, only the newest is kept."""
     rows = []
-    for run in runs:
-        setting = setting_of(run)
+    for run, label in zip(runs, dataset_labels(runs), strict=True):
+        setting = setting_of(run, label)
         configuration = {k: v for k, v in run["config"].items() if k not in NOT_CONFIGURATION}
         rows.append(
             {
@@ -193,8 +241,9 @@ def runs_table(runs: list[dict]) -> tuple[pd.DataFrame, list[tuple[str, str]]]:
                 "configuration": json.dumps(configuration, sort_keys=True),
                 "seed": run["seed"],
                 "params": run["params"],
-                "n_used": run["n_train"] + run["n_val"],
-                **{column: run[column] for column, _, _ in METRICS},
+                "dataset_fingerprint": run["dataset_fingerprint"],
+                "n_train": run["n_train"],
+                **{column: math.nan if run[column] is None else float(run[column]) for column, _, _ in METRICS},
                 "finished": run["finished"],
                 "folder": run["folder"],
             }
@@ -278,16 +327,32 @@ def tie_with_best(best: pd.DataFrame, other: pd.DataFrame, seed: int) -> tuple[s
     return "not tested: no seed in common", math.nan
 
 
+def pooled_seed_std(top1: pd.Series, labels: pd.Series) -> float:
+    """The seed-to-seed standard deviation of top-1, pooled over every row with two or more seeds (NaN if none)."""
+    groups = [values for _, values in top1.groupby(labels) if len(values) >= 2]
+    freedom = sum(len(values) - 1 for values in groups)
+    if not freedom:
+        return math.nan
+    return math.sqrt(sum(values.var(ddof=1) * (len(values) - 1) for values in groups) / freedom)
+
+
 def leaderboard(runs: pd.DataFrame, seed: int) -> pd.DataFrame:
-    """One row per backbone (and configuration): mean and std over seeds, rank by mean top-1, tie with the best."""
+    """One row per backbone (and configuration): mean and std over seeds, rank, tie with the best.
+
+    Rows are ranked by their mean top-1 less one standard error (the pooled seed-to-seed std over the root of the
+    row's number of seeds), so one lucky seed does not outrank the mean of three; with equal seed counts this is
+    the order of the means."""
     grouped = runs.groupby("label", sort=False)
     board = pd.DataFrame({"seeds": grouped["seed"].apply(lambda s: ",".join(map(str, sorted(s))))})
+    board["n_seeds"] = grouped["seed"].nunique()
     board["params_m"] = grouped["params"].first() / 1e6
     for column, _, _ in METRICS:
         board[f"{column}_mean"] = grouped[column].mean()
         board[f"{column}_std"] = grouped[column].std(ddof=1)
-    board = board.sort_values(["top1_mean", "gflops_mean"], ascending=[False, True])
-    board.insert(0, "rank", board["top1_mean"].rank(method="min", ascending=False).astype(int))
+    spread = pooled_seed_std(runs["top1"], runs["label"])
+    board["rank_score"] = board["top1_mean"] - (0 if math.isnan(spread) else spread / np.sqrt(board["n_seeds"]))
+    board = board.sort_values(["rank_score", "gflops_mean"], ascending=[False, True])
+    board.insert(0, "rank", board["rank_score"].rank(method="min", ascending=False).astype(int))
     best = board.index[0]
     tests = {label: tie_with_best(grouped.get_group(best), grouped.get_group(label), seed) for label in board.index}
     board["tie_test"] = [("best" if label == best else tests[label][0]) for label in board.index]
@@ -356,30 +421,42 @@ def domain_tables(boards: dict[str, pd.DataFrame], settings: dict[str, dict]) ->
     return tables
 
 
+RANKING_KEY = ["dataset_fingerprint", "weights", "resolution", "train_fraction", "shots", "backbone"]
+
+
 def read_rankings(paths: list[Path]) -> pd.DataFrame:
-    """rank.py's tables, one row per (dataset, weights, resolution, backbone); a later file wins."""
+    """rank.py's tables, one row per (data, weights, resolution, training data size, backbone); a later file wins."""
     tables = []
     for path in paths:
         try:
             tables.append(pd.read_csv(path))
         except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError) as err:
             raise UserError(f"--rankings {path} cannot be read ({err}); pass CSVs written by rank.py.") from err
-        if not {"backbone", "dataset", "weights", "resolution", *PREDICTORS} <= set(tables[-1].columns):
-            raise UserError(f"--rankings {path} is not a table written by rank.py (its columns differ).")
+        if not {*RANKING_KEY, *PREDICTORS} <= set(tables[-1].columns):
+            raise UserError(
+                f"--rankings {path} is not a table written by this version of rank.py (it lacks some of the columns "
+                f"{', '.join(RANKING_KEY)}); rerun rank.py to get one."
+            )
     if not tables:
         return pd.DataFrame()
-    return pd.concat(tables).drop_duplicates(["dataset", "weights", "resolution", "backbone"], keep="last")
+    return pd.concat(tables).drop_duplicates(RANKING_KEY, keep="last")
 
 
-def predicted_ranking(board: pd.DataFrame, setting: dict, rankings: pd.DataFrame) -> tuple[pd.DataFrame, str]:
-    """The leaderboard with each score's predicted rank beside the measured one, and how well each predicted."""
-    if rankings.empty:
+def predicted_ranking(
+    board: pd.DataFrame, setting: dict, fingerprint: str, rankings: pd.DataFrame
+) -> tuple[pd.DataFrame, str]:
+    """The leaderboard with each score's predicted rank beside the measured one, and how well each predicted: only
+    from a ranking of the same data, weights, resolution and training subset."""
+    if rankings.empty or setting.get("finetune", "full") != "full" or setting["protocol"] != "val":
         return board, ""
     size = setting["resolution"].split(" ")[0]
+    shots = setting.get("shots", SETTING_DEFAULTS["shots"])
     match = rankings[
-        (rankings["dataset"] == setting["dataset"])
+        (rankings["dataset_fingerprint"] == fingerprint)
         & (rankings["weights"] == setting["weights"])
         & (rankings["resolution"] == size)
+        & np.isclose(rankings["train_fraction"], setting.get("train_fraction", SETTING_DEFAULTS["train_fraction"]))
+        & (rankings["shots"].isna() if shots is None else rankings["shots"] == shots)
     ].set_index("backbone")
     if match.empty:
         return board, ""
@@ -428,7 +505,11 @@ def markdown_table(columns: dict[str, list]) -> str:
 
 
 def leaderboard_markdown(board: pd.DataFrame, metrics: tuple = METRICS) -> str:
-    columns = {"rank": board["rank"].tolist(), "backbone": board["backbone"].tolist(), "seeds": board["seeds"].tolist()}
+    columns = {
+        "rank": board["rank"].tolist(),
+        "backbone": board["backbone"].tolist(),
+        "seeds": [f"{seeds} ({n})" for seeds, n in zip(board["seeds"], board["n_seeds"], strict=True)],
+    }
     for column, heading, decimals in metrics:
         columns[heading] = mean_std(board, column, decimals)
     columns["params M"] = [number(v, 1) for v in board["params_m"]]
@@ -436,11 +517,20 @@ def leaderboard_markdown(board: pd.DataFrame, metrics: tuple = METRICS) -> str:
         if f"{column}_predicted_rank" in board:
             columns[f"{heading} rank"] = [number(v, 0) for v in board[f"{column}_predicted_rank"]]
     columns["tied with best"] = [
-        "best" if test == "best" else ("yes" if tied else "no") + (f" (p = {p:.3f})" if not math.isnan(p) else "")
+        tie_word(test, tied, p)
         for test, tied, p in zip(board["tie_test"], board["tied_with_best"], board["p_value"], strict=True)
     ]
     columns["tie test"] = ["" if test == "best" else test for test in board["tie_test"]]
     return markdown_table(columns)
+
+
+def tie_word(test: str, tied: bool, p: float) -> str:
+    """'best', 'yes'/'no' with the p-value, or 'untested' where no test could be made (never read as 'no')."""
+    if test == "best":
+        return "best"
+    if math.isnan(p):
+        return "untested"
+    return f"{'yes' if tied else 'no'} (p = {p:.3f})"
 
 
 def recommendation(board: pd.DataFrame) -> str:
@@ -460,8 +550,11 @@ def recommendation(board: pd.DataFrame) -> str:
             )
         else:
             text += " It is also the cheapest of them in GFLOPs."
-    else:
+    elif board["p_value"].iloc[1:].notna().any():
         text += " No other backbone is statistically tied with it."
+    untested = board.loc[board["p_value"].isna() & (board["tie_test"] != "best"), "backbone"].tolist()
+    if untested:
+        text += f" Not tested against it (no seed, or no test outputs, in common): {', '.join(untested)}."
     text += (
         f" Best calibrated: **{calibrated['backbone']}** (ECE {calibrated['ece_mean']:.4f}"
         + (
@@ -500,7 +593,7 @@ def plot_cost(board: pd.DataFrame, title: str, path: Path) -> None:
 
 
 def learning_curves(table: pd.DataFrame, out: Path) -> list[str]:
-    """Top-1 against the number of training images (train + validation), one line per backbone with a ± std band
+    """Top-1 against the number of images trained on, one line per backbone with a ± std band
     over seeds, for every group of settings that differ only in --train-fraction / --shots."""
     sizes = ("train_fraction", "shots")
     curve_of = table["setting"].map(lambda key: {k: v for k, v in json.loads(key).items() if k not in sizes})
@@ -512,13 +605,13 @@ def learning_curves(table: pd.DataFrame, out: Path) -> list[str]:
         title = describe(json.loads(key))
         figure, axis = plt.subplots(figsize=(7.5, 4.8))
         for label, rows in runs.groupby("label"):
-            points = rows.groupby("setting").agg(used=("n_used", "mean"), top1=("top1", "mean"), std=("top1", "std"))
+            points = rows.groupby("setting").agg(used=("n_train", "mean"), top1=("top1", "mean"), std=("top1", "std"))
             points = points.sort_values("used")
             band = points["std"].fillna(0)
             axis.plot(points["used"], points["top1"], "o-", label=label)
             axis.fill_between(points["used"], points["top1"] - band, points["top1"] + band, alpha=0.2)
         axis.set_xscale("log")
-        axis.set_xlabel("training images (train + validation)")
+        axis.set_xlabel("training images (validation not counted)")
         axis.set_ylabel("test top-1 (%)")
         axis.grid(alpha=0.3)
         axis.legend(fontsize=8)
@@ -579,7 +672,8 @@ def main(argv: list[str] | None = None) -> None:
     all_boards = []
     for key, runs_of_setting in table.groupby("setting", sort=True):
         setting = json.loads(key)
-        board, predicted = predicted_ranking(leaderboard(runs_of_setting, args.seed), setting, rankings)
+        fingerprint = runs_of_setting["dataset_fingerprint"].iloc[0]
+        board, predicted = predicted_ranking(leaderboard(runs_of_setting, args.seed), setting, fingerprint, rankings)
         boards[key], settings[key] = board, setting
         folder = args.out / slug(setting)
         folder.mkdir(exist_ok=True)
@@ -594,9 +688,12 @@ def main(argv: list[str] | None = None) -> None:
         plot_kappa(kappa, title, folder / "error_consistency.png")
         advice = recommendation(board)
         sections.append(
-            f"## {title}\n\n{markdown}\n\nMean ± sample std over seeds. Ties with the best: a paired t-test over "
-            "seeds where the two share two or more, otherwise a paired bootstrap over the shared seed's test images "
-            f"({BOOTSTRAP_RESAMPLES:,} resamples); tied when p ≥ {ALPHA}.\n\n{advice}\n\n{predicted}\n\n"
+            f"## {title}\n\n{markdown}\n\nMean ± sample std over seeds (their number in brackets). Ranked by mean "
+            "top-1 less one standard error (the pooled seed-to-seed std over the root of the row's seed count), so "
+            "fewer seeds rank lower at equal means. Ties with the best: a paired t-test over seeds where the two share "
+            "two or more, otherwise a paired bootstrap over the shared seed's test images "
+            f"({BOOTSTRAP_RESAMPLES:,} resamples); tied when p ≥ {ALPHA}; 'untested' where no seed (or no test "
+            f"outputs) are shared.\n\n{advice}\n\n{predicted}\n\n"
             f"![accuracy against cost]({folder.name}/cost.png)\n"
             f"![error consistency]({folder.name}/error_consistency.png)"
         )

@@ -10,7 +10,9 @@ the sweep goes on. Flags after `--` go to every run. At the end the report is wr
 from __future__ import annotations
 
 import argparse
+import contextlib
 import itertools
+import json
 import os
 import queue
 import subprocess
@@ -22,10 +24,11 @@ from pathlib import Path
 import datasets
 import models
 import report
+import train_common
 from errors import UserError, run_cli
 
 PROJECT_DIR = Path(__file__).resolve().parent
-OWN_FLAGS = ("-model", "--seed", "--train-fraction", "--shots", "--out", "--resume", "--device")
+OWN_SETTINGS = {"model", "seed", "train_fraction", "shots", "out", "resume", "device"}  # set per run by the sweep
 
 
 @dataclass(frozen=True)
@@ -43,7 +46,7 @@ class Job:
                 size = [flag, self.size.removeprefix(prefix)]
         command = [sys.executable, str(PROJECT_DIR / f"{self.dataset}.py"), "-model", self.model]
         command += ["--seed", str(self.seed), *size, *passthrough, "--out", str(self.folder)]
-        return command + (["--resume"] if self.folder.exists() else [])
+        return command + (["--resume"] if self.status == "resume" else [])
 
     @property
     def status(self) -> str:
@@ -80,16 +83,63 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
     add("--timeout-min", type=int, default=24 * 60, help="time limit of each submitit job, in minutes")
     add("--dry-run", action="store_true", help="print the plan (and what is done already) without running")
     args = parser.parse_args(own)
-    clash = [flag for flag in passthrough if flag in OWN_FLAGS]
-    if clash:
-        raise UserError(
-            f"{', '.join(clash)} after -- would clash with what the sweep sets for each run (backbone, seed, size, "
-            "folder, device). Use --models, --seeds, --fractions/--shots, --out and --gpus instead."
-        )
+    for dataset in args.datasets:
+        clash = sorted(given_settings(dataset, passthrough) & OWN_SETTINGS)
+        if clash:
+            raise UserError(
+                f"The flags after -- set {', '.join(clash)}, which the sweep sets for each run itself (backbone, seed, "
+                "data size, folder, device): two run folders would then hold the same run. Use --models, --seeds, "
+                "--fractions/--shots, --out and --gpus instead."
+            )
     bad = [f for f in args.fractions if not 0 < f <= 1] + [k for k in args.shots if k < 1]
     if bad:
         raise UserError(f"--fractions must be in (0, 1] and --shots at least 1; got {bad}.")
     return args, passthrough
+
+
+def script_parser(dataset: str) -> argparse.ArgumentParser:
+    """The dataset script's own parser, whose errors become a `UserError` naming the script."""
+    parser = train_common.build_parser(datasets.spec(dataset))
+
+    def error(message: str) -> None:
+        raise UserError(f"{dataset}.py would reject the flags given to the sweep: {message}. Nothing was run.")
+
+    parser.error = error
+    return parser
+
+
+def given_settings(dataset: str, passthrough: list[str]) -> set[str]:
+    """The settings the flags after -- give, parsed exactly as the run's script will parse them (so `--seed=7`, an
+    abbreviation such as `--see 7`, and a value the script would refuse are all caught here)."""
+    parser = script_parser(dataset)
+    for action in parser._actions:  # every setting absent unless given: what remains was set by these flags
+        action.required, action.default = False, argparse.SUPPRESS
+    return set(vars(parser.parse_args(passthrough)))
+
+
+def saved_config(folder: Path) -> dict | None:
+    """The configuration an existing run folder was started with (config.json, or a finished run's metrics)."""
+    for name, key in (("config.json", "config"), ("metrics.json", "config")):
+        with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
+            return dict(json.loads((folder / name).read_text())[key])
+    return None
+
+
+def conflicts(jobs: list[Job], passthrough: list[str]) -> list[str]:
+    """Existing run folders whose saved configuration is not the one this sweep would run there (another --lr or
+    --weights after --, say): reusing them would pass old results off as new ones."""
+    found = []
+    for job in jobs:
+        saved = saved_config(job.folder)
+        if saved is None:
+            continue
+        wanted = train_common.run_config(script_parser(job.dataset).parse_args(job.command(passthrough)[2:]))
+        ignored = train_common.NOT_RESUME_RELEVANT
+        differing = [k for k in sorted(set(saved) | set(wanted)) if k not in ignored and saved.get(k) != wanted.get(k)]
+        if differing:
+            key = differing[0]
+            found.append(f"{job.folder} ({key} {saved.get(key)!r} there, {wanted.get(key)!r} now)")
+    return found
 
 
 def plan(args: argparse.Namespace) -> list[Job]:
@@ -171,6 +221,13 @@ def run_submitit(jobs: list[Job], passthrough: list[str], args: argparse.Namespa
 def main(argv: list[str] | None = None) -> None:
     args, passthrough = parse_args(argv)
     jobs = plan(args)
+    clashing = conflicts(jobs, passthrough)
+    if clashing:
+        raise UserError(
+            f"{len(clashing)} run folder(s) under --out {args.out} hold runs of another configuration than this sweep "
+            f"asks for, e.g. {'; '.join(clashing[:3])}. Their results would be taken for this sweep's. Use a new "
+            "--out for the new configuration, or the flags those runs were made with."
+        )
     counts = {status: sum(job.status == status for job in jobs) for status in ("done", "resume", "new")}
     print(
         f"{len(jobs)} runs: {counts['done']} finished (skipped), {counts['resume']} to resume, {counts['new']} new"
@@ -193,6 +250,8 @@ def main(argv: list[str] | None = None) -> None:
         print(f"  failed: {job.folder} (see {job.folder}.error)")
     if len(failed) < len(jobs):
         report.main(["--runs", str(args.out), "--out", str(args.out / "report")])
+    if failed:
+        sys.exit(1)
 
 
 if __name__ == "__main__":

@@ -112,3 +112,36 @@ def test_bad_input_is_a_clean_error(tmp_path):
     result = run_script("rank.py", "--dataset", "mnist")
     assert result.returncode == 2 and "invalid choice: 'mnist'" in result.stderr and "Traceback" not in result.stderr
     assert_clean_error(run_script("rank.py", *RANK, "--weights", tmp_path / "missing.pt"), "does not exist")
+
+
+def test_only_runs_of_the_same_setting_and_configuration_are_compared(digits_sweep, tmp_path):
+    import argparse
+    import json
+    import shutil
+
+    import rank
+
+    folder = tmp_path / "runs"
+    for run in digits_sweep.iterdir():
+        shutil.copytree(run, folder / run.name, ignore=shutil.ignore_patterns("best.pt"))
+        for variant, changes in {"tenth": {"train_fraction": 0.1, "top1": 30.5}, "probe": {"finetune": "head"},
+                                 "other-lr": {"lr": 0.5, "top1": 11.0}}.items():  # fmt: skip
+            if variant == "other-lr" and run.name.startswith(SWEEP_BACKBONES[0]):
+                continue  # the other configuration covers one backbone only: the one covering both is chosen
+            copy = folder / f"{run.name}-{variant}"
+            shutil.copytree(run, copy, ignore=shutil.ignore_patterns("best.pt"))
+            metrics = json.loads((copy / "metrics.json").read_text())
+            metrics["config"].update({k: v for k, v in changes.items() if k != "top1"})
+            metrics["top1"] = changes.get("top1", metrics["top1"])
+            (copy / "metrics.json").write_text(json.dumps(metrics))
+    truth = {b: np.mean([json.loads(p.read_text())["top1"] for p in digits_sweep.glob(f"{b}-s*/metrics.json")])
+             for b in SWEEP_BACKBONES}  # fmt: skip
+    fingerprint = json.loads(next(digits_sweep.glob("*/metrics.json")).read_text())["dataset_fingerprint"]
+    args = argparse.Namespace(runs=[folder], image_size=(32, 32), weights="none", train_fraction=1.0, shots=None)
+    lines = []
+    measured, _, _ = rank.measured_top1(args, fingerprint, lines.append)
+    assert measured.to_dict() == pytest.approx(truth)
+    assert any("another training configuration are left out" in line for line in lines)
+    args.train_fraction = 0.1
+    assert rank.measured_top1(args, fingerprint, lines.append)[0].to_dict() == {b: 30.5 for b in SWEEP_BACKBONES}
+    assert rank.measured_top1(args, "0" * 16, lines.append)[0].empty  # other data: nothing to compare

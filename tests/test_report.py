@@ -67,7 +67,7 @@ def test_leaderboard_numbers_are_the_runs_own(runs, report):
         for column in ("top1", "top5", "balanced_accuracy", "macro_f1", "nll", "ece", "gflops", "latency_ms_batch1"):
             assert row[f"{column}_mean"] == pytest.approx(statistics.mean(own[column]))
             assert row[f"{column}_std"] == pytest.approx(statistics.stdev(own[column]), abs=1e-12)
-        assert f"| {backbone} | 0,1 | {statistics.mean(own['top1']):.2f} ± " in printed
+        assert f"| {backbone} | 0,1 (2) | {statistics.mean(own['top1']):.2f} ± " in printed
     means = metrics.groupby("model")["top1"].mean().sort_values(ascending=False)
     assert board.sort_values("rank").index.tolist() == means.index.tolist()
     assert board["rank"].tolist() == [1, 2] and len(pd.read_csv(out / "leaderboard.csv")) == 2
@@ -168,6 +168,8 @@ def test_broken_runs_are_named_and_skipped(runs, tmp_path):
     del metrics["gflops"], metrics["domain"]
     (old / "metrics.json").write_text(json.dumps(metrics))
     (copy_run(source, folder / "torn") / "metrics.json").write_text('{"dataset": "dig')
+    copy_run(source, folder / "malformed", top1="high")
+    (copy_run(source, folder / "garbled") / "test_outputs.npz").write_bytes(b"PK\x03\x04 not an archive")
     copy_run(source, folder / "again")  # the same run twice: counted once
     (tmp_path / "empty").mkdir()
     result = run_script("report.py", "--runs", folder, tmp_path / "empty", "--out", tmp_path / "report")
@@ -177,9 +179,11 @@ def test_broken_runs_are_named_and_skipped(runs, tmp_path):
     assert f"{folder / 'killed'}: no metrics.json: the run did not finish" in printed
     assert f"{folder / 'old'}: written by an older version: metrics.json lacks domain, gflops" in printed
     assert f"{folder / 'torn'}: metrics.json cannot be read" in printed
+    assert f"{folder / 'malformed'}: metrics.json is malformed: top1 is 'high', not a number" in printed
+    assert f"{folder / 'garbled'}: test_outputs.npz cannot be read (BadZipFile" in printed
     assert f"{tmp_path / 'empty'}: holds no runs" in printed
     assert "(same setting, configuration and seed); the newer run is used" in printed
-    assert "Skipped 5:" in printed and "## Skipped" in (tmp_path / "report" / "report.md").read_text()
+    assert "Skipped 7:" in printed and "## Skipped" in (tmp_path / "report" / "report.md").read_text()
     assert pd.read_csv(tmp_path / "report" / "leaderboard.csv", dtype={"seeds": str})["seeds"].tolist() == ["0"]
 
 
@@ -200,3 +204,40 @@ def test_a_report_can_be_rewritten_in_place(runs, report):
     result = run_script("report.py", "--runs", runs, "--out", out)
     assert result.returncode == 0, result.stderr
     assert (out / "report.md").exists()
+
+
+def test_different_data_under_one_name_is_never_averaged(runs, tmp_path):
+    folder = tmp_path / "runs"
+    source = runs / f"{BACKBONES[0]}-s0"
+    own = {"dataset": "imagefolder", "domain": "custom", "dataset_options": {}}
+    copy_run(source, folder / "a0", data="/home/ann/photos", dataset_fingerprint="aaaaaaaaaaaaaaaa", **own)
+    copy_run(source, folder / "a1", data="/home/ann/photos", dataset_fingerprint="aaaaaaaaaaaaaaaa", seed=1, **own)
+    copy_run(source, folder / "b0", data="/home/bob/photos", dataset_fingerprint="bbbbbbbbbbbbbbbb", **own)
+    result = run_script("report.py", "--runs", folder, "--out", tmp_path / "report")
+    assert result.returncode == 0, result.stderr
+    board = pd.read_csv(tmp_path / "report" / "leaderboard.csv", dtype={"seeds": str})
+    assert sorted(zip(board["dataset"], board["seeds"], strict=True)) == [
+        ("imagefolder photos #aaaaaa", "0,1"), ("imagefolder photos #bbbbbb", "0"),
+    ]  # fmt: skip
+    assert "repeats" not in result.stdout  # b0 is not taken for a rerun of a0
+
+
+def test_seed_counts_rank_rows_and_an_untested_row_says_so(runs, tmp_path):
+    folder = tmp_path / "runs"
+    a, b = BACKBONES
+    copy_run(runs / f"{a}-s0", folder / "a0", top1=90.0)
+    copy_run(runs / f"{a}-s1", folder / "a1", top1=92.0)
+    copy_run(runs / f"{a}-s0", folder / "a2-uncached", top1=92.0, cache="off", seed=2)  # --cache is no setting
+    copy_run(runs / f"{b}-s0", folder / "b5", top1=91.6, seed=5)  # one seed, above a's mean 91.33, none in common
+    result = run_script("report.py", "--runs", folder, "--out", tmp_path / "report")
+    assert result.returncode == 0, result.stderr
+    board = pd.read_csv(tmp_path / "report" / SETTING / "leaderboard.csv", dtype={"seeds": str}).set_index("backbone")
+    assert sorted(board.index) == [a, b] and board.loc[a, "seeds"] == "0,1,2"
+    spread = statistics.stdev([90.0, 92.0, 92.0])  # the pooled seed-to-seed std: a is the only row with two or more
+    assert board.loc[a, "rank_score"] == pytest.approx(statistics.mean([90.0, 92.0, 92.0]) - spread / math.sqrt(3))
+    assert board.loc[b, "rank_score"] == pytest.approx(91.6 - spread)
+    assert board.loc[a, "rank"] == 1 and board.loc[b, "rank"] == 2  # mean order would put b first
+    assert board.loc[b, "tie_test"] == "not tested: no seed in common"
+    text = (tmp_path / "report" / "report.md").read_text()
+    assert f"| 2 | {b} | 5 (1) |" in text and "| untested |" in text
+    assert f"Not tested against it (no seed, or no test outputs, in common): {b}." in text

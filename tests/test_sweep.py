@@ -67,7 +67,7 @@ def test_a_failed_run_is_recorded_and_the_sweep_goes_on(tmp_path):
     out = tmp_path / "sweep"
     result = run_script("sweep.py", "--models", "wavemix", "mobilenet", "--datasets", "digits", "--out", out,
                         "--", *RUN_FLAGS, "--image-size", "40")  # fmt: skip
-    assert result.returncode == 0, result.stderr
+    assert result.returncode == 1, result.stderr  # a sweep with a failed run does not report success
     error = out / "digits" / "wavemix" / "full" / "s0.error"
     assert "multiples of 32" in " ".join(error.read_text().split())
     assert (
@@ -89,9 +89,30 @@ def test_submitit_local_executor_runs_the_grid(tmp_path):
 
 def test_sweep_flags_that_would_clash_are_refused(tmp_path):
     common = ["--models", "mobilenet", "--datasets", "digits", "--out", tmp_path / "s"]
-    assert_clean_error(run_script("sweep.py", *common, "--", "--seed", "3"), "--seed after -- would clash")
+    for given in (["--seed", "3"], ["--seed=3"], ["--see", "3"], ["-model=resnet50"], ["--train-frac", "0.5"]):
+        assert_clean_error(run_script("sweep.py", *common, "--dry-run", "--", *given), "which the sweep sets")
+    assert_clean_error(run_script("sweep.py", *common, "--dry-run", "--", "--lr", "nan"),
+                       "digits.py would reject the flags", "--lr: must be a finite number")  # fmt: skip
+    assert_clean_error(run_script("sweep.py", *common, "--dry-run", "--", "--no-such-flag"), "unrecognized arguments")
     assert_clean_error(run_script("sweep.py", *common, "--fractions", "1.5"), "--fractions must be in (0, 1]")
     assert_clean_error(run_script("sweep.py", *common[:2], "nonet", *common[2:]), "Unknown model 'nonet'")
     result = run_script("sweep.py", *common, "--launcher", "slurm")
     assert_clean_error(result, "--launcher slurm needs a Slurm cluster", "--launcher local")
     assert not (tmp_path / "s").exists()
+
+
+def test_a_run_folder_of_another_configuration_is_never_reused(tmp_path):
+    import train_common
+    from datasets import digits
+
+    out = tmp_path / "sweep"
+    folder = out / "digits" / "mobilenet_v3_large" / "full" / "s0"
+    folder.mkdir(parents=True)
+    started = ["-model", "mobilenet_v3_large", "--seed", "0", *RUN_FLAGS, "--out", str(folder)]
+    config = train_common.run_config(train_common.build_parser(digits.SPEC).parse_args(started))
+    (folder / "config.json").write_text(json.dumps({"config": config}))  # as a run writes it when it starts
+    common = ["--models", "mobilenet", "--datasets", "digits", "--out", out, "--dry-run", "--"]
+    same = run_script("sweep.py", *common, *RUN_FLAGS)
+    assert same.returncode == 0 and "1 to resume" in same.stdout
+    other = run_script("sweep.py", *common, *RUN_FLAGS, "--lr", "0.01")
+    assert_clean_error(other, "another configuration", f"{folder} (lr 0.001 there, 0.01 now)", "new --out")
