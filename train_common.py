@@ -17,6 +17,7 @@ import json
 import math
 import os
 import platform
+import posixpath
 import random
 import subprocess
 import sys
@@ -674,9 +675,9 @@ def load_splits(spec: DatasetSpec, args: argparse.Namespace):
         subset = lambda pool: nested_subset(  # noqa: E731
             pool["label"], catalog.classes, args.seed, args.train_fraction, args.shots
         )
-    samples = assign_splits(samples, test_fraction, val_fraction, args.seed, subset)
-    tested = set(samples.loc[samples["split"] == "test", "label"])
-    untested = [name for label, name in enumerate(catalog.classes) if label not in tested]
+    samples = assign_splits(samples, test_fraction, val_fraction, args.seed, subset, spec.test_over_whole_set)
+    tested, present = set(samples.loc[samples["split"] == "test", "label"]), set(samples["label"])
+    untested = [name for label, name in enumerate(catalog.classes) if label in present - tested]
     if untested:
         print(
             f"warning: {len(untested)} class(es) have no test image ({', '.join(untested[:5])}"
@@ -740,14 +741,18 @@ def identity_differences(saved: dict, now: dict, saved_config: dict, config: dic
     return differences
 
 
-def check_out_folder(out: Path | None, data: Path, reads_files: bool) -> None:
-    """A run folder inside a dataset of image folders would be read as a class (or as images) by the next run."""
+def check_out_folder(out: Path | None, data: Path, catalog) -> None:
+    """A run folder inside the folder a dataset's images are listed from would be read as a class (or as images)
+    by the next run on that data."""
+    if not isinstance(catalog.read, FileReader):
+        return
+    root = (data / os.path.commonpath([posixpath.dirname(s) for s in catalog.samples["sample"]] or [""])).resolve()
     target = (out or Path("runs")).resolve()
-    root = data.resolve()
-    if reads_files and root.is_dir() and (target == root or root in target.parents):
+    if target == root or root in target.parents:
         raise UserError(
-            f"--out {out or 'runs/ (the default)'} lies inside --data {data}: the next run on that data would read "
-            "the run folder as part of the dataset. Write runs outside the dataset folder, e.g. --out runs/<name>."
+            f"--out {out or 'runs/ (the default)'} lies inside {root}, the folder this dataset's images are read "
+            "from: the next run on that data would read the run folder as part of the dataset. Write runs "
+            "elsewhere, e.g. --out runs/<name>."
         )
 
 
@@ -843,7 +848,7 @@ def main(spec: DatasetSpec, argv: list[str] | None = None) -> dict:
     precision = make_precision(device)
 
     catalog, samples = load_splits(spec, args)
-    check_out_folder(args.out, args.data, isinstance(catalog.read, FileReader))
+    check_out_folder(args.out, args.data, catalog)
     num_classes = len(catalog.classes)
     trained_for = checkpoint_meta.get("num_classes", num_classes)
     if trained_for != num_classes:

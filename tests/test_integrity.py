@@ -280,7 +280,7 @@ def test_results_table_that_is_not_one_is_refused_and_a_missing_newline_is_mende
     [
         ("results not a table", "not a results table"),
         ("out unwritable", "cannot be created"),
-        ("out inside data", "lies inside --data"),
+        ("out inside data", "the folder this dataset's images are read from"),
         ("image size too large", "GiB for one batch of input images alone"),
     ],
 )
