@@ -2,8 +2,10 @@
 
     python split.py --input_dir A --output_dir B --test_size 0.2
 
-Uses the same splitter as the training loop, so a dataset split here matches one split on the fly with the
-same seed. The input is never modified; the output is built in a temporary folder and renamed into place, so an
+Counts like the original's split.py: scikit-learn's rule, ceil(test_size * n) of each class, and with --val_size
+ceil((test + val) * n) held out, then the test share of those. Seeded on the sorted listing, so the same seed
+gives the same split on every machine; with --val_size 0 it is the split the training loop makes on the fly.
+The input is never modified; the output is built in a temporary folder and renamed into place, so an
 interrupted split never leaves a half-written output behind.
 """
 
@@ -16,9 +18,18 @@ import shutil
 import tempfile
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
-from datasets.base import IMG_EXTENSIONS, assign_splits, class_dirs, encode_classes, scan_class_folders
+from datasets.base import (
+    IMG_EXTENSIONS,
+    TEST_STREAM,
+    VAL_STREAM,
+    class_dirs,
+    encode_classes,
+    scan_class_folders,
+    stratified_holdout,
+)
 from errors import UserError, run_cli
 
 
@@ -49,10 +60,15 @@ def plan_split(input_dir: Path, test_size: float, val_size: float, seed: int) ->
             f"{small}. Add images or remove those class folders."
         )
     table["label"] = encode_classes(table["class"])[1]
-    table["split"] = ""
-    table["group"] = table["sample"]
-    val_of_train = val_size / (1 - test_size)
-    return assign_splits(table, test_size, val_of_train, seed).drop(columns="group")
+    # The original's count: per class, ceil((test + val) * n) are held out, then ceil(test / (test + val) * held)
+    # of those are test and the rest val. With --val_size 0 this is the split the training loop makes on the fly.
+    held = stratified_holdout(table["label"], test_size + val_size, seed, TEST_STREAM)
+    table["split"] = np.where(held, "test", "train")
+    if val_size > 0:
+        share = test_size / (test_size + val_size)
+        test = stratified_holdout(table.loc[held, "label"], share, seed, VAL_STREAM, keep_one=False)
+        table.loc[held, "split"] = np.where(test, "test", "val")
+    return table
 
 
 def materialise(plan: pd.DataFrame, input_dir: Path, output_dir: Path, mode: str) -> None:
@@ -110,7 +126,14 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
         "no val/ folder; training then carves its own validation split)",
     )
     parser.add_argument(
-        "--seed", type=int, default=0, help="random seed; the same seed gives the same split (default: 0)"
+        "--seed",
+        "--random_state",
+        dest="seed",
+        type=int,
+        default=0,
+        help="random seed; the same seed gives the same split on every machine (--random_state: the original's "
+        "name for it; the original shuffled the unsorted folder listing, so its exact files cannot be reproduced) "
+        "(default: 0)",
     )
     parser.add_argument(
         "--mode",

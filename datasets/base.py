@@ -12,6 +12,7 @@ import argparse
 import contextlib
 import hashlib
 import json
+import math
 import os
 import shutil
 import tarfile
@@ -81,6 +82,7 @@ class DatasetSpec:
     source: str  # where the data comes from and how to get it
     layout: str  # the expected on-disk layout under --data
     test_fraction: float | None = None  # split rule where there is no official test split
+    test_over_whole_set: bool = False  # count the test split over all samples (Galaxy10), not class by class
     augment: str = "hflip"  # 'none', 'hflip' or 'trivialaugment' (TrivialAugmentWide + flip)
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
@@ -190,16 +192,41 @@ class ArrayReader:
         return Image.fromarray(self.arrays[name][int(index)]).convert("RGB")
 
 
-def stratified_holdout(
-    labels: Sequence[int], fraction: float, seed: int, stream: int, groups: Sequence[str] | None = None
-) -> np.ndarray:
-    """Boolean mask of the samples held out: `fraction` of each class, chosen at random (seeded).
+def held_out_count(members: int, fraction: float, keep_one: bool = True) -> int:
+    """How many of a class's `members` a `fraction` hold-out takes: scikit-learn's `train_test_split` rule,
+    ceil(fraction * n), which the original's split.py applied to each class. With `keep_one`, a class keeps at
+    least one member on the other side (and a class of one gives none)."""
+    count = math.ceil(fraction * members)
+    return min(count, members - 1) if keep_one else min(count, members)
 
-    Each class with two or more members keeps at least one on each side, which small datasets need and a
-    plain `train_test_split(stratify=...)` cannot promise. With `groups`, whole groups move together and each
-    group counts under its most common label, so no group (e.g. patient) is on both sides.
+
+def stratified_holdout(
+    labels: Sequence[int],
+    fraction: float,
+    seed: int,
+    stream: int,
+    groups: Sequence[str] | None = None,
+    whole_set: bool = False,
+    keep_one: bool = True,
+) -> np.ndarray:
+    """Boolean mask of the samples held out: `fraction` of each class (`held_out_count`), at random (seeded).
+
+    Each class with two or more members keeps at least one on the other side (`keep_one`), which small datasets
+    need and a plain `train_test_split(stratify=...)` cannot promise. With `groups`, whole groups move together
+    and each group counts under its most common label, so no group (e.g. patient) is on both sides. With
+    `whole_set`, ceil(fraction * all samples) are held out, spread over the classes by scikit-learn's stratified
+    `train_test_split` (the original's count for a split over the whole set, such as Galaxy10's).
     """
     labels = np.asarray(labels)
+    rng = np.random.default_rng([seed, stream])
+    if whole_set:
+        from sklearn.model_selection import train_test_split
+
+        if groups is not None or np.unique(labels, return_counts=True)[1].min() < 2:
+            raise ValueError("a whole-set hold-out needs no groups and at least two samples per class")
+        state = int(rng.integers(2**31 - 1))
+        _, held = train_test_split(np.arange(len(labels)), test_size=fraction, stratify=labels, random_state=state)
+        return np.isin(np.arange(len(labels)), held)
     if groups is None:
         unit_of = np.arange(len(labels))
         unit_labels = labels
@@ -209,13 +236,10 @@ def stratified_holdout(
         order = np.lexsort((pairs[:, 1], -counts, pairs[:, 0]))  # by unit; its most common label first, ties: lowest
         first_of_unit = np.r_[True, pairs[order[1:], 0] != pairs[order[:-1], 0]]
         unit_labels = pairs[order[first_of_unit], 1]
-    rng = np.random.default_rng([seed, stream])
     held_units = np.zeros(len(unit_labels), dtype=bool)
     for label in np.unique(unit_labels):
         members = np.flatnonzero(unit_labels == label)
-        count = int(round(len(members) * fraction))
-        count = min(max(count, 1 if len(members) >= 2 else 0), len(members) - 1)
-        held_units[rng.permutation(members)[:count]] = True
+        held_units[rng.permutation(members)[: held_out_count(len(members), fraction, keep_one)]] = True
     return held_units[unit_of]
 
 
@@ -251,6 +275,7 @@ def assign_splits(
     val_fraction: float,
     seed: int,
     subset: Callable[[pd.DataFrame], np.ndarray] | None = None,
+    test_over_whole_set: bool = False,
 ) -> pd.DataFrame:
     """Fill in the splits the dataset leaves open: test by the dataset's rule, then validation from training.
 
@@ -264,7 +289,8 @@ def assign_splits(
         if test_fraction is None:
             raise ValueError("samples without a split in a dataset with no split rule")
         rows = samples[open_rows]
-        held = stratified_holdout(rows["label"], test_fraction, seed, TEST_STREAM, rows["group"])
+        groups = None if test_over_whole_set else rows["group"]
+        held = stratified_holdout(rows["label"], test_fraction, seed, TEST_STREAM, groups, test_over_whole_set)
         samples.loc[open_rows, "split"] = np.where(held, "test", "train")
     if subset is not None:
         pool = samples["split"] == "train"

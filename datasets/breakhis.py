@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import re
 from pathlib import Path
 
 from datasets.base import Catalog, DataNotFound, DatasetSpec, FileReader, locate, relative
@@ -19,8 +20,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def patient_of(folder: str) -> str:
-    """'SOB_M_DC_14-13412' -> '14-13412'; one patient can appear under two tumour types."""
-    return folder.rsplit("_", 1)[-1]
+    """'SOB_B_TA_14-21998AB' -> '14-21998': the patient number. One number appears under two letter suffixes
+    (14-21998AB, 14-21998CD) and even two tumour types (14-13412), so the suffix does not name a patient."""
+    match = re.search(r"(\d+-\d+)[A-Z]*$", folder)
+    if match is None:
+        raise DataNotFound(f"the patient folder {folder} is not named <class>_<type>_<year>-<number>[letters]")
+    return match.group(1)
 
 
 def catalog(data: Path, args: argparse.Namespace) -> Catalog:

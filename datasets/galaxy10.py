@@ -88,4 +88,5 @@ SPEC = DatasetSpec(
     source=f"{ARCHIVE.url} (the astroNN Galaxy10 DECals file; downloaded automatically, MD5-checked)",
     layout=f"--data/{FILE} (HDF5: 'images' N x 256 x 256 x 3 uint8, 'ans' N labels)",
     test_fraction=0.1,
+    test_over_whole_set=True,
 )

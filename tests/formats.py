@@ -114,6 +114,7 @@ BREAKHIS_PATIENTS = {  # (class, tumour type folder, patient folder)
     ("benign", "adenosis", "SOB_B_A_14-22549AB"),
     ("benign", "fibroadenoma", "SOB_B_F_14-9133"),
     ("benign", "phyllodes_tumor", "SOB_B_PT_14-21998AB"),
+    ("benign", "phyllodes_tumor", "SOB_B_PT_14-21998CD"),  # one patient number under two letter suffixes
     ("benign", "tubular_adenoma", "SOB_B_TA_14-3411F"),
     ("malignant", "ductal_carcinoma", "SOB_M_DC_14-13412"),
     ("malignant", "lobular_carcinoma", "SOB_M_LC_14-13412"),
@@ -125,7 +126,7 @@ BREAKHIS_PATIENTS = {  # (class, tumour type folder, patient folder)
 
 def make_breakhis(root: Path, per_patient: int = 3) -> Path:
     """BreaKHis_v1/histology_slides/breast/<class>/SOB/<type>/<patient>/<mag>X/<file>.png; patient 14-13412 has
-    two tumour types, as in the real data."""
+    two tumour types and 14-21998 two letter suffixes, as in the real data."""
     base = root / "BreaKHis_v1"
     for index, (label, tumour, patient) in enumerate(sorted(BREAKHIS_PATIENTS)):
         prefix, cls, kind, slide = patient.split("_")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import math
 
 import numpy as np
 import pandas as pd
@@ -65,9 +66,9 @@ def test_split_cli_writes_a_stratified_split_and_manifest(tmp_path, mode, capsys
     manifest = pd.read_csv(tmp_path / "out" / "manifest.csv")
     assert len(manifest) == 35 and set(manifest["split"]) == {"train", "val", "test"}
     assert manifest.groupby("class")["split"].apply(lambda s: (s == "test").sum()).to_dict() == {
-        "cat": 2,
-        "dog": 4,
-        "eel": 1,
+        "cat": 3,  # ceil(0.3 * 10) held out, ceil(2/3 * 3) of them test: the original's count
+        "dog": 5,
+        "eel": 2,
     }
     for row in manifest.itertuples():
         assert (tmp_path / "out" / row.destination).read_bytes() == (tmp_path / "in" / row.sample).read_bytes()
@@ -125,7 +126,7 @@ def test_groups_count_under_their_most_common_label():
     majority = {g: np.bincount(labels[groups == g]).argmax() for g in np.unique(groups)}
     for label in range(3):
         members = [g for g, m in majority.items() if m == label]
-        assert sum(held[groups == g][0] for g in members) == round(len(members) * 0.25)
+        assert sum(held[groups == g][0] for g in members) == math.ceil(len(members) * 0.25)
 
 
 def test_low_data_subsets_are_nested_stratified_and_seeded():
@@ -154,7 +155,7 @@ def test_low_data_subsets_are_nested_stratified_and_seeded():
 
 def test_subset_keeps_the_test_set_whole_and_carves_val_from_the_subset():
     samples = pd.DataFrame({"sample": [str(i) for i in range(100)], "label": [i % 2 for i in range(100)],
-                            "split": ["train"] * 60 + ["val"] * 20 + ["test"] * 20})  # fmt: skip
+                            "split": ["train"] * 80 + ["test"] * 20})  # fmt: skip
     samples["group"] = samples["sample"]
     full = assign_splits(samples, None, 0.2, seed=0)
     few = assign_splits(samples, None, 0.2, seed=0, subset=lambda pool: nested_subset(pool["label"], "ab", 0, shots=5))
@@ -162,3 +163,97 @@ def test_subset_keeps_the_test_set_whole_and_carves_val_from_the_subset():
     assert few.loc[few["split"] == "test", "sample"].tolist() == full.loc[full["split"] == "test", "sample"].tolist()
     used = few[few["split"].isin(["train", "val"])]
     assert used.groupby("label").size().tolist() == [5, 5] and used.groupby("label")["split"].nunique().eq(2).all()
+
+
+def test_subset_leaves_an_official_validation_split_whole():
+    samples = pd.DataFrame({"sample": [str(i) for i in range(100)], "label": [i % 2 for i in range(100)],
+                            "split": ["train"] * 60 + ["val"] * 20 + ["test"] * 20})  # fmt: skip
+    samples["group"] = samples["sample"]
+    few = assign_splits(samples, None, 0.2, seed=0, subset=lambda pool: nested_subset(pool["label"], "ab", 0, shots=5))
+    assert few["split"].value_counts().to_dict() == {"unused": 50, "val": 20, "test": 20, "train": 10}
+    assert (few["split"][60:80] == "val").all()  # the official validation images, untouched
+    assert few.loc[few["split"] == "train", "label"].value_counts().tolist() == [5, 5]
+
+
+AWKWARD = {"a": 2, "b": 3, "c": 4, "d": 7, "e": 11, "f": 13, "g": 26, "h": 101}
+
+
+def sklearn_counts(n: int, test_size: float, val_size: float = 0.0) -> tuple[int, int, int]:
+    """(train, val, test) the original's split.py gives a class of n: scikit-learn's train_test_split, twice."""
+    from sklearn.model_selection import train_test_split
+
+    train, held = train_test_split(list(range(n)), test_size=test_size + val_size, random_state=42)
+    if val_size == 0:
+        return len(train), 0, len(held)
+    try:
+        val, test = train_test_split(held, test_size=test_size / (test_size + val_size), random_state=42)
+    except ValueError:  # too few held out for two parts: the original stops here; all of them are test
+        return len(train), 0, len(held)
+    return len(train), len(val), len(test)
+
+
+@pytest.mark.parametrize(("test_size", "val_size"), [(0.2, 0.0), (0.3, 0.0), (0.15, 0.0), (0.2, 0.1), (0.1, 0.25)])
+def test_split_py_counts_every_class_as_the_original(tmp_path, test_size, val_size):
+    make_class_folders(tmp_path / "in", AWKWARD)
+    plan = split.plan_split(tmp_path / "in", test_size, val_size, seed=0)
+    counts = plan.groupby("class")["split"].value_counts().unstack(fill_value=0)
+    for name, n in AWKWARD.items():
+        produced = tuple(int(counts.loc[name].get(s, 0)) for s in ("train", "val", "test"))
+        assert produced == sklearn_counts(n, test_size, val_size), name
+
+
+def test_random_state_is_the_originals_name_for_the_seed(tmp_path):
+    make_class_folders(tmp_path / "in", AWKWARD)
+    by_name = split.main(
+        ["--input_dir", str(tmp_path / "in"), "--output_dir", str(tmp_path / "a"), "--random_state", "3"]
+    )
+    by_seed = split.main(["--input_dir", str(tmp_path / "in"), "--output_dir", str(tmp_path / "b"), "--seed", "3"])
+    assert by_name["split"].tolist() == by_seed["split"].tolist()
+
+
+@pytest.mark.parametrize("dataset", ["imagefolder", "plantvillage", "ucmerced", "eurosat"])
+def test_datasets_carve_their_test_split_with_the_originals_count(tmp_path, dataset):
+    import train_common
+    from datasets import spec
+
+    layout = {"ucmerced": "UCMerced_LandUse/Images", "eurosat": "eurosat/2750"}.get(dataset, "")  # published layouts
+    make_class_folders(tmp_path / "data" / layout, AWKWARD)
+    dataset_spec = spec(dataset)
+    flags = ["-model", "x", "--data", str(tmp_path / "data"), "--val-fraction", "0", "--no-download"]
+    args = train_common.build_parser(dataset_spec).parse_args(flags)
+    args.seed = 0
+    catalog, samples = train_common.load_splits(dataset_spec, args)
+    tests = samples[samples["split"] == "test"].groupby("label").size()
+    for label, name in enumerate(catalog.classes):
+        assert tests.get(label, 0) == sklearn_counts(AWKWARD[name], dataset_spec.test_fraction)[2], name
+    assert samples["split"].isin(["train", "test"]).all()
+
+
+def test_galaxy10_holds_out_ten_percent_of_the_whole_set():
+    from sklearn.model_selection import train_test_split
+
+    labels = np.repeat(np.arange(10), [1081, 1853, 2645, 2027, 334, 2043, 1829, 2628, 1423, 1873])  # Galaxy10 DECals
+    assert len(labels) == 17_736
+    held = stratified_holdout(labels, 0.1, seed=0, stream=TEST_STREAM, whole_set=True)
+    assert (int((~held).sum()), int(held.sum())) == (15_962, 1_774)  # the table's counts
+    assert len(train_test_split(labels, test_size=0.1)[1]) == 1_774  # the original's (unstratified) count
+    per_class = np.bincount(labels[held], minlength=10)
+    assert (np.abs(per_class - 0.1 * np.bincount(labels)) < 1).all()  # stratified
+    summed = sum(math.ceil(0.1 * n) for n in np.bincount(labels))
+    assert summed != 1_774  # why the whole-set count matters: class by class gives another total
+
+
+def test_a_breakhis_patient_number_never_straddles_the_split(tmp_path):
+    import argparse
+
+    from datasets import breakhis
+    from formats import make_breakhis
+
+    make_breakhis(tmp_path / "data", per_patient=2)
+    for mag in (40, 400):
+        catalog = breakhis.catalog(tmp_path / "data", argparse.Namespace(mag=mag, download=False))
+        assert set(catalog.samples["group"]) == {"14-22549", "14-9133", "14-21998", "14-3411", "14-13412", "14-13418",
+                                                 "14-9146", "14-2523"}  # fmt: skip
+        for seed in range(20):
+            split = assign_splits(catalog.samples, breakhis.SPEC.test_fraction, 0.0, seed)
+            assert (split.groupby("group")["split"].nunique() == 1).all(), seed

@@ -145,8 +145,8 @@ def test_few_shot_linear_probe_trains_only_the_head_on_a_nested_subset(tmp_path)
         runs[shots] = (finished_run(result, out), pd.read_csv(out / "split.csv"), out)
     (metrics, split, out), (_, larger, _) = runs[3], runs[6]
     assert metrics["n_train"] + metrics["n_val"] == 30 and metrics["n_val"] == 10  # one validation image per class
-    assert metrics["shots"] == 3 and metrics["finetune"] == "head" and metrics["n_test"] == 359
-    assert metrics["n_unused"] == 1797 - 359 - 30 and (split["split"] == "unused").sum() == metrics["n_unused"]
+    assert metrics["shots"] == 3 and metrics["finetune"] == "head" and metrics["n_test"] == 364  # ceil(0.2 n) a class
+    assert metrics["n_unused"] == 1797 - 364 - 30 and (split["split"] == "unused").sum() == metrics["n_unused"]
     used = lambda table: set(table.loc[table["split"].isin(["train", "val"]), "sample"])  # noqa: E731
     assert used(split) < used(larger)  # nested: the 3-shot subset is inside the 6-shot one
     assert set(split.loc[split["split"] == "test", "sample"]) == set(larger.loc[larger["split"] == "test", "sample"])
