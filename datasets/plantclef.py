@@ -8,7 +8,7 @@ from pathlib import Path
 
 from datasets.base import Catalog, DataNotFound, DatasetSpec, find_dir, split_folders_catalog
 
-TOPS = ["plantclef", "PlantCLEF"]
+TOPS = ["plantclef", "PlantCLEF", "PlantCLEF_Subset"]  # the last is the original benchmark's folder name
 
 
 def catalog(data: Path, args: argparse.Namespace) -> Catalog:
@@ -26,8 +26,12 @@ SPEC = DatasetSpec(
     image_size=(256, 256),
     catalog=catalog,
     source=(
-        "https://www.imageclef.org/LifeCLEF (manual: PlantCLEF needs a registration; the benchmark's 20-species "
-        "subset is laid out as train/ and val/ class folders)"
+        "https://www.imageclef.org/LifeCLEF (manual: PlantCLEF needs a registration). The original benchmark's "
+        "20-species subset is not published anywhere; with any PlantCLEF subset of your own, lay it out as train/ "
+        "and val/ class folders here, or run imagefolder.py on it"
     ),
-    layout="--data/train/<species>/<image>.jpg and --data/val/<species>/<image>.jpg (or under --data/plantclef/)",
+    layout=(
+        "--data/train/<species>/<image>.jpg and --data/val/<species>/<image>.jpg (or under --data/plantclef/ or "
+        "--data/PlantCLEF_Subset/)"
+    ),
 )

@@ -3,11 +3,21 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 from pathlib import Path
 
 import numpy as np
 
-from datasets.base import Catalog, DatasetSpec, FileReader, locate, relative, require_files, required
+from datasets.base import (
+    Catalog,
+    DataNotFound,
+    DatasetSpec,
+    FileReader,
+    find_dir,
+    relative,
+    require_files,
+    required,
+)
 
 TOP = "stanford_cars"
 
@@ -18,16 +28,43 @@ def read_mat(path: Path, key: str) -> np.ndarray:
     return np.atleast_1d(loadmat(required(path, "see the expected layout"), squeeze_me=True)[key])
 
 
+MIRROR = {"devkit": "car_devkit/devkit", "cars_train": "cars_train/cars_train", "cars_test": "cars_test/cars_test"}
+
+
+def find_base(data: Path) -> Path:
+    """The folder holding torchvision's layout (devkit/, cars_train/, cars_test/) or the common mirror's, which
+    nests each one level deeper (car_devkit/devkit/, cars_train/cars_train/, cars_test/cars_test/)."""
+    for marker in ("devkit/cars_meta.mat", f"{MIRROR['devkit']}/cars_meta.mat"):
+        with contextlib.suppress(DataNotFound):
+            return find_dir(data, marker, [TOP])
+    raise DataNotFound(
+        f"looked for devkit/cars_meta.mat (torchvision's layout) and car_devkit/devkit/cars_meta.mat (the mirror's) "
+        f"in {data} and {data / TOP}"
+    )
+
+
+def folder(base: Path, name: str) -> Path:
+    nested = base / MIRROR[name]
+    return nested if nested.is_dir() else base / name
+
+
+def test_labels(base: Path) -> Path:
+    """The test annotations with labels, which ship apart from the archives (mirrors may add ' (1)' to the name)."""
+    found = sorted(base.glob("cars_test_annos_withlabels*.mat"))
+    return found[0] if found else required(base / "cars_test_annos_withlabels.mat", "the test labels ship separately")
+
+
 def catalog(data: Path, args: argparse.Namespace) -> Catalog:
-    base = locate(data, "devkit/cars_meta.mat", [TOP], args)
-    classes = [str(name) for name in read_mat(base / "devkit" / "cars_meta.mat", "class_names")]
+    base = find_base(data)
+    devkit = folder(base, "devkit")
+    classes = [str(name) for name in read_mat(devkit / "cars_meta.mat", "class_names")]
     samples, labels, splits = [], [], []
-    for split, annotation_file, folder in (
-        ("train", base / "devkit" / "cars_train_annos.mat", "cars_train"),
-        ("test", base / "cars_test_annos_withlabels.mat", "cars_test"),  # the test labels ship separately
+    for split, annotation_file, images in (
+        ("train", devkit / "cars_train_annos.mat", folder(base, "cars_train")),
+        ("test", test_labels(base), folder(base, "cars_test")),
     ):
         for annotation in read_mat(annotation_file, "annotations"):  # per image: bbox, class (1-based), fname
-            samples.append(relative(base / folder / str(annotation["fname"]), data))
+            samples.append(relative(images / str(annotation["fname"]), data))
             labels.append(int(annotation["class"]) - 1)
             splits.append(split)
     require_files(data, samples)
@@ -48,6 +85,7 @@ SPEC = DatasetSpec(
     ),
     layout=(
         f"--data/{TOP}/{{devkit/cars_meta.mat, devkit/cars_train_annos.mat, cars_train/*.jpg, cars_test/*.jpg, "
-        "cars_test_annos_withlabels.mat}"
+        "cars_test_annos_withlabels.mat}, or as the common mirror ships it: car_devkit/devkit/, "
+        "cars_train/cars_train/, cars_test/cars_test/ and cars_test_annos_withlabels*.mat beside them"
     ),
 )

@@ -295,3 +295,21 @@ def test_missing_listed_image_is_named_before_training(tmp_path):
     result = run_script("food101.py", *FAST, "--data", tmp_path / "data", "--no-download", "--out", tmp_path / "o")
     assert_clean_error(result, "missing from", str(base / "images" / "dish_001"), "1101.jpg", "partial extraction")
     assert not (tmp_path / "o").exists()
+
+
+def test_stanfordcars_reads_the_mirror_layout_as_shipped(tmp_path):
+    import argparse
+
+    from datasets import stanfordcars
+
+    base = make_stanfordcars(tmp_path / "data", classes=3, train=2, test=1)
+    expected = stanfordcars.catalog(tmp_path / "data", argparse.Namespace(download=False)).samples
+    for name, nested in stanfordcars.MIRROR.items():  # car_devkit/devkit/, cars_train/cars_train/, ...
+        (base / name).rename(base / f"{name}.moving")
+        (base / nested).parent.mkdir()
+        (base / f"{name}.moving").rename(base / nested)
+    (base / "cars_test_annos_withlabels.mat").rename(base / "cars_test_annos_withlabels (1).mat")
+    mirrored = stanfordcars.catalog(tmp_path / "data", argparse.Namespace(download=False)).samples
+    assert mirrored[["label", "split"]].equals(expected[["label", "split"]]) and len(mirrored) == 9
+    assert mirrored["sample"].str.startswith("stanford_cars/cars_t").all()
+    assert mirrored.loc[mirrored["split"] == "test", "sample"].str.contains("cars_test/cars_test/").all()
