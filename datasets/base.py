@@ -369,7 +369,7 @@ def safe_extract(archive: Path, folder: Path) -> None:
     """Extract a .zip or tar archive into `folder`, refusing any member that would land outside it (absolute
     paths, '..', links pointing out, device files): a checksum proves which file arrived, not that it is benign."""
     target = Path(folder).resolve()
-    if zipfile.is_zipfile(archive):
+    if archive.suffix == ".zip" or zipfile.is_zipfile(archive):  # by name first: a truncated zip is no zip
         with zipfile.ZipFile(archive) as bundle:
             for name in bundle.namelist():
                 destination = (target / name).resolve()
