@@ -1075,7 +1075,7 @@ def resume_state(args: argparse.Namespace, config: dict, identity: dict) -> dict
         return None
     state = read_resume_file(path)
     saved = json.loads(state["config"])
-    changed = identity_differences(state.get("identity", {}), identity, saved, config)
+    changed = identity_differences(state["identity"], identity, saved, config) if "identity" in state else []
     if changed:
         raise UserError(
             f"--resume: the run in {args.out} was trained on other data or another split: {'; '.join(changed)}. "
@@ -1090,6 +1090,11 @@ def resume_state(args: argparse.Namespace, config: dict, identity: dict) -> dict
         raise UserError(
             f"--resume: the run in {args.out} was started with other flags ({'; '.join(differences)}). Resume it "
             "with the flags it was started with, or start a new run in a new --out."
+        )
+    if "identity" not in state:
+        raise UserError(
+            f"--resume: {path} was written by an older version of this tool and records neither the data nor the "
+            "split it was trained on, so resuming could continue on other images. Start a new run in a new --out."
         )
     return state
 
