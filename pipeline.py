@@ -23,16 +23,22 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from torchvision.transforms import v2
 from tqdm import tqdm
 
-from datasets.base import DatasetSpec, atomic_write, cache_dir
+from datasets.base import Normalisation, atomic_write, cache_dir
 from errors import UserError
 
 AUGMENT_STREAM = 3  # beside the split streams of datasets.base: augmentation draws never move a split
 MAX_SHARE_OF_FREE_DISK = 0.5  # the cache never takes more than this share of the free space
 
 
-def decode(read: Callable[[str], Image.Image], sample: str, size: tuple[int, int]) -> torch.Tensor:
-    """One image as training sees it before augmentation: RGB, resized to `size` (PIL, antialiased), uint8."""
-    return v2.functional.pil_to_tensor(v2.functional.resize(read(sample), list(size), antialias=True))
+def decode(
+    read: Callable[[str], Image.Image], sample: str, size: tuple[int, int], before_resize: Callable | None = None
+) -> torch.Tensor:
+    """One image as training sees it before augmentation: RGB, resized to `size` (PIL, antialiased), uint8;
+    `before_resize` (the original's TrivialAugmentWide on some datasets) is applied to the image as read."""
+    image = read(sample)
+    if before_resize is not None:
+        image = before_resize(image)
+    return v2.functional.pil_to_tensor(v2.functional.resize(image, list(size), antialias=True))
 
 
 class SplitImages(Dataset):
@@ -40,6 +46,9 @@ class SplitImages(Dataset):
 
     `cache` is the path of a cache file holding every sample in `cache_rows` order; each process maps it on
     first use (a memory map must not be pickled into a worker), so memory is bounded by the page cache, not RAM.
+    `augment_first` (`--protocol paper` on datasets whose original script augments before resizing) applies
+    TrivialAugmentWide to the image as read, drawn from the seed of (`seed`, `epoch`, sample) as on the device;
+    such images cannot be cached, and a loader must not keep its workers across epochs (they hold `epoch`).
     """
 
     def __init__(
@@ -50,11 +59,14 @@ class SplitImages(Dataset):
         size: tuple[int, int],
         cache: Path | None = None,
         cache_rows: dict[str, int] | None = None,
+        augment_first_seed: int | None = None,
     ) -> None:
         self.ids, self.labels, self.read, self.size = list(ids), list(labels), read, size
         self.cache = cache
         self.rows = [cache_rows[sample] for sample in self.ids] if cache is not None else None
         self._images = None
+        self.augment_first_seed, self.epoch = augment_first_seed, 0
+        self.augment_first = v2.TrivialAugmentWide() if augment_first_seed is not None else None
 
     def __getstate__(self) -> dict:
         return {**self.__dict__, "_images": None}
@@ -63,7 +75,11 @@ class SplitImages(Dataset):
         return len(self.ids)
 
     def __getitem__(self, position: int) -> tuple[torch.Tensor, int, int]:
-        if self.cache is None:
+        if self.augment_first is not None:
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(sample_seeds(self.augment_first_seed, self.epoch, [position])[0])
+                image = decode(self.read, self.ids[position], self.size, self.augment_first)
+        elif self.cache is None:
             image = decode(self.read, self.ids[position], self.size)
         else:
             if self._images is None:
@@ -162,23 +178,28 @@ def sample_seeds(seed: int, epoch: int, positions: torch.Tensor) -> list[int]:
 
 
 class DeviceBatches:
-    """Batches of a loader of uint8 images, moved to the device, augmented there (training only) and normalised.
+    """Batches of a loader of uint8 images, moved to the device, augmented there and normalised.
 
-    Augmentation follows the dataset's recipe: a horizontal flip with probability 1/2, then (for
-    'trivialaugment') torchvision's own TrivialAugmentWide, for each image with the random stream of its sample
-    and epoch. The flip and the operation are those of the per-image transforms, so the distribution is theirs.
+    Augmentation (training only): a horizontal flip with probability 1/2 (`flip`), then (`trivial_augment`)
+    torchvision's own TrivialAugmentWide, for each image with the random stream of its sample and epoch. The flip
+    and the operation are those of the per-image transforms, so the distribution is theirs. `norm` is the (mean,
+    std) per channel in [0, 1].
     """
 
-    def __init__(self, loader: DataLoader, spec: DatasetSpec, precision, seed: int, train: bool) -> None:
+    def __init__(
+        self, loader: DataLoader, norm: Normalisation, precision, seed: int, flip: bool, trivial_augment: bool
+    ) -> None:
         self.loader, self.precision, self.seed, self.epoch = loader, precision, seed, 0
-        self.flip = train and spec.augment in ("hflip", "trivialaugment")
-        self.trivial_augment = v2.TrivialAugmentWide() if train and spec.augment == "trivialaugment" else None
+        self.flip = flip
+        self.trivial_augment = v2.TrivialAugmentWide() if trivial_augment else None
         shape = (1, 3, 1, 1)
-        self.mean = 255 * torch.tensor(spec.mean, device=precision.device).view(shape)
-        self.std = 255 * torch.tensor(spec.std, device=precision.device).view(shape)
+        self.mean = 255 * torch.tensor(norm[0], device=precision.device).view(shape)
+        self.std = 255 * torch.tensor(norm[1], device=precision.device).view(shape)
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
+        if isinstance(self.loader.dataset, SplitImages):
+            self.loader.dataset.epoch = epoch  # its augmentation before the resize, if any
         if isinstance(self.loader.sampler, DistributedSampler):
             self.loader.sampler.set_epoch(epoch)
 
@@ -200,7 +221,7 @@ class DeviceBatches:
         device = self.precision.device
         for images, labels, positions in self.loader:
             images = images.to(device, non_blocking=True)
-            if self.flip:
+            if self.flip or self.trivial_augment:
                 images = self.augment(images, positions)
             yield (
                 self.precision.to_device((images.float() - self.mean) / self.std),

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import csv
+import dataclasses
 import errno
 import fcntl
 import json
@@ -42,6 +43,7 @@ from datasets.base import (
     DataNotFound,
     DatasetSpec,
     FileReader,
+    PaperRecipe,
     assign_splits,
     atomic_write,
     dataset_fingerprint,
@@ -208,7 +210,7 @@ def build_parser(spec: DatasetSpec) -> argparse.ArgumentParser:
         description=f"Fine-tune an ImageNet-pretrained backbone on {spec.title} ({spec.domain}, "
         f"{spec.num_classes or 'any number of'} classes) and report test top-1 accuracy. Data: {spec.source}. "
         f"Layout: {spec.layout}.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     add = parser.add_argument
     add("-model", required=True, help=f"backbone: {', '.join(models.list_models())}, an alias, or timm:<name>")
@@ -216,8 +218,25 @@ def build_parser(spec: DatasetSpec) -> argparse.ArgumentParser:
     add("--weights", default="imagenet", help="'imagenet' (pretrained), 'none' (random init) or a checkpoint FILE")
     add("--image-size", type=image_size, default=f"{height}x{width}", help="training/evaluation size, S or HxW")
     add("--max-epochs", type=positive_int, default=None, help="cap on epochs per optimizer phase (none: no cap)")
-    add("--patience", type=positive_int, default=10, help="epochs without improvement before a phase stops")
-    add("--lr", type=positive_float, default=1e-3, help="AdamW learning rate (phase 1)")
+    add(
+        "--patience",
+        type=positive_int,
+        default=None,
+        help="epochs without improvement before a phase stops (default: 10; under --protocol paper the original's "
+        "for the dataset)",
+    )
+    add(
+        "--sgd-patience",
+        type=positive_int,
+        default=None,
+        help="the same for the SGD phase (default: --patience; under --protocol paper the original's)",
+    )
+    add(
+        "--lr",
+        type=positive_float,
+        default=None,
+        help="AdamW learning rate, phase 1 (default: 0.001; under --protocol paper the original's, 0.0001 on Galaxy10)",
+    )
     add("--weight-decay", type=non_negative_float, default=0.01, help="AdamW weight decay (phase 1)")
     add("--sgd-lr", type=positive_float, default=1e-3, help="SGD learning rate, momentum 0.9 (phase 2)")
     add_data_arguments(parser, spec.default_data)
@@ -231,14 +250,15 @@ def build_parser(spec: DatasetSpec) -> argparse.ArgumentParser:
         "--protocol",
         choices=("val", "paper"),
         default="val",
-        help="'val': select checkpoints on the validation split; 'paper': the original's selection on the test "
-        "set (optimistic; for comparison only)",
+        help="'val': select checkpoints on the validation split; 'paper': the original's recipe for the dataset, "
+        "selection on the test set included (optimistic; for comparison with its table only; see the README)",
     )
     add(
         "--bn-images",
         type=non_negative_int,
-        default=2048,
-        help="before each evaluation, recompute BatchNorm statistics over this many training images (0: off)",
+        default=None,
+        help="before each evaluation, recompute BatchNorm statistics over this many training images (0: off; "
+        "default: 2048, under --protocol paper 0 as in the original)",
     )
     add(
         "--seed",
@@ -261,6 +281,32 @@ def build_parser(spec: DatasetSpec) -> argparse.ArgumentParser:
     if spec.add_arguments:
         spec.add_arguments(parser)
     return parser
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows a flag's default unless it is None (then its help says what the default depends on)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        return action.help if action.default is None else super()._get_help_string(action)
+
+
+def paper_recipe(spec: DatasetSpec, args: argparse.Namespace) -> PaperRecipe | None:
+    """The original's recipe for this dataset under --protocol paper; None under the default protocol."""
+    return spec.paper_recipe(dataset_options(spec, args)) if args.protocol == "paper" else None
+
+
+def apply_protocol_defaults(spec: DatasetSpec, args: argparse.Namespace) -> None:
+    """Fill the flags whose default depends on the protocol, so the saved configuration holds the values used."""
+    paper = paper_recipe(spec, args)
+    sgd_follows = args.patience is not None  # a patience the user gave applies to both phases
+    if args.patience is None:
+        args.patience = 10 if paper is None else paper.patience[0]
+    if args.sgd_patience is None:
+        args.sgd_patience = args.patience if paper is None or sgd_follows else paper.patience[1]
+    if args.lr is None:
+        args.lr = 1e-3 if paper is None else paper.lr
+    if args.bn_images is None:
+        args.bn_images = 2048 if paper is None else 0
 
 
 def dataset_options(spec: DatasetSpec, args: argparse.Namespace) -> dict:
@@ -307,7 +353,9 @@ def gather_shards(local: torch.Tensor) -> torch.Tensor:
     return full
 
 
-def make_loader(dataset: Dataset, args: argparse.Namespace, device: torch.device, train: bool) -> DataLoader:
+def make_loader(
+    dataset: Dataset, args: argparse.Namespace, device: torch.device, train: bool, batch_size: int
+) -> DataLoader:
     """Training order is a permutation drawn from (seed, epoch) alone (`DeviceBatches.set_epoch`), so it does not
     depend on workers or on how many times a loader was iterated, and a resumed run needs no loader state; under
     torchrun each process takes its share of it. Evaluation sees a strided shard, so every evaluated sample is on
@@ -321,14 +369,15 @@ def make_loader(dataset: Dataset, args: argparse.Namespace, device: torch.device
         )
     elif size > 1:
         dataset = Subset(dataset, range(rank, len(dataset), size))
+    augments_first = isinstance(dataset, SplitImages) and dataset.augment_first is not None
     return DataLoader(
         dataset,
-        batch_size=args.bs,
+        batch_size=batch_size,
         sampler=sampler,
-        drop_last=train and len(dataset) > args.bs,  # a batch of one breaks BatchNorm in training mode
+        drop_last=train and len(dataset) > batch_size,  # a batch of one breaks BatchNorm in training mode
         num_workers=args.workers,
         pin_memory=device.type == "cuda",
-        persistent_workers=args.workers > 0,
+        persistent_workers=args.workers > 0 and not augments_first,  # fresh workers see the new epoch
         generator=torch.Generator().manual_seed(args.seed),
     )
 
@@ -347,8 +396,21 @@ def split_batches(
 ) -> DeviceBatches:
     """Device-ready batches of one split: decoded (or read from `cache`), augmented when `train`, normalised."""
     rows = samples[samples["split"] == split]
-    images = SplitImages(rows["sample"], rows["label"], catalog.read, args.image_size, *cache)
-    return DeviceBatches(make_loader(images, args, precision.device, train), spec, precision, args.seed, train)
+    paper = paper_recipe(spec, args)
+    first = train and paper is not None and paper.augment == "trivialaugment-first"
+    images = SplitImages(
+        rows["sample"], rows["label"], catalog.read, args.image_size, *((None, None) if first else cache),
+        augment_first_seed=args.seed if first else None,
+    )  # fmt: skip
+    if paper is None:
+        norm, flip, trivial = (spec.mean, spec.std), spec.augment != "none", spec.augment == "trivialaugment"
+        batch_size = args.bs
+    else:  # no flips; TrivialAugmentWide where the original has it; its train and test statistics
+        norm = (paper.train_norm if train else paper.test_norm) or (spec.mean, spec.std)
+        flip, trivial = False, paper.augment == "trivialaugment"
+        batch_size = args.bs if train else args.bs * paper.eval_batch_multiple
+    loader = make_loader(images, args, precision.device, train, batch_size)
+    return DeviceBatches(loader, norm, precision, args.seed, flip and train, trivial and train)
 
 
 # ---------------------------------------------------------------------------------------------------- model
@@ -454,7 +516,8 @@ class Diverged(UserError):
 @dataclass
 class Evaluation:
     loss: float
-    top1: float
+    top1: float  # over samples
+    batch_top1: float  # the mean of each batch's top-1, as the original's scripts average it
     logits: torch.Tensor
     labels: torch.Tensor
 
@@ -472,11 +535,13 @@ def predict(model, loader, precision: Precision, desc: str) -> tuple[torch.Tenso
 
 
 def evaluate(model, loader, precision: Precision, desc: str) -> Evaluation:
-    """Loss and top-1 over every sample of `loader` (not averaged over batches)."""
+    """Loss and top-1 over every sample of `loader`, and top-1 averaged over its batches (a short last batch
+    weighs as much as a full one: the original's count, kept for `--protocol paper`)."""
     logits, labels = predict(model, loader, precision, desc)
     loss = nn.functional.cross_entropy(logits, labels).item()
-    top1 = 100 * (logits.argmax(1) == labels).float().mean().item()
-    return Evaluation(loss, top1, logits, labels)
+    hits = (logits.argmax(1) == labels).float()
+    batch_top1 = torch.stack([batch.mean() for batch in hits.split(loader.loader.batch_size)]).mean().item()
+    return Evaluation(loss, 100 * hits.mean().item(), 100 * batch_top1, logits, labels)
 
 
 @torch.no_grad()
@@ -666,8 +731,16 @@ def load_splits(spec: DatasetSpec, args: argparse.Namespace):
             f"Get it from {spec.source}, or point --data at the folder it was extracted into."
         ) from err
     samples = catalog.samples
-    if args.protocol == "paper":  # the original trained on train + official val and selected on test
-        samples = samples.assign(split=samples["split"].replace("val", "train"))
+    paper = paper_recipe(spec, args)
+    if paper is not None:  # the original split image by image, and trained on train (+ official val on some rows)
+        if (samples["group"] != samples["sample"]).any():
+            print(
+                f"warning: --protocol paper splits {spec.title} image by image, as the original did, so images of one "
+                "patient (or other group) can be on both sides of the split: the test score is inflated by that "
+                "leak. The default protocol keeps each group on one side.",
+                file=sys.stderr,
+            )
+        samples = samples.assign(split=samples["split"].replace("val", paper.official_val), group=samples["sample"])
     val_fraction = 0.0 if args.protocol == "paper" else args.val_fraction
     test_fraction = getattr(args, "test_size", spec.test_fraction)  # a dataset may let the user set it
     subset = None
@@ -828,6 +901,8 @@ def check_input_size(model_name: str, size: tuple[int, int]) -> None:
 def main(spec: DatasetSpec, argv: list[str] | None = None) -> dict:
     """Fine-tune (or with --eval-only, evaluate) one backbone on one dataset; returns the metrics written."""
     args = build_parser(spec).parse_args(argv)
+    apply_protocol_defaults(spec, args)
+    paper = paper_recipe(spec, args)
     model_name = models.resolve_name(args.model)
     if not args.eval_only:
         check_results_table(args.results)
@@ -903,15 +978,18 @@ def main(spec: DatasetSpec, argv: list[str] | None = None) -> dict:
         f"{args.image_size[1]} on {device}{' with ' + str(precision.amp_dtype) if precision.amp_dtype else ''}; "
         f"{mode}; seed {args.seed}; writing to {out}"
     )
-    if args.protocol == "paper":
+    if paper is not None:
         log(
             "PROTOCOL paper: checkpoints are chosen on the TEST set, as in the original benchmark. The accuracy "
-            "below is optimistically biased; use it only to compare with the original's numbers."
+            "below is optimistically biased; use it only to compare with the original's numbers. The original's "
+            f"recipe: {describe_recipe(paper, args)}."
         )
     if is_main():
         samples[["sample", "label", "split"]].to_csv(out / "split.csv", index=False)
 
     read = ("val", "test") if args.eval_only else SPLITS  # an evaluation reads no training images
+    if paper is not None and paper.augment == "trivialaugment-first":
+        read = ("val", "test")  # training images are augmented before their resize, so each epoch decodes them
     cache = image_cache(spec, args, catalog, samples, log, read)
 
     def loader(split: str, train: bool) -> DeviceBatches:
@@ -949,6 +1027,7 @@ def main(spec: DatasetSpec, argv: list[str] | None = None) -> dict:
             log,
             resumed,
             train_forward,
+            paper,
         )
         train_seconds = (
             time.perf_counter() - started + (sum(h["seconds"] for h in resumed["history"]) if resumed else 0)
@@ -994,6 +1073,8 @@ def main(spec: DatasetSpec, argv: list[str] | None = None) -> dict:
         "default_image_size": list(spec.image_size),
         **{k: round(v, 6) if isinstance(v, float) else v for k, v in scores.items()},
         "test_loss": round(test.loss, 6),
+        "top1_batch_mean": round(test.batch_top1, 4) if paper else None,  # what the original reports
+        "paper_recipe": dataclasses.asdict(paper) if paper else None,
         "epochs": len(history),
         "best_epoch": best.get("epoch"),
         "best_selection_top1": round(best["top1"], 4) if best else None,
@@ -1030,10 +1111,29 @@ def main(spec: DatasetSpec, argv: list[str] | None = None) -> dict:
         f"{cost['throughput_images_per_s']:.0f} img/s at batch {args.bs}, peak memory {cost['peak_memory_mb']:.0f} MB"
     )
     log(f"{len(history)} epochs in {train_seconds:.0f}s; files in {out}")
-    log(f"Top-1 accuracy: {test.top1:.2f}%")
+    if paper is not None:
+        log(f"Top-1 over test images: {test.top1:.2f}%; averaged over test batches as the original does:")
+    log(f"Top-1 accuracy: {(test.batch_top1 if paper else test.top1):.2f}%")
     if world()[1] > 1:
         dist.destroy_process_group()
     return metrics
+
+
+def describe_recipe(paper: PaperRecipe, args: argparse.Namespace) -> str:
+    """The original's recipe in words, for the run's log."""
+    augment = {
+        "none": "no augmentation",
+        "trivialaugment": "TrivialAugmentWide after the resize",
+        "trivialaugment-first": "TrivialAugmentWide before the resize",
+    }[paper.augment]
+    norm = "the dataset's statistics" if paper.train_norm is None else "its own train and test statistics"
+    phases = f"patience {args.patience} (AdamW)" + (f" and {args.sgd_patience} (SGD)" if paper.sgd_phase else "")
+    return (
+        f"{augment}, no flips; {norm}; no BatchNorm re-estimation (--bn-images "
+        f"{args.bn_images}); {phases}; AdamW lr {args.lr:g}; a checkpoint replaces the best on "
+        f"{'>=' if paper.ties_improve else '>'} batch-averaged test top-1 (test batches of "
+        f"{args.bs * paper.eval_batch_multiple})"
+    )
 
 
 def measure_cost(model, forward, args, precision: Precision, history: list[dict], train_loader) -> dict:
@@ -1133,13 +1233,20 @@ def fit(
     log,
     resumed=None,
     train_forward=None,
+    paper: PaperRecipe | None = None,
 ):
     """The two-phase protocol. Every improvement is saved to best.pt, and each phase ends by reloading it, so
-    phase 2 starts from the best weights so far and the model leaves `fit` at the selected checkpoint."""
+    phase 2 starts from the best weights so far and the model leaves `fit` at the selected checkpoint. Under
+    `paper` (the original's recipe) an epoch improves on its batch-averaged top-1 alone, ties counting where the
+    original's script compares with '>=', and the CIFAR scripts' SGD phase does not run, as there."""
     phases = [
-        ("adamw", lambda p: torch.optim.AdamW(p, lr=args.lr, weight_decay=args.weight_decay)),
-        ("sgd", lambda p: torch.optim.SGD(p, lr=args.sgd_lr, momentum=0.9)),
+        ("adamw", lambda p: torch.optim.AdamW(p, lr=args.lr, weight_decay=args.weight_decay), args.patience),
+        ("sgd", lambda p: torch.optim.SGD(p, lr=args.sgd_lr, momentum=0.9), args.sgd_patience),
     ]
+    if paper is not None and not paper.sgd_phase:
+        log("The original's script for this dataset never runs its SGD phase (its patience counter is not reset), "
+            "so under --protocol paper neither does this run.")  # fmt: skip
+        phases = phases[:1]
     scaler = torch.amp.GradScaler(precision.device.type, enabled=precision.amp_dtype == torch.float16)
     best: dict = {}
     history: list[dict] = []
@@ -1150,7 +1257,7 @@ def fit(
         best, history = resumed["best"], resumed["history"]
         first_phase, stale, phase_epochs = resumed["phase"], resumed["stale"], resumed["phase_epochs"]
         log(f"resuming after epoch {len(history)} ({phases[first_phase][0]}, {stale} epochs without improvement)")
-    for index, (phase, make_optimizer) in enumerate(phases):
+    for index, (phase, make_optimizer, patience) in enumerate(phases):
         if index < first_phase:
             continue
         optimizer = make_optimizer([p for p in model.parameters() if p.requires_grad])
@@ -1159,7 +1266,7 @@ def fit(
             restore_rng(resumed["rng"])
         else:
             stale, phase_epochs = 0, 0
-        while stale < args.patience and (args.max_epochs is None or phase_epochs < args.max_epochs):
+        while stale < patience and (args.max_epochs is None or phase_epochs < args.max_epochs):
             epoch = len(history) + 1
             started = time.perf_counter()
             train_loader.set_epoch(epoch)  # the sampler's order and the augmentation draws
@@ -1172,9 +1279,14 @@ def fit(
             if not math.isfinite(selection.loss):
                 raise Diverged(f"epoch {epoch} {phase}", f"{select_name} loss", selection.loss)
             phase_epochs += 1
-            improved = not best or (selection.top1, -selection.loss) > (best["top1"], -best["loss"])
+            if paper is None:
+                score = selection.top1
+                improved = not best or (score, -selection.loss) > (best["top1"], -best["loss"])
+            else:
+                score = selection.batch_top1
+                improved = not best or score > best["top1"] or (paper.ties_improve and score == best["top1"])
             if improved:
-                best = {"epoch": epoch, "top1": selection.top1, "loss": selection.loss}
+                best = {"epoch": epoch, "top1": score, "loss": selection.loss}
             if improved and is_main():
                 atomic_save(
                     {"model": model.state_dict(), "meta": {**meta, "epoch": epoch, "phase": phase}}, out / "best.pt"
@@ -1188,7 +1300,7 @@ def fit(
                     "train_loss": round(train_loss, 6),
                     "train_top1": round(train_top1, 4),
                     f"{select_name}_loss": round(selection.loss, 6),
-                    f"{select_name}_top1": round(selection.top1, 4),
+                    f"{select_name}_top1": round(score, 4),
                     "seconds": round(seconds, 2),
                     "train_pass_seconds": round(train_pass, 2),
                 }
@@ -1212,8 +1324,7 @@ def fit(
                 )
             log(
                 f"epoch {epoch:3d} {phase:5s} train loss {train_loss:.4f} acc {train_top1:6.2f}% | {select_name} "
-                f"loss {selection.loss:.4f} acc {selection.top1:6.2f}% | {seconds:5.1f}s"
-                + ("  *best*" if improved else "")
+                f"loss {selection.loss:.4f} acc {score:6.2f}% | {seconds:5.1f}s" + ("  *best*" if improved else "")
             )
         if world()[1] > 1:
             dist.barrier()  # best.pt is written by the first process

@@ -69,6 +69,26 @@ class Catalog:
         return cls(table, classes, read)
 
 
+Normalisation = tuple[tuple[float, float, float], tuple[float, float, float]]  # (mean, std) per channel, in [0, 1]
+
+
+@dataclass(frozen=True)
+class PaperRecipe:
+    """How the original's script for a dataset trains and scores, reproduced by `--protocol paper`, its bugs
+    included, so that numbers compare with its table. The defaults are what most of its scripts do; rows the
+    original has no script for use them with the dataset's own statistics."""
+
+    train_norm: Normalisation | None = None  # None: the dataset's own statistics; the original computed its own
+    test_norm: Normalisation | None = None  # ... separately for the test images
+    augment: str = "none"  # 'none', 'trivialaugment' (after the resize) or 'trivialaugment-first' (before it)
+    patience: tuple[int, int] = (10, 10)  # epochs without test improvement: AdamW phase, SGD phase
+    lr: float = 1e-3  # AdamW
+    ties_improve: bool = False  # True: '>=' (an epoch equal to the best replaces it), False: '>'
+    sgd_phase: bool = True  # False: the CIFAR scripts never reset their counter, so the SGD loop never runs
+    eval_batch_multiple: int = 1  # test batch = this x -bs; the original averages top-1 over batches
+    official_val: str = "train"  # what an official validation split becomes: 'train' or 'unused'
+
+
 @dataclass(frozen=True)
 class DatasetSpec:
     """The declaration of one benchmark dataset."""
@@ -89,6 +109,10 @@ class DatasetSpec:
     default_data: str = "data"
     add_arguments: Callable[[argparse.ArgumentParser], None] | None = None
     notes: str = ""
+    paper: PaperRecipe | Callable[[dict], PaperRecipe] = PaperRecipe()  # by the dataset's options (BreakHis -mag)
+
+    def paper_recipe(self, options: dict) -> PaperRecipe:
+        return self.paper(options) if callable(self.paper) else self.paper
 
 
 def find_dir(data: Path, marker: str, top_folders: Sequence[str] = ()) -> Path:

@@ -6,7 +6,7 @@ import argparse
 import re
 from pathlib import Path
 
-from datasets.base import Catalog, DataNotFound, DatasetSpec, FileReader, locate, relative
+from datasets.base import Catalog, DataNotFound, DatasetSpec, FileReader, PaperRecipe, locate, relative
 
 TOP = "BreaKHis_v1"
 CLASSES = ["benign", "malignant"]
@@ -17,6 +17,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "-mag", type=int, choices=MAGNIFICATIONS, default=40, help="magnification to use, in X (default: 40)"
     )
+
+
+# the original's own statistics per magnification, train and test images separately (its script had 200x active)
+PAPER_NORMS = {
+    40: (((0.8018, 0.6498, 0.7656), (0.1105, 0.1555, 0.1126)), ((0.8036, 0.6536, 0.7731), (0.1091, 0.1494, 0.1070))),
+    100: (((0.7940, 0.6362, 0.7699), (0.1279, 0.1791, 0.1167)), ((0.7997, 0.6358, 0.7745), (0.1270, 0.1779, 0.1187))),
+    200: (((0.7895, 0.6215, 0.7696), (0.1266, 0.1784, 0.1077)), ((0.7917, 0.6211, 0.7659), (0.1244, 0.1780, 0.1099))),
+    400: (((0.7562, 0.5913, 0.7426), (0.1425, 0.2017, 0.1156)), ((0.7651, 0.5763, 0.7524), (0.1397, 0.1966, 0.1112))),
+}
+
+
+def paper_recipe(options: dict) -> PaperRecipe:
+    train_norm, test_norm = PAPER_NORMS[options["mag"]]
+    return PaperRecipe(train_norm=train_norm, test_norm=test_norm, eval_batch_multiple=2)
 
 
 def patient_of(folder: str) -> str:
@@ -61,5 +75,6 @@ SPEC = DatasetSpec(
     mean=(0.787, 0.622, 0.765),
     std=(0.106, 0.143, 0.092),
     add_arguments=add_arguments,
+    paper=paper_recipe,
     notes="split ~70/30 by patient (stratified on the patient's label), so no patient is in both train and test",
 )

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from datasets.base import ArrayReader, Catalog, DatasetSpec, TorchvisionDownload, locate, required
+from datasets.base import ArrayReader, Catalog, DatasetSpec, PaperRecipe, TorchvisionDownload, locate, required
 from errors import UserError
 
 TOP = "cifar-10-batches-py"
@@ -95,4 +95,11 @@ SPEC = DatasetSpec(
     augment="trivialaugment",
     mean=(0.4914, 0.4822, 0.4465),
     std=(0.2470, 0.2435, 0.2616),
+    paper=PaperRecipe(
+        train_norm=((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
+        test_norm=((0.4941, 0.4853, 0.4507), (0.2468, 0.2430, 0.2618)),
+        augment="trivialaugment-first",
+        ties_improve=True,
+        sgd_phase=False,
+    ),
 )

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from datasets.base import Catalog, DatasetSpec, TorchvisionDownload
+from datasets.base import Catalog, DatasetSpec, PaperRecipe, TorchvisionDownload
 from datasets.cifar10 import read_cifar
 
 TOP = "cifar-100-python"
@@ -29,4 +29,11 @@ SPEC = DatasetSpec(
     augment="trivialaugment",
     mean=(0.5071, 0.4865, 0.4409),
     std=(0.2673, 0.2564, 0.2762),
+    paper=PaperRecipe(  # CIFAR-10's statistics, as the original's script has them
+        train_norm=((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
+        test_norm=((0.4941, 0.4853, 0.4507), (0.2468, 0.2430, 0.2618)),
+        augment="trivialaugment-first",
+        ties_improve=True,
+        sgd_phase=False,
+    ),
 )

@@ -7,7 +7,17 @@ from pathlib import Path
 
 import pandas as pd
 
-from datasets.base import Catalog, DataNotFound, DatasetSpec, FileReader, locate, relative, require_files, required
+from datasets.base import (
+    Catalog,
+    DataNotFound,
+    DatasetSpec,
+    FileReader,
+    PaperRecipe,
+    locate,
+    relative,
+    require_files,
+    required,
+)
 
 TOP = "CUB_200_2011"
 
@@ -48,5 +58,10 @@ SPEC = DatasetSpec(
     layout=(
         f"--data/{TOP}/{{images.txt, image_class_labels.txt, train_test_split.txt, classes.txt, "
         "images/<nnn>.<species>/*.jpg}"
+    ),
+    paper=PaperRecipe(
+        train_norm=((0.4855, 0.4993, 0.4318), (0.2274, 0.2227, 0.2613)),
+        test_norm=((0.4867, 0.4990, 0.4287), (0.2273, 0.2221, 0.2613)),
+        eval_batch_multiple=2,
     ),
 )

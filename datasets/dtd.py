@@ -1,5 +1,5 @@
-"""Describable Textures Dataset: 47 texture classes, 120 images each; partition 1 (train 1 and val 1 for
-training, 1,880 images; test 1, 1,880 images)."""
+"""Describable Textures Dataset: 47 texture classes, 120 images each; partition 1: train 1, val 1 and test 1,
+1,880 images each (40 per class)."""
 
 from __future__ import annotations
 
@@ -7,9 +7,12 @@ import argparse
 from pathlib import Path
 
 from datasets.base import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
     Catalog,
     DatasetSpec,
     FileReader,
+    PaperRecipe,
     TorchvisionDownload,
     encode_classes,
     locate,
@@ -47,5 +50,11 @@ SPEC = DatasetSpec(
     source="https://www.robots.ox.ac.uk/~vgg/data/dtd/ (downloaded automatically by torchvision)",
     layout="--data/dtd/{images/<class>/<class>_<n>.jpg, labels/train1.txt, val1.txt, test1.txt} (or dtd/dtd/...)",
     augment="trivialaugment",
-    notes="the official val 1 is the validation set; train + val = 1,880",
+    notes="the official val 1 (1,880) is the validation set",
+    paper=PaperRecipe(
+        train_norm=(IMAGENET_MEAN, IMAGENET_STD),
+        test_norm=(IMAGENET_MEAN, IMAGENET_STD),
+        augment="trivialaugment-first",
+        official_val="unused",
+    ),
 )

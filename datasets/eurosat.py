@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from datasets.base import Catalog, DatasetSpec, TorchvisionDownload, class_folder_catalog, locate
+from datasets.base import Catalog, DatasetSpec, PaperRecipe, TorchvisionDownload, class_folder_catalog, locate
 
 
 def catalog(data: Path, args: argparse.Namespace) -> Catalog:
@@ -25,4 +25,9 @@ SPEC = DatasetSpec(
     test_fraction=0.3,
     mean=(0.344, 0.380, 0.408),
     std=(0.203, 0.137, 0.116),
+    paper=PaperRecipe(
+        train_norm=((0.3443, 0.3803, 0.4079), (0.2007, 0.1347, 0.1133)),
+        test_norm=((0.3436, 0.3801, 0.4076), (0.2014, 0.1354, 0.1134)),
+        eval_batch_multiple=2,
+    ),
 )

@@ -5,7 +5,16 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from datasets.base import Catalog, DataNotFound, DatasetSpec, FileReader, TorchvisionDownload, locate, relative
+from datasets.base import (
+    Catalog,
+    DataNotFound,
+    DatasetSpec,
+    FileReader,
+    PaperRecipe,
+    TorchvisionDownload,
+    locate,
+    relative,
+)
 
 TOP = "flowers-102"
 
@@ -42,4 +51,12 @@ SPEC = DatasetSpec(
     mean=(0.435, 0.378, 0.288),
     std=(0.297, 0.246, 0.270),
     notes="the official validation split (1,020) is the validation set; train + val = 2,040",
+    paper=PaperRecipe(
+        train_norm=((0.4326, 0.3817, 0.2961), (0.2928, 0.2445, 0.2716)),
+        test_norm=((0.4367, 0.3762, 0.2849), (0.2958, 0.2430, 0.2661)),
+        augment="trivialaugment",
+        patience=(20, 20),
+        ties_improve=True,
+        official_val="unused",
+    ),
 )

@@ -10,6 +10,7 @@ from datasets.base import (
     Catalog,
     DatasetSpec,
     FileReader,
+    PaperRecipe,
     TorchvisionDownload,
     locate,
     relative,
@@ -48,4 +49,11 @@ SPEC = DatasetSpec(
     source="https://data.vision.ee.ethz.ch/cvl/datasets_extra/food-101/ (downloaded automatically by torchvision)",
     layout=f"--data/{TOP}/{{images/<class>/<id>.jpg, meta/train.json, meta/test.json}}",
     augment="trivialaugment",
+    paper=PaperRecipe(
+        train_norm=((0.5453, 0.4438, 0.3439), (0.2698, 0.2722, 0.2768)),
+        test_norm=((0.5486, 0.4471, 0.3466), (0.2649, 0.2689, 0.2760)),
+        augment="trivialaugment-first",
+        patience=(10, 20),
+        ties_improve=True,
+    ),
 )

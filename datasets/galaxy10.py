@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from datasets.base import Archive, Catalog, DataNotFound, DatasetSpec, locate
+from datasets.base import Archive, Catalog, DataNotFound, DatasetSpec, PaperRecipe, locate
 from errors import UserError
 
 FILE = "Galaxy10_DECals.h5"
@@ -89,4 +89,11 @@ SPEC = DatasetSpec(
     layout=f"--data/{FILE} (HDF5: 'images' N x 256 x 256 x 3 uint8, 'ans' N labels)",
     test_fraction=0.1,
     test_over_whole_set=True,
+    paper=PaperRecipe(  # ToTensor on float32 arrays does not scale: the original fed pixel values of 0-255
+        train_norm=((0.0, 0.0, 0.0), (1 / 255, 1 / 255, 1 / 255)),
+        test_norm=((0.0, 0.0, 0.0), (1 / 255, 1 / 255, 1 / 255)),
+        patience=(10, 20),
+        lr=1e-4,
+        ties_improve=True,
+    ),
 )

@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from datasets.base import Catalog, DataNotFound, DatasetSpec, find_dir, split_folders_catalog
+from datasets.base import Catalog, DataNotFound, DatasetSpec, PaperRecipe, find_dir, split_folders_catalog
 
 TOPS = ["plantclef", "PlantCLEF", "PlantCLEF_Subset"]  # the last is the original benchmark's folder name
 
@@ -33,5 +33,10 @@ SPEC = DatasetSpec(
     layout=(
         "--data/train/<species>/<image>.jpg and --data/val/<species>/<image>.jpg (or under --data/plantclef/ or "
         "--data/PlantCLEF_Subset/)"
+    ),
+    paper=PaperRecipe(
+        train_norm=((0.4298, 0.4588, 0.3523), (0.2322, 0.2313, 0.2459)),
+        test_norm=((0.4221, 0.4473, 0.3362), (0.2345, 0.2329, 0.2433)),
+        eval_batch_multiple=2,
     ),
 )

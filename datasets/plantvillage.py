@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from datasets.base import Catalog, DataNotFound, DatasetSpec, class_dirs, class_folder_catalog
+from datasets.base import Catalog, DataNotFound, DatasetSpec, PaperRecipe, class_dirs, class_folder_catalog
 
 TOPS = ["Plant_leave_diseases_dataset_without_augmentation", "Plant_leaf_diseases_dataset_without_augmentation"]
 
@@ -44,4 +44,9 @@ SPEC = DatasetSpec(
     ),
     layout=f"--data/{TOPS[0]}/<class>/<image>.jpg (39 class folders), or --data/<class>/<image>.jpg",
     test_fraction=0.2,
+    paper=PaperRecipe(
+        train_norm=((0.4666, 0.4891, 0.4118), (0.2006, 0.1771, 0.2194)),
+        test_norm=((0.4669, 0.4890, 0.4129), (0.2002, 0.1768, 0.2193)),
+        eval_batch_multiple=2,
+    ),
 )

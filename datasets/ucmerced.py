@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from datasets.base import Archive, Catalog, DatasetSpec, class_folder_catalog, locate
+from datasets.base import Archive, Catalog, DatasetSpec, PaperRecipe, class_folder_catalog, locate
 
 TOP = "UCMerced_LandUse"
 ARCHIVE = Archive("http://weegee.vision.ucmerced.edu/datasets/UCMerced_LandUse.zip", "5b7ec56793786b6dc8a908e8854ac0e4")
@@ -27,4 +27,9 @@ SPEC = DatasetSpec(
     test_fraction=0.2,
     mean=(0.484, 0.490, 0.451),
     std=(0.218, 0.202, 0.196),
+    paper=PaperRecipe(
+        train_norm=((0.4820, 0.4889, 0.4487), (0.2196, 0.2033, 0.1971)),
+        test_norm=((0.4825, 0.4862, 0.4495), (0.2174, 0.2024, 0.1962)),
+        eval_batch_multiple=2,
+    ),
 )

@@ -8,7 +8,6 @@ import subprocess
 import sys
 import time
 from collections import namedtuple
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -150,10 +149,11 @@ class Positions(torch.utils.data.Dataset):
 
 def augmented(recipe: str, count: int, batch_size: int, epoch: int, shuffle_seed: int = 0) -> dict[int, torch.Tensor]:
     """Each position's training image at `epoch`, as DeviceBatches delivers it, un-normalised to uint8 values."""
-    spec = SimpleNamespace(augment=recipe, mean=(0.0, 0.0, 0.0), std=(1 / 255, 1 / 255, 1 / 255))
+    norm = ((0.0, 0.0, 0.0), (1 / 255, 1 / 255, 1 / 255))
     loader = DataLoader(Positions(count), batch_size=batch_size, shuffle=True,
                         generator=torch.Generator().manual_seed(shuffle_seed))  # fmt: skip
-    batches = DeviceBatches(loader, spec, make_precision(torch.device("cpu")), seed=5, train=True)
+    flip, trivial = recipe in ("hflip", "trivialaugment"), recipe == "trivialaugment"
+    batches = DeviceBatches(loader, norm, make_precision(torch.device("cpu")), 5, flip, trivial)
     batches.set_epoch(epoch)
     return {int(p): image.round() for images, positions in batches for p, image in zip(positions, images, strict=True)}
 

@@ -122,18 +122,6 @@ def test_eval_only_refuses_a_checkpoint_for_other_classes(digits_run, tmp_path):
     assert_clean_error(result, "trained for 10 classes", "your image folder has 3")
 
 
-def test_paper_protocol_selects_on_test_and_says_so(tmp_path):
-    out = tmp_path / "paper"
-    result = run_script(
-        "digits.py", *FAST, "-bs", "128", "--protocol", "paper", "--out", out, "--results", tmp_path / "r.csv"
-    )
-    metrics = finished_run(result, out)
-    assert "PROTOCOL paper" in result.stdout and "TEST set" in result.stdout
-    assert metrics["n_val"] == 0 and metrics["selection"] == "test"
-    assert metrics["best_selection_top1"] == pytest.approx(metrics["top1"], abs=1e-3)
-    assert all("test_top1" in h for h in metrics["history"])
-
-
 def test_few_shot_linear_probe_trains_only_the_head_on_a_nested_subset(tmp_path):
     runs = {}
     for shots in (3, 6):

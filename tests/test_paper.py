@@ -1,0 +1,143 @@
+"""`--protocol paper` is the original's recipe per dataset, each point observed against its own computation."""
+
+from __future__ import annotations
+
+import math
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+from torchvision.transforms import v2
+
+import train_common
+from conftest import finished_run, run_script
+from datasets import breakhis, cifar10, digits, flowers102
+from formats import make_breakhis, make_cifar10, make_flowers102
+from pipeline import sample_seeds
+
+PAPER = ["--protocol", "paper", "--no-download", "--workers", "0", "--cache", "off"]
+
+
+def parsed(spec, *argv):
+    args = train_common.build_parser(spec).parse_args(["-model", "mobilenet_v3_large", "--seed", "0", *map(str, argv)])
+    train_common.apply_protocol_defaults(spec, args)
+    return args
+
+
+def test_cifar10_trains_as_the_original_script(tmp_path):
+    """CIFAR-10's script: no SGD phase (its counter is never reset), '>=' on batch-averaged test top-1, no
+    BatchNorm re-estimation, patience 10, TrivialAugmentWide before the resize."""
+    make_cifar10(tmp_path / "data", per_batch=10, test=20)
+    out = tmp_path / "run"
+    result = run_script("cifar10.py", "-model", "mobilenet_v3_large", "-bs", "8", "--weights", "none",
+                        "--image-size", "32", "--max-epochs", "3", "--data", tmp_path / "data", *PAPER,
+                        "--out", out, "--results", tmp_path / "r.csv")  # fmt: skip
+    metrics = finished_run(result, out)
+    config, recipe = metrics["config"], metrics["paper_recipe"]
+    assert (config["patience"], config["sgd_patience"], config["bn_images"], config["lr"]) == (10, 10, 0, 1e-3)
+    assert recipe["augment"] == "trivialaugment-first" and recipe["sgd_phase"] is False and recipe["ties_improve"]
+    assert [h["phase"] for h in metrics["history"]] == ["adamw"] * 3  # the SGD phase never runs
+    assert "never runs its SGD phase" in result.stdout
+    assert metrics["n_train"] == 50 and metrics["n_val"] == 0 and metrics["selection"] == "test"
+
+    outputs = np.load(out / "test_outputs.npz")
+    hits = outputs["logits"].argmax(1) == outputs["labels"]
+    batch_means = [hits[start : start + 8].mean() for start in range(0, len(hits), 8)]  # 8, 8, 4 images
+    assert metrics["top1_batch_mean"] == pytest.approx(100 * np.mean(batch_means), abs=1e-3)
+    assert metrics["top1"] == pytest.approx(100 * hits.mean(), abs=1e-3)
+    assert result.stdout.strip().splitlines()[-1] == f"Top-1 accuracy: {100 * np.mean(batch_means):.2f}%"
+    scores = [h["test_top1"] for h in metrics["history"]]
+    assert metrics["best_epoch"] == max(e for e, s in enumerate(scores, 1) if s == max(scores))  # ties replace
+
+
+def test_digits_keeps_the_first_of_equal_epochs_and_runs_both_phases(tmp_path):
+    out = tmp_path / "run"
+    result = run_script("digits.py", "-model", "mobilenet_v3_large", "-bs", "128", "--weights", "none",
+                        "--max-epochs", "2", "--patience", "1", *PAPER, "--out", out,
+                        "--results", tmp_path / "r.csv")  # fmt: skip
+    metrics = finished_run(result, out)
+    assert "PROTOCOL paper" in result.stdout and "TEST set" in result.stdout
+    assert metrics["n_val"] == 0 and metrics["selection"] == "test"
+    assert metrics["config"]["sgd_patience"] == 1  # a --patience given applies to both phases
+    assert {h["phase"] for h in metrics["history"]} == {"adamw", "sgd"}
+    scores = [h["test_top1"] for h in metrics["history"]]
+    assert metrics["best_epoch"] == min(e for e, s in enumerate(scores, 1) if s == max(scores))  # '>': first wins
+    assert metrics["best_selection_top1"] == pytest.approx(metrics["top1_batch_mean"], abs=1e-3)
+
+
+def test_the_original_pipeline_normalises_train_and_test_apart_and_augments_before_the_resize(tmp_path):
+    make_cifar10(tmp_path / "data", per_batch=4, test=6)
+    args = parsed(cifar10.SPEC, "--data", tmp_path / "data", *PAPER, "--image-size", "48", "-bs", "4")
+    catalog, samples = train_common.load_splits(cifar10.SPEC, args)
+    precision = train_common.make_precision(torch.device("cpu"))
+    batches = {
+        split: train_common.split_batches(
+            cifar10.SPEC, args, catalog, samples, split, precision, split == "train", (None, None)
+        )  # fmt: skip
+        for split in ("train", "test")
+    }
+    recipe = cifar10.SPEC.paper
+    for split, norm in (("train", recipe.train_norm), ("test", recipe.test_norm)):
+        assert torch.allclose(batches[split].mean.flatten(), 255 * torch.tensor(norm[0]))
+        assert torch.allclose(batches[split].std.flatten(), 255 * torch.tensor(norm[1]))
+        assert not batches[split].flip and batches[split].trivial_augment is None  # nothing on the device
+    train = batches["train"].loader.dataset
+    per_image = v2.Compose([v2.TrivialAugmentWide(), v2.Resize([48, 48]), v2.PILToTensor()])  # the original's order
+    for epoch in (1, 2):
+        batches["train"].set_epoch(epoch)
+        for position in range(len(train)):
+            torch.manual_seed(sample_seeds(args.seed, epoch, [position])[0])
+            expected = per_image(catalog.read(train.ids[position]))
+            assert torch.equal(train[position][0], expected), (epoch, position)
+    assert batches["test"].loader.batch_size == 4 and batches["train"].loader.persistent_workers is False
+
+
+def test_flowers_trains_on_the_official_train_split_alone_with_augmentation_after_the_resize(tmp_path):
+    make_flowers102(tmp_path / "data", classes=3, per_split=2)
+    args = parsed(flowers102.SPEC, "--data", tmp_path / "data", *PAPER)
+    assert (args.patience, args.sgd_patience) == (20, 20)
+    catalog, samples = train_common.load_splits(flowers102.SPEC, args)
+    assert samples["split"].value_counts().to_dict() == {"train": 6, "unused": 6, "test": 6}  # official val unused
+    precision = train_common.make_precision(torch.device("cpu"))
+    no_cache = (None, None)
+    batches = train_common.split_batches(flowers102.SPEC, args, catalog, samples, "train", precision, True, no_cache)
+    assert batches.trivial_augment is not None and not batches.flip
+    assert batches.loader.dataset.augment_first is None
+
+
+def test_breakhis_is_split_image_by_image_under_paper_and_says_that_it_leaks(tmp_path, capsys):
+    make_breakhis(tmp_path / "data", per_patient=3)
+    args = parsed(breakhis.SPEC, "--data", tmp_path / "data", *PAPER, "-mag", "400")
+    _, samples = train_common.load_splits(breakhis.SPEC, args)
+    assert "image by image" in capsys.readouterr().err
+    patients = samples["sample"].map(lambda s: breakhis.patient_of(s.split("/")[-3]))
+    assert (samples.assign(patient=patients).groupby("patient")["split"].nunique() > 1).any()  # it does leak
+    for label, count in samples["label"].value_counts().items():
+        assert (samples.loc[samples["label"] == label, "split"] == "test").sum() == math.ceil(0.3 * count)
+    norms = {mag: breakhis.SPEC.paper_recipe({"mag": mag}).train_norm for mag in breakhis.MAGNIFICATIONS}
+    assert len(set(norms.values())) == 4  # one set of statistics per magnification
+
+
+def test_protocol_defaults_are_the_projects_outside_paper():
+    args = parsed(digits.SPEC)
+    assert (args.patience, args.sgd_patience, args.lr, args.bn_images) == (10, 10, 1e-3, 2048)
+    assert train_common.paper_recipe(digits.SPEC, args) is None
+
+
+def test_top1_is_averaged_over_batches_as_the_original_does():
+    logits = torch.eye(3)[[0, 1, 2, 0, 0, 0, 2]]  # predicted classes 0 1 2 0 0 0 2
+    labels = torch.tensor([0, 1, 0, 1, 1, 1, 2])  # hits: 1 1 0 | 0 0 0 | 1
+    loader = Batches([(logits[i : i + 3], labels[i : i + 3]) for i in range(0, 7, 3)], batch_size=3)
+    result = train_common.evaluate(nn.Identity(), loader, train_common.make_precision(torch.device("cpu")), "t")
+    assert result.batch_top1 == pytest.approx(100 * (2 / 3 + 0 + 1) / 3)
+    assert result.top1 == pytest.approx(100 * 3 / 7)
+
+
+class Batches(list):
+    """Ready batches with the loader attribute `evaluate` reads its batch size from."""
+
+    def __init__(self, batches: list, batch_size: int) -> None:
+        super().__init__(batches)
+        self.loader = SimpleNamespace(batch_size=batch_size)
