@@ -4,7 +4,7 @@ Usage: python bench.py --dataset digits -models mobilenet --image-size 64 -bs 64
 
 For each backbone, resolution and batch size, in one process:
   limit          training steps on synthetic batches already on the device: what the model alone allows
-  data           images/s the data pipeline delivers to the device (decoded-image cache, per-batch augmentation)
+  data           images/s the data pipeline delivers to the device (decoded-image cache, augmentation on the device)
   loop           training steps on real data, end to end, as a run takes them (`train_one_epoch`)
   original_*     the same two for the original benchmark's pipeline, measured side by side: every image decoded
                  and resized with PIL every epoch and augmented per image in two workers, forward pass in fp32
@@ -16,6 +16,7 @@ measured in fp32 and mixed precision, channels_last off and on, torch.compile of
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import itertools
 import os
 import platform
@@ -32,27 +33,14 @@ from torchvision.transforms import v2
 import datasets
 import models
 from datasets.base import DatasetSpec
-from errors import UserError, run_cli
+from errors import HelpFormatter, UserError, run_cli
+from loading import DataConfig, image_cache, load_splits, split_batches
 from metrics import peak_memory_mb
+from options import add_data_arguments, data_config, image_size, non_negative_int, parse_dataset_args, positive_int
 from pipeline import DeviceBatches
-from train_common import (
-    Precision,
-    add_data_arguments,
-    check_input_size,
-    git_commit,
-    image_cache,
-    image_size,
-    library_versions,
-    load_splits,
-    make_precision,
-    non_negative_int,
-    parse_dataset_args,
-    positive_int,
-    resolve_device,
-    seed_everything,
-    split_batches,
-    train_one_epoch,
-)
+from runfiles import git_commit, library_versions
+from runtime import Precision, make_precision, resolve_device, seed_everything
+from train_common import train_one_epoch
 
 ORIGINAL_WORKERS = 2
 
@@ -61,14 +49,20 @@ def build_parser(spec: DatasetSpec | None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         description="Measure training throughput: the model's limit on synthetic data, the data pipeline alone, "
         "the real loop, and the original benchmark's pipeline side by side.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     add = parser.add_argument
     add("--dataset", default="digits", choices=datasets.NAMES, help="the dataset, by its script's name")
-    add("-models", nargs="+", default=["mobilenet_v3_large"], help="backbones ('all': the eleven), names or aliases")
+    add(
+        "--models",
+        "-models",
+        nargs="+",
+        default=["mobilenet_v3_large"],
+        help="backbones ('all': the eleven), names or aliases",
+    )
     default_size = "x".join(map(str, spec.image_size)) if spec else "the dataset's"
     add("--image-size", type=image_size, nargs="+", default=[default_size], help="resolutions, S or HxW each")
-    add("-bs", type=positive_int, nargs="+", default=[64], help="batch sizes")
+    add("-bs", "--batch-size", dest="bs", type=positive_int, nargs="+", default=[64], help="batch sizes")
     add("--steps", type=positive_int, default=20, help="timed training steps (or batches) per measurement")
     add("--warmup", type=positive_int, default=3, help="untimed steps before each measurement")
     add("--weights", default="none", help="'none' or 'imagenet': the weights' values do not change the speed")
@@ -80,7 +74,6 @@ def build_parser(spec: DatasetSpec | None) -> argparse.ArgumentParser:
     add("--out", type=Path, default=None, help="CSV to write (default: results/bench-<dataset>-<time>.csv)")
     if spec and spec.add_arguments:
         spec.add_arguments(parser)
-    parser.set_defaults(protocol="val")
     return parser
 
 
@@ -175,9 +168,9 @@ def variants(device: torch.device) -> list[tuple[Precision, bool]]:
     ]
 
 
-def measure(spec, args, catalog, samples, name: str, device, cache) -> list[dict]:
-    """The figures of one backbone at one size and batch size (`args.image_size`, `args.bs`), per variant."""
-    classes, size, batch_size = len(catalog.classes), args.image_size, args.bs
+def measure(spec, args, data: DataConfig, catalog, samples, name: str, device, cache) -> list[dict]:
+    """The figures of one backbone at one size and batch size (`data.image_size`, `data.batch_size`), per variant."""
+    classes, size, batch_size = len(catalog.classes), data.image_size, data.batch_size
     rows, original = [], {}
     if args.original:
         fp32 = Precision(device, None, False)
@@ -195,7 +188,7 @@ def measure(spec, args, catalog, samples, name: str, device, cache) -> list[dict
         step = trainer(name, classes, precision, compile_model, args.weights)
         limit = images_per_s(synthetic(size, batch_size, classes, precision), batch_size, args.steps,
                              args.warmup, device, step)  # fmt: skip
-        ours = endless(split_batches(spec, args, catalog, samples, "train", precision, True, cache))
+        ours = endless(split_batches(spec, data, catalog, samples, "train", precision, True, cache))
         data = images_per_s(ours, batch_size, args.steps, args.warmup, device)
         loop = images_per_s(ours, batch_size, args.steps, args.warmup, device, step)
         memory, memory_kind = peak_memory_mb(device)
@@ -234,10 +227,11 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
     spec, args = parse_dataset_args(build_parser, argv)
     args.models = models.list_models() if args.models == ["all"] else [models.resolve_name(m) for m in args.models]
     for size, name in itertools.product(args.image_size, args.models):
-        check_input_size(name, size)
+        models.check_input_size(name, size)
     seed_everything(args.seed)
     device = resolve_device(args.device)
-    catalog, samples = load_splits(spec, args)
+    base = data_config(spec, args, protocol="val")  # the size and batch size are set per measurement below
+    catalog, samples = load_splits(spec, base)
     n_train = int((samples["split"] == "train").sum())
     if n_train < max(args.bs):
         raise UserError(
@@ -253,13 +247,13 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
     )
     results = []
     for size in args.image_size:
-        at_size = argparse.Namespace(**{**vars(args), "image_size": size})
+        at_size = dataclasses.replace(base, image_size=size)
         started = time.perf_counter()
         cache = image_cache(spec, at_size, catalog, samples, print)
         cache_seconds = time.perf_counter() - started
         for name, batch_size in itertools.product(args.models, args.bs):
-            one = argparse.Namespace(**{**vars(at_size), "bs": batch_size})
-            for row in measure(spec, one, catalog, samples, name, device, cache):
+            one = dataclasses.replace(at_size, batch_size=batch_size)
+            for row in measure(spec, args, one, catalog, samples, name, device, cache):
                 results.append({**row, "cache_seconds": cache_seconds})
     table = pd.DataFrame(results).assign(
         dataset=spec.name,

@@ -24,26 +24,13 @@ import torch
 
 import datasets
 import models
-import report
 from datasets.base import DatasetSpec, atomic_write, cache_dir
-from errors import UserError, run_cli
-from train_common import (
-    add_data_arguments,
-    check_input_size,
-    dataset_options,
-    image_cache,
-    image_size,
-    load_splits,
-    make_precision,
-    non_negative_int,
-    parse_dataset_args,
-    positive_int,
-    predict,
-    resolve_device,
-    seed_everything,
-    split_batches,
-    split_identity,
-)
+from errors import HelpFormatter, UserError, run_cli
+from loading import DataConfig, image_cache, load_splits, split_batches, split_identity
+from options import add_data_arguments, data_config, image_size, non_negative_int, parse_dataset_args, positive_int
+from runtable import dataset_label, describe, find_runs, markdown_table, number, runs_table
+from runtime import make_precision, resolve_device, seed_everything
+from train_common import predict
 from transferability import agreement, knn_accuracy, leep, linear_probe_accuracy, logme
 
 # (column, heading, decimals): higher is better for every score
@@ -54,24 +41,29 @@ def build_parser(spec: DatasetSpec | None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         description="Rank backbones for a dataset from frozen features (LogME, kNN, linear probe, LEEP) before "
         "fine-tuning any of them; with --runs, check the ranking against fine-tuned runs (Kendall's tau, regret).",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     add = parser.add_argument
     add("--dataset", required=True, choices=datasets.NAMES, help="the dataset, by its script's name")
-    add("-models", nargs="+", default=["all"], help="backbones to rank ('all': the eleven), names or aliases")
+    add(
+        "--models",
+        "-models",
+        nargs="+",
+        default=["all"],
+        help="backbones to rank ('all': the eleven), names or aliases",
+    )
     add("--weights", default="imagenet", help="'imagenet', 'none' (random init, a baseline) or a checkpoint FILE")
     default_size = "x".join(map(str, spec.image_size)) if spec else "the dataset's"
     add("--image-size", type=image_size, default=default_size, help="feature-extraction size, S or HxW")
     add_data_arguments(parser, spec.default_data if spec else "data")
     add("--seed", type=int, default=0, help="seeds the splits (as in training), random init and the probe")
-    add("-bs", type=positive_int, default=64, help="batch size for feature extraction")
+    add("-bs", "--batch-size", dest="bs", type=positive_int, default=64, help="batch size for feature extraction")
     add("--workers", type=non_negative_int, default=2, help="data-loading processes")
     add("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
     add("--runs", type=Path, nargs="+", default=None, help="folders of fine-tuned runs to check the ranking against")
     add("--out", type=Path, default=None, help="CSV to write (default: results/rank-<dataset>-<time>.csv)")
     if spec and spec.add_arguments:
         spec.add_arguments(parser)
-    parser.set_defaults(protocol="val")  # the splits are carved exactly as a fine-tuning run carves them
     return parser
 
 
@@ -81,7 +73,7 @@ def parse_args(argv: list[str] | None) -> tuple[DatasetSpec, argparse.Namespace]
         args.models = models.list_models()
     args.models = [models.resolve_name(name) for name in args.models]
     for name in args.models:
-        check_input_size(name, args.image_size)
+        models.check_input_size(name, args.image_size)
     return spec, args
 
 
@@ -96,7 +88,9 @@ def fingerprint(*modules: torch.nn.Module | None) -> str:
     return digest.hexdigest()
 
 
-def extract(name: str, spec: DatasetSpec, args, catalog, samples: pd.DataFrame, images, log) -> tuple[dict, bool]:
+def extract(
+    name: str, spec: DatasetSpec, args, data: DataConfig, catalog, samples: pd.DataFrame, images, log
+) -> tuple[dict, bool]:
     """{split: (features, source-class probabilities or None, labels)} for train and val, from the cache when
     the same weights already saw the same images at the same size. `images()` gives the decoded-image cache."""
     seed_everything(args.seed)  # random-init weights are reproducible
@@ -112,7 +106,7 @@ def extract(name: str, spec: DatasetSpec, args, catalog, samples: pd.DataFrame, 
             json.dumps(
                 [
                     spec.name,
-                    report.dataset_label(spec.name, dataset_options(spec, args), spec.domain, args.data),
+                    dataset_label(spec.name, data.own, spec.domain, args.data),
                     split,
                     name,
                     weights,
@@ -129,7 +123,7 @@ def extract(name: str, spec: DatasetSpec, args, catalog, samples: pd.DataFrame, 
             log(f"  {name} {split}: {len(rows)} images, features reused from the cache ({path})")
             continue
         reused = False
-        batches = split_batches(spec, args, catalog, samples, split, precision, False, images())
+        batches = split_batches(spec, data, catalog, samples, split, precision, False, images())
         features, labels = predict(model, batches, precision, f"{name} {split}")
         saved = {"features": features.numpy(), "labels": labels.numpy()}
         if classifier is not None:
@@ -156,13 +150,13 @@ def measured_top1(args, fingerprint: str, log) -> tuple[pd.Series, pd.Series, st
     """(mean test top-1 per backbone, mean fine-tuning seconds per backbone, the setting) from the runs under --runs
     that answer the question this ranking predicts: the same data, weights, resolution and training subset, full
     fine-tuning under the default protocol, and one training configuration (the one most backbones were run with)."""
-    runs, skipped = report.find_runs(args.runs)
+    runs, skipped = find_runs(args.runs)
     for path, reason in skipped:
         log(f"  skipped {path}: {reason}")
     empty = pd.Series(dtype=float), pd.Series(dtype=float), ""
     if not runs:
         return empty
-    table, _ = report.runs_table(runs)
+    table, _ = runs_table(runs)
     size = "x".join(map(str, args.image_size))
 
     def same_setting(key: str) -> bool:
@@ -191,7 +185,7 @@ def measured_top1(args, fingerprint: str, log) -> tuple[pd.Series, pd.Series, st
     return (
         grouped["top1"].mean(),
         grouped["train_seconds"].mean(),
-        report.describe(json.loads(table["setting"].iloc[0])),
+        describe(json.loads(table["setting"].iloc[0])),
     )
 
 
@@ -206,7 +200,8 @@ def out_path(args, spec: DatasetSpec) -> Path:
 def main(argv: list[str] | None = None) -> pd.DataFrame:
     spec, args = parse_args(argv)
     out = out_path(args, spec)
-    catalog, samples = load_splits(spec, args)
+    data = data_config(spec, args, protocol="val")  # the splits are carved exactly as a fine-tuning run carves them
+    catalog, samples = load_splits(spec, data)
     counts = samples["split"].value_counts()
     if counts.get("train", 0) < 2 or counts.get("val", 0) < 1:
         raise UserError(
@@ -219,12 +214,12 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
         f"images, test split untouched) with {args.weights} weights at {args.image_size[0]}x{args.image_size[1]}"
     )
     # decoded once, and only if some backbone's features are not cached yet; the test images are never decoded
-    images = functools.cache(lambda: image_cache(spec, args, catalog, samples, log, splits=("train", "val")))
-    fingerprint = split_identity(spec, args, catalog, samples)["dataset_fingerprint"]
+    images = functools.cache(lambda: image_cache(spec, data, catalog, samples, log, splits=("train", "val")))
+    fingerprint = split_identity(spec, data, catalog, samples)["dataset_fingerprint"]
     rows, started = [], time.perf_counter()
     for name in args.models:
         begun = time.perf_counter()
-        outputs, reused = extract(name, spec, args, catalog, samples, images, log)
+        outputs, reused = extract(name, spec, args, data, catalog, samples, images, log)
         extracted = time.perf_counter()
         scores = score(outputs, args.seed)
         rows.append(
@@ -238,13 +233,9 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
             }
         )
     total = time.perf_counter() - started
-    table = pd.DataFrame(rows).set_index("backbone")
-    table = table.sort_values("logme", ascending=False)
-    table.insert(0, "rank", table["logme"].rank(ascending=False, method="min").astype(int))
-    for column, _, _ in SCORES:
-        table[f"{column}_rank"] = table[column].rank(ascending=False, method="min")
+    table = ranking_table(rows)
     setting = {
-        "dataset": report.dataset_label(spec.name, dataset_options(spec, args), spec.domain, args.data),
+        "dataset": dataset_label(spec.name, data.own, spec.domain, args.data),
         "weights": args.weights,
         "dataset_fingerprint": fingerprint,
         "resolution": "x".join(map(str, args.image_size)),
@@ -255,42 +246,60 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
         "n_train": int(counts["train"]),
         "n_val": int(counts["val"]),
     }
+    print_ranking(table, total, log)
+    if args.runs:
+        table["measured_top1"] = check_against_runs(args, table, fingerprint, setting["dataset"], total, log)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    table.reset_index().assign(**setting).to_csv(out, index=False)
+    log(f"Ranking written to {out}")
+    return table
+
+
+def ranking_table(rows: list[dict]) -> pd.DataFrame:
+    """One row per backbone, ranked by LogME, with each score's own rank."""
+    table = pd.DataFrame(rows).set_index("backbone")
+    table = table.sort_values("logme", ascending=False)
+    table.insert(0, "rank", table["logme"].rank(ascending=False, method="min").astype(int))
+    for column, _, _ in SCORES:
+        table[f"{column}_rank"] = table[column].rank(ascending=False, method="min")
+    return table
+
+
+def print_ranking(table: pd.DataFrame, total: float, log) -> None:
     columns = {"rank": table["rank"].tolist(), "backbone": table.index.tolist()}
     for column, heading, decimals in SCORES:
-        columns[heading] = [report.number(v, decimals) for v in table[column]]
+        columns[heading] = [number(v, decimals) for v in table[column]]
     columns["seconds"] = [
         f"{f + s:.1f}" + (" (cached features)" if cached else "")
         for f, s, cached in zip(
             table["features_seconds"], table["score_seconds"], table["features_cached"], strict=True
         )
     ]
-    log("\n" + report.markdown_table(columns) + "\n")
+    log("\n" + markdown_table(columns) + "\n")
     log(f"Ranked by LogME. Total {total:.1f} s for {len(table)} backbones.")
 
-    if args.runs:
-        measured, finetune_seconds, measured_setting = measured_top1(args, fingerprint, log)
-        table["measured_top1"] = measured
-        if measured.empty:
-            log(f"No fine-tuned runs of {setting['dataset']} with --weights {args.weights} under --runs to check.")
-        else:
-            log(f"\nAgainst fine-tuned runs ({measured_setting}):")
-            for column, heading, _ in SCORES:
-                result = agreement(table[column], measured)
-                if result:
-                    verdict = "the true best" if result["pick_is_best"] else f"true best: {result['true_best']}"
-                    log(
-                        f"  {heading}: Kendall's tau {result['kendall_tau']:+.2f} over {result['backbones']} "
-                        f"backbones; first pick {result['pick']} ({verdict}), regret {result['regret']:.2f} points"
-                    )
-            mean_finetune = float(finetune_seconds.mean())
+
+def check_against_runs(args, table: pd.DataFrame, fingerprint: str, dataset: str, total: float, log) -> pd.Series:
+    """The measured top-1 of each backbone under --runs, after printing how well each score predicted it."""
+    measured, finetune_seconds, measured_setting = measured_top1(args, fingerprint, log)
+    if measured.empty:
+        log(f"No fine-tuned runs of {dataset} with --weights {args.weights} under --runs to check.")
+        return measured
+    log(f"\nAgainst fine-tuned runs ({measured_setting}):")
+    for column, heading, _ in SCORES:
+        result = agreement(table[column], measured)
+        if result:
+            verdict = "the true best" if result["pick_is_best"] else f"true best: {result['true_best']}"
             log(
-                f"  Cost: ranking {len(table)} backbones took {total:.1f} s; fine-tuning one took {mean_finetune:.1f} "
-                f"s on average in these runs (ranking costs {100 * total / mean_finetune:.1f}% of one fine-tuning run)."
+                f"  {heading}: Kendall's tau {result['kendall_tau']:+.2f} over {result['backbones']} "
+                f"backbones; first pick {result['pick']} ({verdict}), regret {result['regret']:.2f} points"
             )
-    out.parent.mkdir(parents=True, exist_ok=True)
-    table.reset_index().assign(**setting).to_csv(out, index=False)
-    log(f"Ranking written to {out}")
-    return table
+    mean_finetune = float(finetune_seconds.mean())
+    log(
+        f"  Cost: ranking {len(table)} backbones took {total:.1f} s; fine-tuning one took {mean_finetune:.1f} "
+        f"s on average in these runs (ranking costs {100 * total / mean_finetune:.1f}% of one fine-tuning run)."
+    )
+    return measured
 
 
 if __name__ == "__main__":

@@ -23,9 +23,11 @@ from pathlib import Path
 
 import datasets
 import models
+import options
 import report
-import train_common
-from errors import UserError, run_cli
+from errors import HelpFormatter, UserError, run_cli
+from record import WHERE_AND_HOW
+from runfiles import run_config
 
 PROJECT_DIR = Path(__file__).resolve().parent
 OWN_SETTINGS = {"model", "seed", "train_fraction", "shots", "out", "resume", "device"}  # set per run by the sweep
@@ -62,7 +64,7 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
         description="Run every combination of backbones, datasets, data sizes and seeds; finished runs are "
         "skipped and killed ones resumed, so rerunning the same command continues a sweep. Flags after -- are "
         "passed to every run (e.g. -- -bs 32 --weights imagenet).",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     add = parser.add_argument
     add("--models", nargs="+", required=True, help="backbones: names, aliases, timm:<name>, or 'all' (the eleven)")
@@ -99,7 +101,7 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
 
 def script_parser(dataset: str) -> argparse.ArgumentParser:
     """The dataset script's own parser, whose errors become a `UserError` naming the script."""
-    parser = train_common.build_parser(datasets.spec(dataset))
+    parser = options.build_parser(datasets.spec(dataset))
 
     def error(message: str) -> None:
         raise UserError(f"{dataset}.py would reject the flags given to the sweep: {message}. Nothing was run.")
@@ -133,9 +135,12 @@ def conflicts(jobs: list[Job], passthrough: list[str]) -> list[str]:
         saved = saved_config(job.folder)
         if saved is None:
             continue
-        wanted = train_common.run_config(script_parser(job.dataset).parse_args(job.command(passthrough)[2:]))
-        ignored = train_common.NOT_RESUME_RELEVANT
-        differing = [k for k in sorted(set(saved) | set(wanted)) if k not in ignored and saved.get(k) != wanted.get(k)]
+        command = script_parser(job.dataset).parse_args(job.command(passthrough)[2:])
+        options.apply_protocol_defaults(datasets.spec(job.dataset), command)  # as the run records its config
+        wanted = run_config(command)
+        differing = [
+            k for k in sorted(set(saved) | set(wanted)) if k not in WHERE_AND_HOW and saved.get(k) != wanted.get(k)
+        ]
         if differing:
             key = differing[0]
             found.append(f"{job.folder} ({key} {saved.get(key)!r} there, {wanted.get(key)!r} now)")

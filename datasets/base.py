@@ -19,7 +19,7 @@ import tarfile
 import time
 import zipfile
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
 
@@ -69,6 +69,14 @@ class Catalog:
         return cls(table, classes, read)
 
 
+@dataclass(frozen=True)
+class ReadOptions:
+    """What a catalog may do and which of the dataset's own options (BreakHis's `mag`, ...) were chosen."""
+
+    download: bool = True
+    own: dict = field(default_factory=dict)
+
+
 Normalisation = tuple[tuple[float, float, float], tuple[float, float, float]]  # (mean, std) per channel, in [0, 1]
 
 
@@ -98,16 +106,18 @@ class DatasetSpec:
     domain: str
     num_classes: int | None  # None: as many as the data has (your own folder)
     image_size: tuple[int, int]  # default (height, width) for training and evaluation
-    catalog: Callable[[Path, argparse.Namespace], Catalog]
+    catalog: Callable[[Path, ReadOptions], Catalog]
     source: str  # where the data comes from and how to get it
     layout: str  # the expected on-disk layout under --data
     test_fraction: float | None = None  # split rule where there is no official test split
+    test_fraction_option: str | None = None  # the dataset's own option that sets it instead (imagefolder's)
     test_over_whole_set: bool = False  # count the test split over all samples (Galaxy10), not class by class
     augment: str = "hflip"  # 'none', 'hflip' or 'trivialaugment' (TrivialAugmentWide + flip)
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
     default_data: str = "data"
-    add_arguments: Callable[[argparse.ArgumentParser], None] | None = None
+    add_arguments: Callable[[argparse.ArgumentParser], None] | None = None  # the dataset's own flags ...
+    own_options: tuple[str, ...] = ()  # ... and the names they are stored under
     notes: str = ""
     paper: PaperRecipe | Callable[[dict], PaperRecipe] = PaperRecipe()  # by the dataset's options (BreakHis -mag)
 
@@ -438,7 +448,7 @@ def locate(
     data: Path,
     marker: str,
     top_folders: Sequence[str],
-    args: argparse.Namespace,
+    options: ReadOptions,
     download: Callable[[Path], object] | None = None,
     produces: str | None = None,
 ) -> Path:
@@ -451,7 +461,7 @@ def locate(
     try:
         return find_dir(data, marker, top_folders)
     except DataNotFound:
-        if download is None or not getattr(args, "download", True):
+        if download is None or not options.download:
             raise
     produced = produces or top_folders[0]
     target = data / produced

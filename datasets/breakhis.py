@@ -6,7 +6,7 @@ import argparse
 import re
 from pathlib import Path
 
-from datasets.base import Catalog, DataNotFound, DatasetSpec, FileReader, PaperRecipe, locate, relative
+from datasets.base import Catalog, DataNotFound, DatasetSpec, FileReader, PaperRecipe, ReadOptions, locate, relative
 
 TOP = "BreaKHis_v1"
 CLASSES = ["benign", "malignant"]
@@ -42,17 +42,17 @@ def patient_of(folder: str) -> str:
     return match.group(1)
 
 
-def catalog(data: Path, args: argparse.Namespace) -> Catalog:
-    base = locate(data, "histology_slides/breast", [TOP], args) / "histology_slides" / "breast"
+def catalog(data: Path, options: ReadOptions) -> Catalog:
+    base = locate(data, "histology_slides/breast", [TOP], options) / "histology_slides" / "breast"
     samples, labels, groups = [], [], []
     for label, name in enumerate(CLASSES):
         # <class>/SOB/<tumour type>/<patient>/<mag>X/<image>.png
-        for path in sorted((base / name).glob(f"SOB/*/*/{args.mag}X/*.png")):
+        for path in sorted((base / name).glob(f"SOB/*/*/{options.own['mag']}X/*.png")):
             samples.append(relative(path, data))
             labels.append(label)
             groups.append(patient_of(path.parent.parent.name))
     if not samples or len(set(labels)) < 2:
-        raise DataNotFound(f"found no {args.mag}X images under {base}/benign and {base}/malignant")
+        raise DataNotFound(f"found no {options.own['mag']}X images under {base}/benign and {base}/malignant")
     return Catalog.from_columns(samples, labels, CLASSES, FileReader(data), groups=groups)
 
 
@@ -75,6 +75,7 @@ SPEC = DatasetSpec(
     mean=(0.787, 0.622, 0.765),
     std=(0.106, 0.143, 0.092),
     add_arguments=add_arguments,
+    own_options=("mag",),
     paper=paper_recipe,
     notes="split ~70/30 by patient (stratified on the patient's label), so no patient is in both train and test",
 )

@@ -2,14 +2,22 @@
 
 from __future__ import annotations
 
-import argparse
 import pickle
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 
-from datasets.base import ArrayReader, Catalog, DatasetSpec, PaperRecipe, TorchvisionDownload, locate, required
+from datasets.base import (
+    ArrayReader,
+    Catalog,
+    DatasetSpec,
+    PaperRecipe,
+    ReadOptions,
+    TorchvisionDownload,
+    locate,
+    required,
+)
 from errors import UserError
 
 TOP = "cifar-10-batches-py"
@@ -52,7 +60,7 @@ def read_batch(path: Path) -> dict:
 
 def read_cifar(
     data: Path,
-    args: argparse.Namespace,
+    options: ReadOptions,
     top: str,
     batches: dict[str, list[str]],
     meta: tuple[str, str],
@@ -60,7 +68,7 @@ def read_cifar(
     download: Callable[[Path], object],
 ) -> Catalog:
     """The CIFAR 'python version' layout: pickled batches per split and a meta file naming the classes."""
-    base = locate(data, meta[0], [top], args, download)
+    base = locate(data, meta[0], [top], options, download)
     classes = read_batch(base / meta[0]).get(meta[1])
     if not isinstance(classes, list):
         raise UserError(f"{base / meta[0]} lacks the '{meta[1]}' list of class names; re-extract the dataset.")
@@ -77,10 +85,10 @@ def read_cifar(
     return Catalog.from_columns(samples, labels, list(classes), ArrayReader(arrays), splits)
 
 
-def catalog(data: Path, args: argparse.Namespace) -> Catalog:
+def catalog(data: Path, options: ReadOptions) -> Catalog:
     batches = {"train": TRAIN_BATCHES, "test": TEST_BATCHES}
     download = TorchvisionDownload("CIFAR10")
-    return read_cifar(data, args, TOP, batches, ("batches.meta", "label_names"), "labels", download)
+    return read_cifar(data, options, TOP, batches, ("batches.meta", "label_names"), "labels", download)
 
 
 SPEC = DatasetSpec(

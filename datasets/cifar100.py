@@ -2,19 +2,18 @@
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
-from datasets.base import Catalog, DatasetSpec, PaperRecipe, TorchvisionDownload
+from datasets.base import Catalog, DatasetSpec, PaperRecipe, ReadOptions, TorchvisionDownload
 from datasets.cifar10 import read_cifar
 
 TOP = "cifar-100-python"
 
 
-def catalog(data: Path, args: argparse.Namespace) -> Catalog:
+def catalog(data: Path, options: ReadOptions) -> Catalog:
     batches = {"train": ["train"], "test": ["test"]}
     download = TorchvisionDownload("CIFAR100")
-    return read_cifar(data, args, TOP, batches, ("meta", "fine_label_names"), "fine_labels", download)
+    return read_cifar(data, options, TOP, batches, ("meta", "fine_label_names"), "fine_labels", download)
 
 
 SPEC = DatasetSpec(

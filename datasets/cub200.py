@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
 import pandas as pd
@@ -13,6 +12,7 @@ from datasets.base import (
     DatasetSpec,
     FileReader,
     PaperRecipe,
+    ReadOptions,
     locate,
     relative,
     require_files,
@@ -28,8 +28,8 @@ def read_table(path: Path, columns: list[str]) -> pd.DataFrame:
     return table.set_index(columns[0])
 
 
-def catalog(data: Path, args: argparse.Namespace) -> Catalog:
-    base = locate(data, "images.txt", [TOP], args)
+def catalog(data: Path, options: ReadOptions) -> Catalog:
+    base = locate(data, "images.txt", [TOP], options)
     images = read_table(base / "images.txt", ["id", "path"])
     labels = read_table(base / "image_class_labels.txt", ["id", "class_id"])["class_id"].astype(int)
     is_train = read_table(base / "train_test_split.txt", ["id", "is_train"])["is_train"].astype(int)

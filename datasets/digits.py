@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
 import numpy as np
 
-from datasets.base import ArrayReader, Catalog, DatasetSpec
+from datasets.base import ArrayReader, Catalog, DatasetSpec, ReadOptions
 
 
-def catalog(data: Path, args: argparse.Namespace) -> Catalog:
+def catalog(data: Path, options: ReadOptions) -> Catalog:
     from sklearn.datasets import load_digits
 
     digits = load_digits()

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
 from datasets.base import (
@@ -13,6 +12,7 @@ from datasets.base import (
     DatasetSpec,
     FileReader,
     PaperRecipe,
+    ReadOptions,
     TorchvisionDownload,
     encode_classes,
     locate,
@@ -24,10 +24,10 @@ from datasets.base import (
 PARTITION = 1
 
 
-def catalog(data: Path, args: argparse.Namespace) -> Catalog:
+def catalog(data: Path, options: ReadOptions) -> Catalog:
     # the archive extracts to dtd/; torchvision's DTD keeps it one level deeper, in dtd/dtd/
     marker = f"labels/train{PARTITION}.txt"
-    base = locate(data, marker, ["dtd", "dtd/dtd"], args, TorchvisionDownload("DTD"), produces="dtd")
+    base = locate(data, marker, ["dtd", "dtd/dtd"], options, TorchvisionDownload("DTD"), produces="dtd")
     samples, names, splits = [], [], []
     for split in ("train", "val", "test"):
         listed = required(base / "labels" / f"{split}{PARTITION}.txt").read_text().split()

@@ -2,14 +2,21 @@
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
-from datasets.base import Catalog, DatasetSpec, PaperRecipe, TorchvisionDownload, class_folder_catalog, locate
+from datasets.base import (
+    Catalog,
+    DatasetSpec,
+    PaperRecipe,
+    ReadOptions,
+    TorchvisionDownload,
+    class_folder_catalog,
+    locate,
+)
 
 
-def catalog(data: Path, args: argparse.Namespace) -> Catalog:
-    base = locate(data, "2750", ["eurosat"], args, TorchvisionDownload("EuroSAT"))
+def catalog(data: Path, options: ReadOptions) -> Catalog:
+    base = locate(data, "2750", ["eurosat"], options, TorchvisionDownload("EuroSAT"))
     return class_folder_catalog(data, base / "2750")
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
 from datasets.base import (
@@ -11,6 +10,7 @@ from datasets.base import (
     DatasetSpec,
     FileReader,
     PaperRecipe,
+    ReadOptions,
     TorchvisionDownload,
     locate,
     relative,
@@ -19,11 +19,11 @@ from datasets.base import (
 TOP = "flowers-102"
 
 
-def catalog(data: Path, args: argparse.Namespace) -> Catalog:
+def catalog(data: Path, options: ReadOptions) -> Catalog:
     import torchvision
     from scipy.io import loadmat
 
-    base = locate(data, "imagelabels.mat", [TOP], args, TorchvisionDownload("Flowers102"))
+    base = locate(data, "imagelabels.mat", [TOP], options, TorchvisionDownload("Flowers102"))
     if not (base / "setid.mat").is_file() or not (base / "jpg").is_dir():
         raise DataNotFound(f"{base} has imagelabels.mat but lacks setid.mat or jpg/ (a partial extraction?)")
     labels = loadmat(base / "imagelabels.mat", squeeze_me=True)["labels"]  # 1-based, one per image id

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 from pathlib import Path
 
@@ -11,6 +10,7 @@ from datasets.base import (
     DatasetSpec,
     FileReader,
     PaperRecipe,
+    ReadOptions,
     TorchvisionDownload,
     locate,
     relative,
@@ -21,8 +21,8 @@ from datasets.base import (
 TOP = "food-101"
 
 
-def catalog(data: Path, args: argparse.Namespace) -> Catalog:
-    base = locate(data, "meta/train.json", [TOP], args, TorchvisionDownload("Food101"))
+def catalog(data: Path, options: ReadOptions) -> Catalog:
+    base = locate(data, "meta/train.json", [TOP], options, TorchvisionDownload("Food101"))
     lists = {}
     for split in ("train", "test"):
         listed = required(base / "meta" / f"{split}.json").read_text()

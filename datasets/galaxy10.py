@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import argparse
 import os
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
-from datasets.base import Archive, Catalog, DataNotFound, DatasetSpec, PaperRecipe, locate
+from datasets.base import Archive, Catalog, DataNotFound, DatasetSpec, PaperRecipe, ReadOptions, locate
 from errors import UserError
 
 FILE = "Galaxy10_DECals.h5"
@@ -62,10 +61,10 @@ class HDF5Reader:
             ) from err
 
 
-def catalog(data: Path, args: argparse.Namespace) -> Catalog:
+def catalog(data: Path, options: ReadOptions) -> Catalog:
     import h5py
 
-    path = locate(data, FILE, ["galaxy10"], args, ARCHIVE, produces=FILE) / FILE
+    path = locate(data, FILE, ["galaxy10"], options, ARCHIVE, produces=FILE) / FILE
     try:
         with h5py.File(path, "r") as file:
             labels = np.asarray(file["ans"][:], dtype=np.int64)

@@ -11,6 +11,7 @@ from datasets.base import (
     DataNotFound,
     DatasetSpec,
     FileReader,
+    ReadOptions,
     encode_classes,
     scan_nonempty,
     split_folders_catalog,
@@ -20,14 +21,16 @@ from errors import UserError
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
+        "--test-size",
         "--test_size",
+        dest="test_size",
         type=float,
         default=SPEC.test_fraction,
         help="fraction of each class held out for test when --data has no train/ and test/ folders",
     )
 
 
-def catalog(data: Path, args: argparse.Namespace) -> Catalog:
+def catalog(data: Path, options: ReadOptions) -> Catalog:
     if not data.is_dir():
         raise DataNotFound(f"{data} is not a folder")
     given = [split for split in ("train", "val", "test") if (data / split).is_dir()]
@@ -35,8 +38,8 @@ def catalog(data: Path, args: argparse.Namespace) -> Catalog:
         raise DataNotFound(f"{data} has {'/, '.join(given)}/ but needs both train/ and test/")
     if given:
         return split_folders_catalog(data, data, {split: split for split in given})
-    if not 0 < args.test_size < 1:
-        raise UserError(f"--test_size must be between 0 and 1, got {args.test_size}.")
+    if not 0 < options.own["test_size"] < 1:
+        raise UserError(f"--test_size must be between 0 and 1, got {options.own['test_size']}.")
     table = scan_nonempty(data)
     classes, labels = encode_classes(table["class"])
     if len(classes) < 2:
@@ -57,5 +60,7 @@ SPEC = DatasetSpec(
         "--data/<class>/<image>, split per class with --test_size"
     ),
     test_fraction=0.2,
+    test_fraction_option="test_size",
     add_arguments=add_arguments,
+    own_options=("test_size",),
 )

@@ -3,15 +3,14 @@ val/ is the test set, and validation is carved from train/."""
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
-from datasets.base import Catalog, DataNotFound, DatasetSpec, PaperRecipe, find_dir, split_folders_catalog
+from datasets.base import Catalog, DataNotFound, DatasetSpec, PaperRecipe, ReadOptions, find_dir, split_folders_catalog
 
 TOPS = ["plantclef", "PlantCLEF", "PlantCLEF_Subset"]  # the last is the original benchmark's folder name
 
 
-def catalog(data: Path, args: argparse.Namespace) -> Catalog:
+def catalog(data: Path, options: ReadOptions) -> Catalog:
     root = find_dir(data, "train", TOPS)
     if not (root / "val").is_dir():
         raise DataNotFound(f"{root} has train/ but no val/ (the test split)")

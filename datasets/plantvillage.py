@@ -3,10 +3,9 @@
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
-from datasets.base import Catalog, DataNotFound, DatasetSpec, PaperRecipe, class_dirs, class_folder_catalog
+from datasets.base import Catalog, DataNotFound, DatasetSpec, PaperRecipe, ReadOptions, class_dirs, class_folder_catalog
 
 TOPS = ["Plant_leave_diseases_dataset_without_augmentation", "Plant_leaf_diseases_dataset_without_augmentation"]
 
@@ -27,7 +26,7 @@ def find_class_root(data: Path, tops: list[str]) -> Path:
     return folder
 
 
-def catalog(data: Path, args: argparse.Namespace) -> Catalog:
+def catalog(data: Path, options: ReadOptions) -> Catalog:
     return class_folder_catalog(data, find_class_root(data, TOPS))
 
 

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 from PIL import Image
 
-from datasets.base import Catalog, DataNotFound, DatasetSpec, FileReader, locate, relative
+from datasets.base import Catalog, DataNotFound, DatasetSpec, FileReader, ReadOptions, locate, relative
 from errors import UserError
 
 TOP = "rsna-pneumonia-detection-challenge"
@@ -38,8 +37,8 @@ class DicomReader(FileReader):
         return Image.fromarray(pixels).convert("RGB")
 
 
-def catalog(data: Path, args: argparse.Namespace) -> Catalog:
-    base = locate(data, LABELS_CSV, [TOP], args)
+def catalog(data: Path, options: ReadOptions) -> Catalog:
+    base = locate(data, LABELS_CSV, [TOP], options)
     try:
         rows = pd.read_csv(base / LABELS_CSV, usecols=["patientId", "Target"])
     except (ValueError, pd.errors.ParserError) as err:

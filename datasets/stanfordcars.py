@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 from pathlib import Path
 
@@ -13,6 +12,7 @@ from datasets.base import (
     DataNotFound,
     DatasetSpec,
     FileReader,
+    ReadOptions,
     find_dir,
     relative,
     require_files,
@@ -54,7 +54,7 @@ def test_labels(base: Path) -> Path:
     return found[0] if found else required(base / "cars_test_annos_withlabels.mat", "the test labels ship separately")
 
 
-def catalog(data: Path, args: argparse.Namespace) -> Catalog:
+def catalog(data: Path, options: ReadOptions) -> Catalog:
     base = find_base(data)
     devkit = folder(base, "devkit")
     classes = [str(name) for name in read_mat(devkit / "cars_meta.mat", "class_names")]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +10,7 @@ from datasets.base import (
     Catalog,
     DatasetSpec,
     FileReader,
+    ReadOptions,
     find_dir,
     locate,
     relative,
@@ -29,8 +29,8 @@ def read_list(path: Path) -> tuple[list[str], np.ndarray]:
     return [str(file) for file in np.atleast_1d(lists["file_list"])], np.atleast_1d(lists["labels"]).astype(int) - 1
 
 
-def catalog(data: Path, args: argparse.Namespace) -> Catalog:
-    base = locate(data, "Images", TOPS, args)
+def catalog(data: Path, options: ReadOptions) -> Catalog:
+    base = locate(data, "Images", TOPS, options)
     lists = find_dir(base, "train_list.mat", ["lists"])
     samples, labels, splits, breeds = [], [], [], {}
     for split in ("train", "test"):

@@ -3,7 +3,6 @@ class) is the test set (the official test/ has no labels)."""
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
 import pandas as pd
@@ -14,6 +13,7 @@ from datasets.base import (
     DataNotFound,
     DatasetSpec,
     FileReader,
+    ReadOptions,
     locate,
     prefix,
     relative,
@@ -26,8 +26,8 @@ TOP = "tiny-imagenet-200"
 ARCHIVE = Archive("http://cs231n.stanford.edu/tiny-imagenet-200.zip", md5="90528d7ca1a48142e341f4ef8d21d0de")
 
 
-def catalog(data: Path, args: argparse.Namespace) -> Catalog:
-    base = locate(data, "wnids.txt", [TOP], args, ARCHIVE)
+def catalog(data: Path, options: ReadOptions) -> Catalog:
+    base = locate(data, "wnids.txt", [TOP], options, ARCHIVE)
     classes = sorted((base / "wnids.txt").read_text().split())
     train = scan_class_folders(base / "train") if (base / "train").is_dir() else pd.DataFrame(columns=["class"])
     absent = sorted(set(classes) - set(train["class"]))

@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
-from datasets.base import Archive, Catalog, DatasetSpec, PaperRecipe, class_folder_catalog, locate
+from datasets.base import Archive, Catalog, DatasetSpec, PaperRecipe, ReadOptions, class_folder_catalog, locate
 
 TOP = "UCMerced_LandUse"
 ARCHIVE = Archive("http://weegee.vision.ucmerced.edu/datasets/UCMerced_LandUse.zip", "5b7ec56793786b6dc8a908e8854ac0e4")
 
 
-def catalog(data: Path, args: argparse.Namespace) -> Catalog:
-    return class_folder_catalog(data, locate(data, "Images", [TOP], args, ARCHIVE) / "Images")
+def catalog(data: Path, options: ReadOptions) -> Catalog:
+    return class_folder_catalog(data, locate(data, "Images", [TOP], options, ARCHIVE) / "Images")
 
 
 SPEC = DatasetSpec(

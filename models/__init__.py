@@ -241,3 +241,13 @@ def load_weights_file(model: nn.Module, path: Path, head: str) -> None:
     model.load_state_dict(state, strict=False)
     if skipped:
         print(f"note: {path} has a classifier for another number of classes; its head was left freshly initialised")
+
+
+def check_input_size(model_name: str, size: tuple[int, int]) -> None:
+    """Refuse, before any work, a size the backbone cannot take (WaveMix: multiples of 32)."""
+    multiple = input_multiple(model_name)
+    if any(side % multiple for side in size):
+        raise UserError(
+            f"{model_name} needs an input height and width that are multiples of {multiple}, got "
+            f"--image-size {size[0]}x{size[1]}; try {max(multiple, round(size[0] / multiple) * multiple)}."
+        )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -28,6 +29,12 @@ FAST = [
     "--workers",
     "0",
 ]
+
+
+def quick_start_commands() -> list[str]:
+    """The two commands of the README's quick start."""
+    section = (ROOT / "README.md").read_text().split("## Quick start", 1)[1].split("\n## ", 1)[0]
+    return re.findall(r"```bash\n(.+?)\n```", section)
 
 
 def run_script(
@@ -67,26 +74,13 @@ def private_cache(tmp_path_factory) -> None:
 
 @pytest.fixture(scope="session")
 def digits_run(tmp_path_factory) -> tuple[Path, dict, subprocess.CompletedProcess]:
-    """One short digits run from scratch, shared by the tests that inspect what a run leaves."""
+    """The README's quick start, run as written (into its own folder), shared by the tests that check what it
+    promises and what a run leaves."""
     work = tmp_path_factory.mktemp("digits")
     out = work / "run"
-    result = run_script(
-        "digits.py",
-        "-model",
-        "mobilenet",
-        "-bs",
-        "64",
-        "--weights",
-        "none",
-        "--max-epochs",
-        "2",
-        "--workers",
-        "0",
-        "--out",
-        out,
-        "--results",
-        work / "results.csv",
-    )
+    command = quick_start_commands()[0].split(" && ", 1)[1].split()  # without its pip install
+    assert command[:2] == ["python", "digits.py"]
+    result = run_script("digits.py", *command[2:], "--workers", "0", "--out", out, "--results", work / "results.csv")
     return out, finished_run(result, out), result
 
 

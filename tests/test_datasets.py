@@ -247,7 +247,7 @@ def test_galaxy10_reads_the_hdf5_file_and_splits_90_10(tmp_path):
 DATASET_SCRIPTS = sorted(
     path.name
     for path in ROOT.glob("*.py")
-    if "from train_common import run" in path.read_text() and path.name != "digits.py"  # digits is embedded
+    if "from finetune import run" in path.read_text() and path.name != "digits.py"  # digits is embedded
 )
 
 
@@ -298,18 +298,18 @@ def test_missing_listed_image_is_named_before_training(tmp_path):
 
 
 def test_stanfordcars_reads_the_mirror_layout_as_shipped(tmp_path):
-    import argparse
 
     from datasets import stanfordcars
+    from datasets.base import ReadOptions
 
     base = make_stanfordcars(tmp_path / "data", classes=3, train=2, test=1)
-    expected = stanfordcars.catalog(tmp_path / "data", argparse.Namespace(download=False)).samples
+    expected = stanfordcars.catalog(tmp_path / "data", ReadOptions(download=False)).samples
     for name, nested in stanfordcars.MIRROR.items():  # car_devkit/devkit/, cars_train/cars_train/, ...
         (base / name).rename(base / f"{name}.moving")
         (base / nested).parent.mkdir()
         (base / f"{name}.moving").rename(base / nested)
     (base / "cars_test_annos_withlabels.mat").rename(base / "cars_test_annos_withlabels (1).mat")
-    mirrored = stanfordcars.catalog(tmp_path / "data", argparse.Namespace(download=False)).samples
+    mirrored = stanfordcars.catalog(tmp_path / "data", ReadOptions(download=False)).samples
     assert mirrored[["label", "split"]].equals(expected[["label", "split"]]) and len(mirrored) == 9
     assert mirrored["sample"].str.startswith("stanford_cars/cars_t").all()
     assert mirrored.loc[mirrored["split"] == "test", "sample"].str.contains("cars_test/cars_test/").all()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import functools
 import hashlib
 import http.server
@@ -12,10 +11,10 @@ import threading
 import pytest
 
 from datasets import galaxy10, tinyimagenet
-from datasets.base import Archive, DataNotFound
+from datasets.base import Archive, DataNotFound, ReadOptions
 from formats import make_galaxy10, make_tinyimagenet
 
-ONLINE = argparse.Namespace(download=True)
+ONLINE = ReadOptions(download=True)
 
 
 class QuietHandler(http.server.SimpleHTTPRequestHandler):
@@ -53,7 +52,7 @@ def test_archive_is_downloaded_checked_extracted_and_moved_into_place(tmp_path, 
     assert len(catalog.classes) == 3 and len(catalog.samples) == 3 * 2 + 3
     assert sorted(p.name for p in (tmp_path / "data").iterdir()) == ["tiny-imagenet-200"]  # no archive, no staging
     assert "downloading it there" in capsys.readouterr().out
-    again = tinyimagenet.catalog(tmp_path / "data", argparse.Namespace(download=False))  # found, not fetched
+    again = tinyimagenet.catalog(tmp_path / "data", ReadOptions(download=False))  # found, not fetched
     assert again.samples.equals(catalog.samples)
 
 
@@ -85,7 +84,7 @@ def test_no_download_and_a_partial_folder_are_never_fetched_over(tmp_path, serve
     archive = www / tinyimagenet_zip(tmp_path, www)
     monkeypatch.setattr(tinyimagenet, "ARCHIVE", Archive(f"{url}/tiny-imagenet-200.zip", md5(archive)))
     with pytest.raises(DataNotFound, match="looked for"):
-        tinyimagenet.catalog(tmp_path / "data", argparse.Namespace(download=False))
+        tinyimagenet.catalog(tmp_path / "data", ReadOptions(download=False))
     mine = tmp_path / "data" / "tiny-imagenet-200" / "notes.txt"  # a partial extraction the user made
     mine.parent.mkdir(parents=True)
     mine.write_text("keep me")

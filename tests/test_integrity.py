@@ -23,12 +23,17 @@ import pytest
 import torch
 from PIL import Image
 
+import finetune
 import metrics
 import train_common
 from conftest import FAST, assert_clean_error, run_script
 from datasets import base, cifar10, digits, flowers102, imagefolder
+from datasets.base import ReadOptions
 from errors import UserError
 from formats import make_cifar10, make_class_folders, make_flowers102
+from loading import load_splits, split_identity
+from options import apply_protocol_defaults, build_parser, data_config
+from runfiles import append_result, check_results_table, run_config
 
 
 class Payload:
@@ -70,13 +75,13 @@ def test_a_cifar_batch_that_would_run_code_is_refused(tmp_path):
     marker = tmp_path / "owned"
     (root / "data_batch_1").write_bytes(pickle.dumps({"data": Payload(marker), "labels": []}))
     with pytest.raises(UserError, match="pathlib.*which no CIFAR batch holds"):
-        cifar10.catalog(tmp_path / "data", argparse.Namespace(download=False))
+        cifar10.catalog(tmp_path / "data", ReadOptions(download=False))
     assert not marker.exists()
 
 
 def test_the_published_cifar_format_still_loads_through_the_restricted_unpickler(tmp_path):
     make_cifar10(tmp_path / "data", per_batch=4, test=6)
-    catalog = cifar10.catalog(tmp_path / "data", argparse.Namespace(download=False))
+    catalog = cifar10.catalog(tmp_path / "data", ReadOptions(download=False))
     assert len(catalog.samples) == 5 * 4 + 6 and catalog.read("test_batch/5").size == (32, 32)
 
 
@@ -218,7 +223,7 @@ def test_a_class_without_test_images_is_not_applicable_not_zero():
 # --------------------------------------------------------------------------------------- splits and flags
 def test_official_validation_stays_whole_so_learning_curves_nest(tmp_path):
     make_flowers102(tmp_path / "data", classes=3, per_split=6)
-    catalog = flowers102.catalog(tmp_path / "data", argparse.Namespace(download=False))
+    catalog = flowers102.catalog(tmp_path / "data", ReadOptions(download=False))
     splits = {}
     for fraction in (1.0, 0.5):
         subset = lambda pool, f=fraction: base.nested_subset(pool["label"], catalog.classes, 0, f)  # noqa: E731
@@ -233,14 +238,15 @@ def test_official_validation_stays_whole_so_learning_curves_nest(tmp_path):
 def test_a_class_too_small_to_test_is_warned_about(tmp_path, capsys):
     root = make_class_folders(tmp_path / "data", {"a": 5, "b": 5, "lonely": 1})
     args = imagefolder_args(root)
-    _, samples = train_common.load_splits(imagefolder.SPEC, args)
+    _, samples = load_splits(imagefolder.SPEC, data_config(imagefolder.SPEC, args))
     assert "1 class(es) have no test image (lonely)" in capsys.readouterr().err
     assert (samples["split"] == "test").sum() == 2
 
 
 def imagefolder_args(root: Path, *extra: str) -> argparse.Namespace:
-    args = train_common.build_parser(imagefolder.SPEC).parse_args(["-model", "mobilenet", "--data", str(root), *extra])
+    args = build_parser(imagefolder.SPEC).parse_args(["-model", "mobilenet", "--data", str(root), *extra])
     args.seed = 0
+    apply_protocol_defaults(imagefolder.SPEC, args)
     return args
 
 
@@ -256,7 +262,7 @@ def imagefolder_args(root: Path, *extra: str) -> argparse.Namespace:
 )
 def test_numeric_flags_are_checked_when_parsed(flag, value, message, capsys):
     with pytest.raises(SystemExit) as exit_code:
-        train_common.build_parser(digits.SPEC).parse_args(["-model", "mobilenet", flag, value])
+        build_parser(digits.SPEC).parse_args(["-model", "mobilenet", flag, value])
     assert exit_code.value.code == 2 and message in capsys.readouterr().err
 
 
@@ -264,15 +270,15 @@ def test_results_table_that_is_not_one_is_refused_and_a_missing_newline_is_mende
     foreign = tmp_path / "grades.csv"
     foreign.write_text("student,grade\nann,A\n")
     with pytest.raises(UserError, match="not a results table"):
-        train_common.check_results_table(foreign)
+        check_results_table(foreign)
     assert foreign.read_text() == "student,grade\nann,A\n"
     table = tmp_path / "results.csv"
     table.write_text("dataset,model,top1\ndigits,a,90.0")  # an older table, last line without its newline
-    train_common.append_result({"dataset": "digits", "model": "b", "top1": 80.0}, table)
+    append_result({"dataset": "digits", "model": "b", "top1": 80.0}, table)
     assert pd.read_csv(table).to_dict("list") == {"dataset": ["digits", "digits"], "model": ["a", "b"],
                                                   "top1": [90.0, 80.0]}  # fmt: skip
     with pytest.raises(UserError, match="cannot be written"):
-        train_common.check_results_table(foreign / "results.csv")  # under a file
+        check_results_table(foreign / "results.csv")  # under a file
 
 
 @pytest.mark.parametrize(
@@ -345,10 +351,11 @@ def test_eval_only_refuses_another_split_another_class_order_and_plain_state_dic
 
 def resume_file(folder: Path, spec, args: argparse.Namespace) -> None:
     """The checkpoint.pt a run killed after its first epoch would have left, for `args` on the data as it is now."""
-    catalog, samples = train_common.load_splits(spec, args)
+    data = data_config(spec, args)
+    catalog, samples = load_splits(spec, data)
     folder.mkdir(parents=True)
-    identity = train_common.split_identity(spec, args, catalog, samples)
-    config = json.dumps(train_common.run_config(args))
+    identity = split_identity(spec, data, catalog, samples)
+    config = json.dumps(run_config(args))
     torch.save({"config": config, "identity": identity}, folder / "checkpoint.pt")
 
 
@@ -376,7 +383,7 @@ def test_the_test_split_is_read_once_on_the_chosen_checkpoint_and_never_for_sele
     predict, recompute, fit_temperature = (
         train_common.predict,
         train_common.recompute_bn_stats,
-        train_common.fit_temperature,
+        finetune.fit_temperature,
     )
 
     def which(loader) -> str:
@@ -400,20 +407,20 @@ def test_the_test_split_is_read_once_on_the_chosen_checkpoint_and_never_for_sele
         events.append(("temperature", labels.tolist()))
         return fit_temperature(logits, labels)
 
-    original_load_splits = train_common.load_splits
+    original_load_splits = finetune.load_splits
 
-    def load_splits(spec, args):
-        catalog, samples = original_load_splits(spec, args)
+    def watched_load_splits(spec, data):
+        catalog, samples = original_load_splits(spec, data)
         split_of.update(zip(samples["sample"], samples["split"], strict=True))
         return catalog, samples
 
-    monkeypatch.setattr(train_common, "load_splits", load_splits)
+    monkeypatch.setattr(finetune, "load_splits", watched_load_splits)
     monkeypatch.setattr(train_common, "predict", watched_predict)
     monkeypatch.setattr(train_common, "recompute_bn_stats", watched_recompute)
-    monkeypatch.setattr(train_common, "fit_temperature", watched_temperature)
+    monkeypatch.setattr(finetune, "fit_temperature", watched_temperature)
     argv = [*FAST, "-bs", "64", "--max-epochs", "2", "--patience", "2", "--out", str(out),
             "--results", str(tmp_path / "r.csv")]  # fmt: skip
-    result = train_common.main(digits.SPEC, argv)
+    result = finetune.main(digits.SPEC, argv)
     epochs = result["epochs"]
     predicted = [split for kind, split in events if kind == "predict"]
     assert predicted.count("test") == 1 and predicted[-1] == "test"  # once, after everything else

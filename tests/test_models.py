@@ -11,7 +11,7 @@ import models
 from conftest import plant_imagenet_weights
 from errors import UserError
 
-# Aliases from design.md's table.
+# The aliases the README's backbone table lists.
 ALIASES = {
     "resnet": "resnet50",
     "convnext": "convnext_tiny",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import math
 from types import SimpleNamespace
 
@@ -11,19 +12,22 @@ import torch
 from torch import nn
 from torchvision.transforms import v2
 
-import train_common
 from conftest import finished_run, run_script
 from datasets import breakhis, cifar10, digits, flowers102
 from formats import make_breakhis, make_cifar10, make_flowers102
+from loading import DataConfig, load_splits, split_batches
+from options import apply_protocol_defaults, build_parser, data_config, paper_recipe
 from pipeline import sample_seeds
+from runtime import make_precision
+from train_common import evaluate
 
 PAPER = ["--protocol", "paper", "--no-download", "--workers", "0", "--cache", "off"]
 
 
-def parsed(spec, *argv):
-    args = train_common.build_parser(spec).parse_args(["-model", "mobilenet_v3_large", "--seed", "0", *map(str, argv)])
-    train_common.apply_protocol_defaults(spec, args)
-    return args
+def parsed(spec, *argv) -> tuple[argparse.Namespace, DataConfig]:
+    args = build_parser(spec).parse_args(["-model", "mobilenet_v3_large", "--seed", "0", *map(str, argv)])
+    apply_protocol_defaults(spec, args)
+    return args, data_config(spec, args)
 
 
 def test_cifar10_trains_as_the_original_script(tmp_path):
@@ -69,12 +73,12 @@ def test_digits_keeps_the_first_of_equal_epochs_and_runs_both_phases(tmp_path):
 
 def test_the_original_pipeline_normalises_train_and_test_apart_and_augments_before_the_resize(tmp_path):
     make_cifar10(tmp_path / "data", per_batch=4, test=6)
-    args = parsed(cifar10.SPEC, "--data", tmp_path / "data", *PAPER, "--image-size", "48", "-bs", "4")
-    catalog, samples = train_common.load_splits(cifar10.SPEC, args)
-    precision = train_common.make_precision(torch.device("cpu"))
+    args, data = parsed(cifar10.SPEC, "--data", tmp_path / "data", *PAPER, "--image-size", "48", "-bs", "4")
+    catalog, samples = load_splits(cifar10.SPEC, data)
+    precision = make_precision(torch.device("cpu"))
     batches = {
-        split: train_common.split_batches(
-            cifar10.SPEC, args, catalog, samples, split, precision, split == "train", (None, None)
+        split: split_batches(
+            cifar10.SPEC, data, catalog, samples, split, precision, split == "train", (None, None)
         )  # fmt: skip
         for split in ("train", "test")
     }
@@ -96,21 +100,21 @@ def test_the_original_pipeline_normalises_train_and_test_apart_and_augments_befo
 
 def test_flowers_trains_on_the_official_train_split_alone_with_augmentation_after_the_resize(tmp_path):
     make_flowers102(tmp_path / "data", classes=3, per_split=2)
-    args = parsed(flowers102.SPEC, "--data", tmp_path / "data", *PAPER)
+    args, data = parsed(flowers102.SPEC, "--data", tmp_path / "data", *PAPER)
     assert (args.patience, args.sgd_patience) == (20, 20)
-    catalog, samples = train_common.load_splits(flowers102.SPEC, args)
+    catalog, samples = load_splits(flowers102.SPEC, data)
     assert samples["split"].value_counts().to_dict() == {"train": 6, "unused": 6, "test": 6}  # official val unused
-    precision = train_common.make_precision(torch.device("cpu"))
+    precision = make_precision(torch.device("cpu"))
     no_cache = (None, None)
-    batches = train_common.split_batches(flowers102.SPEC, args, catalog, samples, "train", precision, True, no_cache)
+    batches = split_batches(flowers102.SPEC, data, catalog, samples, "train", precision, True, no_cache)
     assert batches.trivial_augment is not None and not batches.flip
     assert batches.loader.dataset.augment_first is None
 
 
 def test_breakhis_is_split_image_by_image_under_paper_and_says_that_it_leaks(tmp_path, capsys):
     make_breakhis(tmp_path / "data", per_patient=3)
-    args = parsed(breakhis.SPEC, "--data", tmp_path / "data", *PAPER, "-mag", "400")
-    _, samples = train_common.load_splits(breakhis.SPEC, args)
+    _, data = parsed(breakhis.SPEC, "--data", tmp_path / "data", *PAPER, "-mag", "400")
+    _, samples = load_splits(breakhis.SPEC, data)
     assert "image by image" in capsys.readouterr().err
     patients = samples["sample"].map(lambda s: breakhis.patient_of(s.split("/")[-3]))
     assert (samples.assign(patient=patients).groupby("patient")["split"].nunique() > 1).any()  # it does leak
@@ -121,16 +125,16 @@ def test_breakhis_is_split_image_by_image_under_paper_and_says_that_it_leaks(tmp
 
 
 def test_protocol_defaults_are_the_projects_outside_paper():
-    args = parsed(digits.SPEC)
+    args, data = parsed(digits.SPEC)
     assert (args.patience, args.sgd_patience, args.lr, args.bn_images) == (10, 10, 1e-3, 2048)
-    assert train_common.paper_recipe(digits.SPEC, args) is None
+    assert data.paper is None and paper_recipe(digits.SPEC, args) is None
 
 
 def test_top1_is_averaged_over_batches_as_the_original_does():
     logits = torch.eye(3)[[0, 1, 2, 0, 0, 0, 2]]  # predicted classes 0 1 2 0 0 0 2
     labels = torch.tensor([0, 1, 0, 1, 1, 1, 2])  # hits: 1 1 0 | 0 0 0 | 1
     loader = Batches([(logits[i : i + 3], labels[i : i + 3]) for i in range(0, 7, 3)], batch_size=3)
-    result = train_common.evaluate(nn.Identity(), loader, train_common.make_precision(torch.device("cpu")), "t")
+    result = evaluate(nn.Identity(), loader, make_precision(torch.device("cpu")), "t")
     assert result.batch_top1 == pytest.approx(100 * (2 / 3 + 0 + 1) / 3)
     assert result.top1 == pytest.approx(100 * 3 / 7)
 

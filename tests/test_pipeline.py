@@ -22,7 +22,7 @@ from datasets.base import class_folder_catalog
 from errors import UserError
 from formats import make_cifar10
 from pipeline import DeviceBatches, SplitImages, cached_images, decode, sample_seeds
-from train_common import make_precision
+from runtime import make_precision
 
 SIZE = (24, 20)
 
@@ -111,7 +111,7 @@ def test_a_killed_build_is_never_taken_for_a_complete_one(folder, tmp_path):
         time.sleep(0.05)
     time.sleep(0.5)  # a few images into the file
     builder.send_signal(signal.SIGKILL)
-    builder.wait()
+    builder.wait(timeout=60)
     [partial] = list(images.glob("*.tmp"))
     assert not list(images.glob("*.npy"))
     path, rows = cached_images("mine", folder.read, ids, SIZE, "disk", 0, lambda line: None)

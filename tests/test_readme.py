@@ -7,14 +7,9 @@ import re
 import pytest
 
 import datasets
-from conftest import ROOT, run_script
+from conftest import ROOT, quick_start_commands, run_script
 
 README = (ROOT / "README.md").read_text()
-
-
-def quick_start_commands() -> list[str]:
-    section = README.split("## Quick start", 1)[1].split("\n## ", 1)[0]
-    return re.findall(r"```bash\n(.+?)\n```", section)
 
 
 def test_quick_start_is_exactly_two_commands_and_ci_runs_the_second():
@@ -26,7 +21,16 @@ def test_quick_start_is_exactly_two_commands_and_ci_runs_the_second():
     assert "grep -m1 '^pip install -r requirements-dev.txt' README.md" in (ROOT / ".ci" / "run").read_text()
 
 
-SCRIPTS = sorted(p.name for p in ROOT.glob("*.py") if "from train_common import run" in p.read_text())
+@pytest.mark.slow
+def test_the_quick_start_prints_the_accuracy_it_promises(digits_run):
+    _, metrics, result = digits_run
+    promise = re.search(r"prints\s+`Top-1 accuracy: (\d)x\.xx%`", README).group(1)  # 'prints Top-1 accuracy: 9x.xx%'
+    last = result.stdout.strip().splitlines()[-1]
+    assert re.fullmatch(rf"Top-1 accuracy: {promise}\d\.\d\d%", last), last
+    assert metrics["config"]["max_epochs"] == 5 and metrics["weights"] == "none"
+
+
+SCRIPTS = sorted(p.name for p in ROOT.glob("*.py") if "from finetune import run" in p.read_text())
 
 
 def test_every_dataset_script_has_a_row_in_the_dataset_table():
@@ -46,10 +50,10 @@ def missing_from_readme(flags: set[str]) -> list[str]:
 
 @pytest.mark.parametrize("script", SCRIPTS)
 def test_every_flag_of_every_dataset_script_is_in_the_readme(script):
-    import train_common
+    import options
 
     spec = datasets.spec(script.removesuffix(".py"))
-    assert missing_from_readme(documented_flags(train_common.build_parser(spec).format_help())) == []
+    assert missing_from_readme(documented_flags(options.build_parser(spec).format_help())) == []
 
 
 @pytest.mark.parametrize("script", ["split.py", "report.py", "rank.py", "sweep.py", "bench.py"])

@@ -213,16 +213,17 @@ def test_random_state_is_the_originals_name_for_the_seed(tmp_path):
 
 @pytest.mark.parametrize("dataset", ["imagefolder", "plantvillage", "ucmerced", "eurosat"])
 def test_datasets_carve_their_test_split_with_the_originals_count(tmp_path, dataset):
-    import train_common
     from datasets import spec
+    from loading import load_splits
+    from options import build_parser, data_config
 
     layout = {"ucmerced": "UCMerced_LandUse/Images", "eurosat": "eurosat/2750"}.get(dataset, "")  # published layouts
     make_class_folders(tmp_path / "data" / layout, AWKWARD)
     dataset_spec = spec(dataset)
     flags = ["-model", "x", "--data", str(tmp_path / "data"), "--val-fraction", "0", "--no-download"]
-    args = train_common.build_parser(dataset_spec).parse_args(flags)
+    args = build_parser(dataset_spec).parse_args(flags)
     args.seed = 0
-    catalog, samples = train_common.load_splits(dataset_spec, args)
+    catalog, samples = load_splits(dataset_spec, data_config(dataset_spec, args))
     tests = samples[samples["split"] == "test"].groupby("label").size()
     for label, name in enumerate(catalog.classes):
         assert tests.get(label, 0) == sklearn_counts(AWKWARD[name], dataset_spec.test_fraction)[2], name
@@ -244,14 +245,13 @@ def test_galaxy10_holds_out_ten_percent_of_the_whole_set():
 
 
 def test_a_breakhis_patient_number_never_straddles_the_split(tmp_path):
-    import argparse
-
     from datasets import breakhis
+    from datasets.base import ReadOptions
     from formats import make_breakhis
 
     make_breakhis(tmp_path / "data", per_patient=2)
     for mag in (40, 400):
-        catalog = breakhis.catalog(tmp_path / "data", argparse.Namespace(mag=mag, download=False))
+        catalog = breakhis.catalog(tmp_path / "data", ReadOptions(download=False, own={"mag": mag}))
         assert set(catalog.samples["group"]) == {"14-22549", "14-9133", "14-21998", "14-3411", "14-13412", "14-13418",
                                                  "14-9146", "14-2523"}  # fmt: skip
         for seed in range(20):

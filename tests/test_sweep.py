@@ -35,7 +35,7 @@ def test_a_killed_sweep_resumes_without_repeating_or_losing_runs(tmp_path):
     while not (Path(interrupted) / "log.txt").exists() and time.monotonic() < deadline:
         time.sleep(0.1)
     os.killpg(process.pid, signal.SIGKILL)  # the sweep and the run it had started
-    process.wait()
+    process.wait(timeout=60)
     done_before = {p.parent: p.stat().st_mtime_ns for p in out.rglob("metrics.json")}
     assert len(done_before) == 3
 
@@ -102,14 +102,17 @@ def test_sweep_flags_that_would_clash_are_refused(tmp_path):
 
 
 def test_a_run_folder_of_another_configuration_is_never_reused(tmp_path):
-    import train_common
     from datasets import digits
+    from options import apply_protocol_defaults, build_parser
+    from runfiles import run_config
 
     out = tmp_path / "sweep"
     folder = out / "digits" / "mobilenet_v3_large" / "full" / "s0"
     folder.mkdir(parents=True)
     started = ["-model", "mobilenet_v3_large", "--seed", "0", *RUN_FLAGS, "--out", str(folder)]
-    config = train_common.run_config(train_common.build_parser(digits.SPEC).parse_args(started))
+    command = build_parser(digits.SPEC).parse_args(started)
+    apply_protocol_defaults(digits.SPEC, command)
+    config = run_config(command)
     (folder / "config.json").write_text(json.dumps({"config": config}))  # as a run writes it when it starts
     common = ["--models", "mobilenet", "--datasets", "digits", "--out", out, "--dry-run", "--"]
     same = run_script("sweep.py", *common, *RUN_FLAGS)

@@ -1,0 +1,90 @@
+"""The run record, defined once: what a finished run's `metrics.json` must hold, which of it the results table
+carries, the scores a comparison averages, and which configuration keys only say where or how a run happened.
+The writer (`finetune.py`), `report.py`, `rank.py` and the tests all read it from here."""
+
+from __future__ import annotations
+
+# the results table, one row a finished run
+RESULT_COLUMNS = (
+    "finished",
+    "dataset",
+    "model",
+    "weights",
+    "protocol",
+    "seed",
+    "image_size",
+    "num_classes",
+    "n_train",
+    "n_val",
+    "n_test",
+    "train_fraction",
+    "shots",
+    "finetune",
+    "top1",
+    "top5",
+    "balanced_accuracy",
+    "macro_f1",
+    "nll",
+    "ece",
+    "epochs",
+    "train_seconds",
+    "params",
+    "gflops",
+    "latency_ms_batch1",
+    "device",
+    "out",
+)
+
+# what report.py needs of a metrics.json (a run without one of these is listed as unreadable and skipped)
+REQUIRED = (
+    "dataset",
+    "dataset_options",
+    "dataset_fingerprint",
+    "domain",
+    "model",
+    "weights",
+    "seed",
+    "protocol",
+    "image_size",
+    "default_image_size",
+    "n_train",
+    "n_val",
+    "n_test",
+    "top1",
+    "top5",
+    "balanced_accuracy",
+    "macro_f1",
+    "nll",
+    "brier",
+    "ece",
+    "ece_temperature_scaled",
+    "params",
+    "gflops",
+    "latency_ms_batch1",
+    "throughput_images_per_s",
+    "train_seconds",
+    "peak_memory_mb",
+    "config",
+    "finished",
+)
+
+# (column, heading, decimals); every one is averaged over seeds
+METRICS = (
+    ("top1", "top-1 %", 2),
+    ("top5", "top-5 %", 2),
+    ("balanced_accuracy", "balanced %", 2),
+    ("macro_f1", "macro-F1 %", 2),
+    ("nll", "NLL", 4),
+    ("brier", "Brier", 4),
+    ("ece", "ECE", 4),
+    ("ece_temperature_scaled", "ECE after T", 4),
+    ("gflops", "GFLOPs", 3),
+    ("latency_ms_batch1", "latency ms", 1),
+    ("throughput_images_per_s", "img/s", 0),
+    ("train_seconds", "train s", 0),
+    ("peak_memory_mb", "peak MB", 0),
+)
+
+# configuration keys that say where a run's files are, or how it was computed, not what it measured: resuming may
+# change them, and comparisons ignore them
+WHERE_AND_HOW = frozenset({"resume", "workers", "cache", "device", "results", "download", "data", "out"})
