@@ -73,11 +73,11 @@ class Prepared:
     args: argparse.Namespace
     data: DataConfig
     model_name: str
+    weights: models.Weights
     precision: Precision
     catalog: Catalog
     samples: pd.DataFrame
     identity: dict
-    checkpoint_meta: dict
 
     def count(self, split: str) -> int:
         return int((self.samples["split"] == split).sum())
@@ -131,15 +131,13 @@ def prepare(spec: DatasetSpec, argv: list[str] | None) -> Prepared:
     model_name = models.resolve_name(args.model)
     if not args.eval_only:
         check_results_table(args.results)
-    checkpoint_meta = {}
-    if args.eval_only:
-        if args.weights in ("imagenet", "none"):
-            raise UserError(
-                "--eval-only evaluates a trained checkpoint: pass it with --weights FILE (e.g. runs/<run>/best.pt)."
-            )
-        checkpoint_meta = models.load_checkpoint(Path(args.weights)).get("meta", {})
+    if args.eval_only and args.weights in ("imagenet", "none"):
+        raise UserError(
+            "--eval-only evaluates a trained checkpoint: pass it with --weights FILE (e.g. runs/<run>/best.pt)."
+        )
+    weights = models.Weights.parse(args.weights)  # a file is read here, once
     if args.seed is None:
-        args.seed = int(checkpoint_meta.get("seed", 0))
+        args.seed = int(weights.meta.get("seed", 0))
     models.check_input_size(model_name, args.image_size)
     seed_everything(args.seed)
     start_distributed(args.device)
@@ -149,8 +147,8 @@ def prepare(spec: DatasetSpec, argv: list[str] | None) -> Prepared:
     catalog, samples = load_splits(spec, data)
     check_out_folder(args.out, args.data, catalog)
     job = Prepared(
-        spec, args, data, model_name, make_precision(device), catalog, samples,
-        split_identity(spec, data, catalog, samples), checkpoint_meta,
+        spec, args, data, model_name, weights, make_precision(device), catalog, samples,
+        split_identity(spec, data, catalog, samples),
     )  # fmt: skip
     check_prepared(job)
     return job
@@ -158,7 +156,7 @@ def prepare(spec: DatasetSpec, argv: list[str] | None) -> Prepared:
 
 def check_prepared(job: Prepared) -> None:
     """A checkpoint for other classes or another split, or a split left empty, stops the run here."""
-    spec, args, meta = job.spec, job.args, job.checkpoint_meta
+    spec, args, meta = job.spec, job.args, job.weights.meta
     num_classes = len(job.catalog.classes)
     trained_for = meta.get("num_classes", num_classes)
     if trained_for != num_classes:
@@ -180,7 +178,7 @@ def check_prepared(job: Prepared) -> None:
 def build_model(job: Prepared) -> tuple[Trainee, int]:
     """The backbone with its new head on the device, and its parameter count."""
     args, device = job.args, job.precision.device
-    model = models.create_model(job.model_name, len(job.catalog.classes), args.weights)
+    model = models.create_model(job.model_name, len(job.catalog.classes), job.weights)
     if args.finetune == "head":
         models.freeze_all_but_head(model, job.model_name)
     params = sum(p.numel() for p in model.parameters())
@@ -366,7 +364,7 @@ def report(job: Prepared, test, metrics: dict, temperature: float | None, log) -
         + (f" ({metrics['ece_temperature_scaled']:.4f} at T={temperature:.3f})" if temperature else "")
         + f" | {metrics['gflops']:.2f} GFLOPs, {metrics['latency_ms_batch1']:.1f} ms at batch 1, "
         f"{metrics['throughput_images_per_s']:.0f} img/s at batch {job.args.bs}, peak memory "
-        f"{metrics['peak_memory_mb']:.0f} MB"
+        + (f"{metrics['peak_memory_mb']:.0f} MB" if metrics["peak_memory_mb"] is not None else "not measurable here")
     )
     log(f"{metrics['epochs']} epochs in {metrics['train_seconds']:.0f}s; files in {metrics['out']}")
     if job.data.paper is not None:

@@ -6,7 +6,6 @@ temperature scaling) are checked against independent computations in tests/test_
 
 from __future__ import annotations
 
-import resource
 import sys
 import time
 import warnings
@@ -160,9 +159,14 @@ def speed(model: torch.nn.Module, image_size: tuple[int, int], batch_size: int, 
     return {"latency_ms_batch1": 1000 * timed(1), "throughput_images_per_s": batch_size / timed(batch_size)}
 
 
-def peak_memory_mb(device: torch.device) -> tuple[float, str]:
-    """The accelerator's peak allocated memory on CUDA, else the process's peak resident memory."""
+def peak_memory_mb(device: torch.device) -> tuple[float | None, str]:
+    """The accelerator's peak allocated memory on CUDA, else the process's peak resident memory where the platform
+    reports it (not on Windows: None, 'unavailable')."""
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20, "cuda peak allocated"
+    try:
+        import resource  # Unix only
+    except ImportError:
+        return None, "unavailable"
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # kilobytes on Linux, bytes on macOS
     return rss / (2**20 if sys.platform == "darwin" else 2**10), "peak resident (process)"

@@ -9,7 +9,6 @@ however many workers feed it.
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import json
 import shutil
@@ -18,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from filelock import FileLock
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from torchvision.transforms import v2
@@ -108,8 +108,7 @@ def cached_images(
     folder = cache_dir() / "images"
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"{label.replace('/', '_')}-{height}x{width}-{key}.npy"
-    with open(folder / f"{path.stem}.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # another process building the same file: wait for it
+    with FileLock(folder / f"{path.stem}.lock"):  # another process building the same file: wait for it
         if path.exists() and not _intact(path, (len(ids), 3, height, width)):
             log(f"The image cache {path} is damaged (truncated or overwritten); rebuilding it.")
             path.unlink()

@@ -94,7 +94,7 @@ def extract(
     """{split: (features, source-class probabilities or None, labels)} for train and val, from the cache when
     the same weights already saw the same images at the same size. `images()` gives the decoded-image cache."""
     seed_everything(args.seed)  # random-init weights are reproducible
-    model, classifier = models.create_feature_extractor(name, args.weights)
+    model, classifier = models.create_feature_extractor(name, models.Weights.parse(args.weights))
     weights = fingerprint(model, classifier)
     device = resolve_device(args.device)
     precision = make_precision(device)

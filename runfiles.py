@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import csv
 import errno
-import fcntl
+import hashlib
 import json
 import os
 import platform
@@ -15,8 +15,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from filelock import FileLock
 
-from datasets.base import atomic_write
+from datasets.base import atomic_write, cache_dir
 from errors import UserError
 from loading import identity_differences
 from record import RESULT_COLUMNS, WHERE_AND_HOW
@@ -107,8 +108,10 @@ def append_result(row: dict, table: Path) -> None:
     table keeps its own columns; a file whose last line lacks its newline gets one first."""
     check_results_table(table)
     table.parent.mkdir(parents=True, exist_ok=True)
-    with open(table, "a+", newline="") as file:
-        fcntl.flock(file, fcntl.LOCK_EX)
+    locks = cache_dir() / "locks"  # not beside the table: the user's folder stays as they left it
+    locks.mkdir(parents=True, exist_ok=True)
+    lock = locks / f"{hashlib.sha1(str(table.resolve()).encode()).hexdigest()[:16]}.lock"
+    with FileLock(lock), open(table, "a+", newline="") as file:
         file.seek(0)
         header = next(csv.reader(file), None)
         writer = csv.DictWriter(file, fieldnames=header or RESULT_COLUMNS, extrasaction="ignore")

@@ -78,7 +78,7 @@ def read_run(folder: Path) -> tuple[dict | None, str]:
     return run, ""
 
 
-OPTIONAL_NUMBERS = {"top5", "ece_temperature_scaled"}  # None where not applicable
+OPTIONAL_NUMBERS = {"top5", "ece_temperature_scaled", "peak_memory_mb"}  # None where not applicable or measurable
 
 
 def malformed(run: dict) -> str:

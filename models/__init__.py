@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -89,7 +89,33 @@ def input_multiple(name: str) -> int:
     return 1 if name.startswith(TIMM_PREFIX) else BACKBONES[name].input_multiple
 
 
-def create_model(name: str, num_classes: int, weights: str = "imagenet") -> nn.Module:
+@dataclass(frozen=True)
+class Weights:
+    """What --weights names, read once: 'imagenet', 'none' (random init), or a checkpoint FILE with what this tool
+    recorded beside the weights (`meta`: dataset, classes, seed, split)."""
+
+    kind: str  # 'imagenet', 'none' or 'file'
+    path: Path | None = None
+    checkpoint: dict = field(default_factory=dict, compare=False, repr=False)
+
+    @classmethod
+    def parse(cls, weights: str | Weights) -> Weights:
+        if isinstance(weights, Weights):
+            return weights
+        if weights in ("imagenet", "none"):
+            return cls(weights)
+        return cls("file", Path(weights), load_checkpoint(Path(weights)))
+
+    @property
+    def meta(self) -> dict:
+        meta = self.checkpoint.get("meta", {})
+        return meta if isinstance(meta, dict) else {}
+
+    def __str__(self) -> str:
+        return str(self.path) if self.kind == "file" else self.kind
+
+
+def create_model(name: str, num_classes: int, weights: str | Weights = "imagenet") -> nn.Module:
     """Build backbone `name` with a `num_classes`-way head.
 
     `weights` is "imagenet" (pretrained ImageNet-1k), "none" (random init), or the path of a checkpoint written by
@@ -97,17 +123,17 @@ def create_model(name: str, num_classes: int, weights: str = "imagenet") -> nn.M
     """
     if num_classes < 1:
         raise UserError(f"num_classes must be at least 1, got {num_classes}.")
-    return _build(resolve_name(name), weights, num_classes)[0]
+    return _build(resolve_name(name), Weights.parse(weights), num_classes)[0]
 
 
-def create_feature_extractor(name: str, weights: str = "imagenet") -> tuple[nn.Module, nn.Module | None]:
+def create_feature_extractor(name: str, weights: str | Weights = "imagenet") -> tuple[nn.Module, nn.Module | None]:
     """The backbone returning its penultimate features (its classifier replaced by the identity), and that
     classifier: ImageNet's for "imagenet", the checkpoint's own for a FILE written by this tool, None for random
     weights (a random head predicts nothing)."""
-    name = resolve_name(name)
+    name, weights = resolve_name(name), Weights.parse(weights)
     num_classes = None
-    if weights not in ("imagenet", "none"):
-        num_classes = load_checkpoint(Path(weights)).get("meta", {}).get("num_classes")
+    if weights.kind == "file":
+        num_classes = weights.meta.get("num_classes")
         if num_classes is None:
             raise UserError(
                 f"--weights {weights} does not record its number of classes (no 'meta' written by this tool): "
@@ -116,7 +142,7 @@ def create_feature_extractor(name: str, weights: str = "imagenet") -> tuple[nn.M
     model, head = _build(name, weights, num_classes)
     classifier = model.get_submodule(head)
     _set_submodule(model, head, nn.Identity())
-    return model, None if weights == "none" else classifier
+    return model, None if weights.kind == "none" else classifier
 
 
 def freeze_all_but_head(model: nn.Module, name: str) -> None:
@@ -127,19 +153,19 @@ def freeze_all_but_head(model: nn.Module, name: str) -> None:
         parameter.requires_grad = key.startswith(head + ".")
 
 
-def _build(name: str, weights: str, num_classes: int | None) -> tuple[nn.Module, str]:
+def _build(name: str, weights: Weights, num_classes: int | None) -> tuple[nn.Module, str]:
     """(model, dotted path of its classifier); `num_classes` None keeps the architecture's 1000-class head."""
     if name.startswith(TIMM_PREFIX):
-        model, head = _create_timm(name[len(TIMM_PREFIX) :], num_classes, weights == "imagenet")
+        model, head = _create_timm(name[len(TIMM_PREFIX) :], num_classes, weights.kind == "imagenet")
     else:
         entry = BACKBONES[name]
-        model = _build_imagenet(name, entry) if weights == "imagenet" else entry.builder()
+        model = _build_imagenet(name, entry) if weights.kind == "imagenet" else entry.builder()
         head = entry.head
         if num_classes is not None:
             old = model.get_submodule(head)
             _set_submodule(model, head, nn.Linear(old.in_features, num_classes))
-    if weights not in ("imagenet", "none"):
-        load_weights_file(model, Path(weights), head)
+    if weights.kind == "file":
+        load_weights_file(model, weights, head)
     return model, head
 
 
@@ -216,10 +242,11 @@ def load_checkpoint(path: Path) -> dict:
     return checkpoint if isinstance(checkpoint, dict) else {}
 
 
-def load_weights_file(model: nn.Module, path: Path, head: str) -> None:
+def load_weights_file(model: nn.Module, weights: Weights, head: str) -> None:
     """Load a checkpoint into `model`; a head of another class count is skipped (fine-tuning a new task)."""
+    path = weights.path
     try:
-        state = _unwrap_state_dict(load_checkpoint(path))
+        state = _unwrap_state_dict(weights.checkpoint)
     except ValueError as err:
         raise UserError(
             f"Weights file {path}: {err}. Expected a checkpoint written by this tool or a state dict."
