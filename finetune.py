@@ -34,6 +34,7 @@ from loading import (
     load_splits,
     split_batches,
     split_identity,
+    warn_on_stderr,
 )
 from metrics import fit_temperature, gflops, peak_memory_mb, quality, reliability_diagram, speed
 from options import apply_protocol_defaults, build_parser, data_config, train_config
@@ -85,9 +86,12 @@ class Prepared:
 
 def main(spec: DatasetSpec, argv: list[str] | None = None) -> dict:
     """Fine-tune (or with --eval-only, evaluate) one backbone on one dataset; returns the metrics written."""
-    job = prepare(spec, argv)
+    warned: list[str] = []  # shown at once, and kept in log.txt once the run folder exists
+    job = prepare(spec, argv, warned)
     trainee, params = build_model(job)
     out, log, resumed = open_run_folder(job, params, argv)
+    for message in warned:
+        log.to_file(f"warning: {message}")
     cache = image_cache(spec, job.data, job.catalog, job.samples, log, cached_splits(job.data, not job.args.eval_only))
 
     def loader(split: str, train: bool = False) -> DeviceBatches:
@@ -123,7 +127,7 @@ def main(spec: DatasetSpec, argv: list[str] | None = None) -> dict:
     return metrics
 
 
-def prepare(spec: DatasetSpec, argv: list[str] | None) -> Prepared:
+def prepare(spec: DatasetSpec, argv: list[str] | None, warned: list[str] | None = None) -> Prepared:
     """Parse and check everything a run needs before it touches a model: the flags, the checkpoint to evaluate,
     the device, the data and its split."""
     args = build_parser(spec).parse_args(argv)
@@ -144,7 +148,13 @@ def prepare(spec: DatasetSpec, argv: list[str] | None) -> Prepared:
     device = resolve_device(args.device)
     check_memory(args.bs, args.image_size, device)
     data = data_config(spec, args)
-    catalog, samples = load_splits(spec, data)
+
+    def warn(message: str) -> None:
+        warn_on_stderr(message)
+        if warned is not None:
+            warned.append(message)
+
+    catalog, samples = load_splits(spec, data, warn)
     check_out_folder(args.out, args.data, catalog)
     job = Prepared(
         spec, args, data, model_name, weights, make_precision(device), catalog, samples,
@@ -351,7 +361,8 @@ def write_outputs(job: Prepared, test, scores: dict, metrics: dict, out: Path) -
     write_json(metrics, out / "metrics.json")
     (out / RESUME_FILE).unlink(missing_ok=True)  # finished: best.pt is what is worth keeping
     if not job.args.eval_only:
-        append_result({**metrics, "image_size": "x".join(map(str, job.args.image_size))}, job.args.results)
+        size = "x".join(map(str, job.args.image_size))
+        append_result({**metrics["config"], **metrics, "image_size": size}, job.args.results)  # with its recipe
 
 
 def report(job: Prepared, test, metrics: dict, temperature: float | None, log) -> None:

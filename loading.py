@@ -60,8 +60,10 @@ class DataConfig:
         return ReadOptions(self.download, self.own)
 
 
-def load_splits(spec: DatasetSpec, config: DataConfig) -> tuple[Catalog, pd.DataFrame]:
-    """Read the dataset and give every sample its split; a missing or mis-laid-out dataset is a `UserError`."""
+def load_splits(spec: DatasetSpec, config: DataConfig, warn=None) -> tuple[Catalog, pd.DataFrame]:
+    """Read the dataset and give every sample its split; a missing or mis-laid-out dataset is a `UserError`.
+    What the user should know about the data goes to `warn` (default: standard error)."""
+    warn = warn or warn_on_stderr
     if config.data.exists() and not config.data.is_dir():
         raise UserError(f"--data {config.data} is a file; it must be the folder the dataset was extracted into.")
     try:
@@ -89,15 +91,15 @@ def load_splits(spec: DatasetSpec, config: DataConfig) -> tuple[Catalog, pd.Data
             pool["label"], catalog.classes, config.seed, config.train_fraction, config.shots
         )
     samples = assign_splits(samples, test_fraction, val_fraction, config.seed, subset, spec.test_over_whole_set)
-    warn_about_classes(spec, config, catalog, samples)
+    warn_about_classes(spec, config, catalog, samples, warn)
     return catalog, samples
 
 
-def warn(message: str) -> None:
+def warn_on_stderr(message: str) -> None:
     print(f"warning: {message}", file=sys.stderr)
 
 
-def warn_about_classes(spec: DatasetSpec, config: DataConfig, catalog: Catalog, samples: pd.DataFrame) -> None:
+def warn_about_classes(spec: DatasetSpec, config: DataConfig, catalog: Catalog, samples: pd.DataFrame, warn) -> None:
     tested, present = set(samples.loc[samples["split"] == "test", "label"]), set(samples["label"])
     untested = [name for label, name in enumerate(catalog.classes) if label in present - tested]
     if untested:

@@ -218,6 +218,13 @@ def add_run_arguments(group) -> None:
     add = group.add_argument
     add("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
     add("--workers", type=non_negative_int, default=min(4, os.cpu_count() or 1), help="data-loading processes")
+    add(
+        "--log-every",
+        type=positive_float,
+        default=30.0,
+        help="when the output is not a terminal (sweeps, Slurm, nohup): seconds between progress lines with "
+        "images/s, loss and the time left (a terminal shows a progress bar)",
+    )
     add("--eval-only", action="store_true", help="evaluate --weights FILE on the test split without training")
     add("--out", type=Path, default=None, help="this run's folder (default: a new folder under runs/)")
     add(
@@ -268,6 +275,7 @@ def train_config(spec: DatasetSpec, args: argparse.Namespace) -> TrainConfig:
         max_epochs=args.max_epochs,
         bn_images=args.bn_images,
         paper=paper_recipe(spec, args),
+        log_every=args.log_every,
     )
 
 

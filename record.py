@@ -20,6 +20,13 @@ RESULT_COLUMNS = (
     "train_fraction",
     "shots",
     "finetune",
+    "bs",
+    "lr",
+    "sgd_lr",
+    "weight_decay",
+    "max_epochs",
+    "patience",
+    "sgd_patience",
     "top1",
     "top5",
     "balanced_accuracy",
@@ -87,4 +94,4 @@ METRICS = (
 
 # configuration keys that say where a run's files are, or how it was computed, not what it measured: resuming may
 # change them, and comparisons ignore them
-WHERE_AND_HOW = frozenset({"resume", "workers", "cache", "device", "results", "download", "data", "out"})
+WHERE_AND_HOW = frozenset({"resume", "workers", "cache", "device", "results", "download", "data", "out", "log_every"})

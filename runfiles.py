@@ -14,6 +14,7 @@ from datetime import datetime
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import torch
 from filelock import FileLock
 
@@ -33,11 +34,15 @@ class RunLog:
         self.path = path
 
     def __call__(self, line: str) -> None:
-        if not is_main():
-            return
-        print(line, flush=True)
-        with open(self.path, "a") as file:
-            file.write(line + "\n")
+        if is_main():
+            print(line, flush=True)
+            self.to_file(line)
+
+    def to_file(self, line: str) -> None:
+        """Into the log file only (a line already shown, such as a warning given before the folder existed)."""
+        if is_main():
+            with open(self.path, "a") as file:
+                file.write(line + "\n")
 
 
 def make_out_dir(requested: Path | None, name: str, resume: bool = False) -> Path:
@@ -147,6 +152,10 @@ def git_commit() -> str | None:
 
 
 def library_versions() -> dict[str, str]:
+    """Every library that shapes the numbers: the models, the image decoding and resizing, the splits and metrics."""
+    import PIL
+    import scipy
+    import sklearn
     import timm
     import torchvision
 
@@ -156,6 +165,10 @@ def library_versions() -> dict[str, str]:
         "torchvision": torchvision.__version__,
         "timm": timm.__version__,
         "numpy": np.__version__,
+        "pillow": PIL.__version__,
+        "scikit-learn": sklearn.__version__,
+        "scipy": scipy.__version__,
+        "pandas": pd.__version__,
     }
 
 

@@ -4,17 +4,19 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import pandas as pd
 import torch
 import torch.distributed as dist
 from torch import nn
 from tqdm import tqdm
 
-from datasets.base import PaperRecipe
+from datasets.base import PaperRecipe, atomic_write
 from errors import UserError
 from loading import IDENTITY_KEYS
 from pipeline import DeviceBatches
@@ -37,12 +39,14 @@ def train_mode(model: nn.Module) -> None:
         norm.eval()
 
 
-def train_one_epoch(model, loader, optimizer, scaler, precision: Precision, desc: str) -> tuple[float, float]:
+def train_one_epoch(
+    model, loader, optimizer, scaler, precision: Precision, desc: str, log_every: float = 30.0
+) -> tuple[float, float]:
     """One pass over the training data; returns (mean loss, top-1 %) counted over samples."""
     train_mode(model)
     criterion = nn.CrossEntropyLoss()
     total_loss, correct, seen = 0.0, 0, 0
-    bar = tqdm(loader, desc=desc, leave=False, disable=None)
+    bar = progress(loader, desc, log_every)
     for images, labels in bar:
         with precision.autocast():
             logits = model(images)
@@ -63,6 +67,38 @@ def train_one_epoch(model, loader, optimizer, scaler, precision: Precision, desc
         dist.all_reduce(totals)
         total_loss, correct, seen = totals.tolist()
     return total_loss / max(seen, 1), 100 * correct / max(seen, 1)
+
+
+def progress(loader, desc: str, log_every: float = 30.0):
+    """`loader`, showing progress: a tqdm bar on a terminal; elsewhere (sweeps, Slurm, nohup) a line every
+    `log_every` seconds with the batch, images/s, the running loss and accuracy, and the time left."""
+    if sys.stderr.isatty():
+        return tqdm(loader, desc=desc, leave=False)
+    return ProgressLines(loader, desc, log_every)
+
+
+class ProgressLines:
+    """The non-terminal progress of `progress`: printed by the first process only, nothing for short passes."""
+
+    def __init__(self, loader, desc: str, log_every: float) -> None:
+        self.loader, self.desc, self.log_every, self.postfix = loader, desc, log_every, {}
+
+    def set_postfix(self, **values: str) -> None:
+        self.postfix = values
+
+    def __iter__(self):
+        started = last = time.perf_counter()
+        total, images = len(self.loader), 0
+        for index, batch in enumerate(self.loader, 1):
+            yield batch
+            images += len(batch[1])
+            now = time.perf_counter()
+            if now - last >= self.log_every and index < total and is_main():
+                rate = images / (now - started)
+                left = (total - index) * (now - started) / index
+                values = "".join(f", {key} {value}" for key, value in self.postfix.items())
+                print(f"{self.desc}: batch {index}/{total}, {rate:.1f} img/s{values}, {left:.0f}s left", flush=True)
+                last = now
 
 
 class Diverged(UserError):
@@ -90,7 +126,7 @@ def predict(model, loader, precision: Precision, desc: str) -> tuple[torch.Tenso
     """The model's outputs (float32, on the CPU) and the labels for every sample of `loader`, in order."""
     model.eval()
     all_outputs, all_labels = [], []
-    for images, labels in tqdm(loader, desc=desc, leave=False, disable=None):
+    for images, labels in progress(loader, desc):
         with precision.autocast():
             all_outputs.append(model(images).float().cpu())
         all_labels.append(labels)
@@ -155,6 +191,7 @@ class TrainConfig:
     max_epochs: int | None
     bn_images: int
     paper: PaperRecipe | None = None  # the original's recipe, under --protocol paper
+    log_every: float = 30.0  # seconds between progress lines when the output is not a terminal
 
 
 @dataclass
@@ -254,7 +291,7 @@ def run_epoch(trainee, data: FitData, optimizer, scaler, precision, config, run:
     started = time.perf_counter()
     data.train.set_epoch(epoch)  # the sampler's order and the augmentation draws
     train_loss, train_top1 = train_one_epoch(
-        trainee.train_forward, data.train, optimizer, scaler, precision, f"epoch {epoch} {phase}"
+        trainee.train_forward, data.train, optimizer, scaler, precision, f"epoch {epoch} {phase}", config.log_every
     )
     train_pass = time.perf_counter() - started
     recompute_bn_stats(trainee.forward, data.train, precision, config.bn_images)
@@ -279,12 +316,14 @@ def run_epoch(trainee, data: FitData, optimizer, scaler, precision, config, run:
             "train_top1": round(train_top1, 4),
             f"{name}_loss": round(selection.loss, 6),
             f"{name}_top1": round(score, 4),
+            "lr": optimizer.param_groups[0]["lr"],
             "seconds": round(seconds, 2),
             "train_pass_seconds": round(train_pass, 2),
         }
     )
     if is_main():
         save_progress(trainee.model, optimizer, scaler, progress, run)
+        write_history(progress.history, run.out / "history.csv")
     run.log(
         f"epoch {epoch:3d} {phase:5s} train loss {train_loss:.4f} acc {train_top1:6.2f}% | {name} "
         f"loss {selection.loss:.4f} acc {score:6.2f}% | {seconds:5.1f}s" + ("  *best*" if improved else "")
@@ -299,6 +338,11 @@ def judge(selection: Evaluation, best: dict, paper: PaperRecipe | None) -> tuple
         return score, not best or (score, -selection.loss) > (best["top1"], -best["loss"])
     score = selection.batch_top1
     return score, not best or score > best["top1"] or (paper.ties_improve and score == best["top1"])
+
+
+def write_history(history: list[dict], path: Path) -> None:
+    """The per-epoch history so far as a CSV, rewritten whole after every epoch (so a resumed run's is complete)."""
+    atomic_write(path, lambda file: file.write(pd.DataFrame(history).to_csv(index=False).encode()))
 
 
 def save_progress(model, optimizer, scaler, progress: Progress, run: RunOutput) -> None:

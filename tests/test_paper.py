@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import re
 from types import SimpleNamespace
 
 import numpy as np
@@ -59,10 +60,12 @@ def test_cifar10_trains_as_the_original_script(tmp_path):
 def test_digits_keeps_the_first_of_equal_epochs_and_runs_both_phases(tmp_path):
     out = tmp_path / "run"
     result = run_script("digits.py", "-model", "mobilenet_v3_large", "-bs", "128", "--weights", "none",
-                        "--max-epochs", "2", "--patience", "1", *PAPER, "--out", out,
+                        "--max-epochs", "2", "--patience", "1", *PAPER, "--out", out, "--log-every", "0.001",
                         "--results", tmp_path / "r.csv")  # fmt: skip
     metrics = finished_run(result, out)
     assert "PROTOCOL paper" in result.stdout and "TEST set" in result.stdout
+    progress = r"epoch 1 adamw: batch \d+/\d+, [\d.]+ img/s, loss [\d.]+, acc [\d.]+%, \d+s left"  # not a terminal
+    assert re.search(progress, result.stdout), result.stdout[:2000]
     assert metrics["n_val"] == 0 and metrics["selection"] == "test"
     assert metrics["config"]["sgd_patience"] == 1  # a --patience given applies to both phases
     assert {h["phase"] for h in metrics["history"]} == {"adamw", "sgd"}

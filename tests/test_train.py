@@ -39,7 +39,7 @@ def test_short_run_from_scratch_learns(digits_run):
 def test_metrics_carry_the_run_record_and_full_configuration(digits_run):
     out, metrics, _ = digits_run
     assert set(record.REQUIRED) <= set(metrics)  # what report.py needs, as record.py defines it
-    assert set(record.RESULT_COLUMNS) <= set(metrics)  # what the results table carries
+    assert set(record.RESULT_COLUMNS) <= set(metrics) | set(metrics["config"])  # what the results table carries
     assert {"history", "versions", "git_commit", "epochs"} <= set(metrics)
     config = metrics["config"]
     assert config["model"] == "mobilenet_v3_large" and (config["patience"], config["sgd_patience"]) == (10, 10)
@@ -59,12 +59,17 @@ def test_split_file_covers_every_sample_once_and_test_is_stratified(digits_run):
 def test_run_leaves_log_checkpoint_and_result_row(digits_run, tmp_path):
     out, metrics, result = digits_run
     log = (out / "log.txt").read_text()
-    assert "epoch   4 sgd" in log and log.strip().splitlines()[-1] == result.stdout.strip().splitlines()[-1]
+    assert "epoch   6 sgd" in log and log.strip().splitlines()[-1] == result.stdout.strip().splitlines()[-1]
     rows = read_rows(out.parent / "results.csv")
     assert len(rows) == 1 and rows[0]["model"] == "mobilenet_v3_large" and float(rows[0]["top1"]) == metrics["top1"]
+    recipe = {key: rows[0][key] for key in ("bs", "lr", "max_epochs", "patience", "sgd_patience")}
+    assert recipe == {"bs": "64", "lr": "0.001", "max_epochs": "5", "patience": "10", "sgd_patience": "10"}  # README
     best = torch.load(out / "best.pt", weights_only=True)
     assert best["meta"]["num_classes"] == 10 and best["meta"]["seed"] == 0
     assert metrics["best_epoch"] == best["meta"]["epoch"]
+    history = pd.read_csv(out / "history.csv")
+    assert history.to_dict("records") == pd.DataFrame(metrics["history"]).to_dict("records")
+    assert list(history["phase"]) == ["adamw"] * 5 + ["sgd"] * 5 and (history["lr"] == 1e-3).all()
 
 
 def test_eval_only_reproduces_the_printed_accuracy(digits_run, tmp_path):
