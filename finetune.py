@@ -37,7 +37,7 @@ from loading import (
     warn_on_stderr,
 )
 from metrics import fit_temperature, gflops, peak_memory_mb, quality, reliability_diagram, speed
-from options import apply_protocol_defaults, build_parser, data_config, train_config
+from options import apply_protocol_defaults, build_parser, data_config, train_config, with_saved_flags
 from pipeline import DeviceBatches
 from runfiles import (
     RESUME_FILE,
@@ -87,6 +87,7 @@ class Prepared:
 def main(spec: DatasetSpec, argv: list[str] | None = None) -> dict:
     """Fine-tune (or with --eval-only, evaluate) one backbone on one dataset; returns the metrics written."""
     warned: list[str] = []  # shown at once, and kept in log.txt once the run folder exists
+    argv = with_saved_flags(spec, sys.argv[1:] if argv is None else argv)
     job = prepare(spec, argv, warned)
     trainee, params = build_model(job)
     out, log, resumed = open_run_folder(job, params, argv)
@@ -203,7 +204,7 @@ def build_model(job: Prepared) -> tuple[Trainee, int]:
     return Trainee(model, forward, train_forward), params
 
 
-def open_run_folder(job: Prepared, params: int, argv: list[str] | None) -> tuple[Path, RunLog, dict | None]:
+def open_run_folder(job: Prepared, params: int, argv: list[str]) -> tuple[Path, RunLog, dict | None]:
     """The run's folder (new, or the killed run's with --resume), its config.json, split.csv and first log lines."""
     args = job.args
     name = f"{job.spec.name}-{job.model_name.replace(':', '_')}-s{args.seed}"
@@ -213,8 +214,8 @@ def open_run_folder(job: Prepared, params: int, argv: list[str] | None) -> tuple
         dist.broadcast_object_list(out)  # the folder the first process made
     out = out[0]
     if is_main() and not (out / "config.json").exists():  # the command as given; a resumed run keeps the first
-        command = sys.argv[1:] if argv is None else argv
-        write_json({"script": Path(sys.argv[0]).name, "argv": command, "config": run_config(args)}, out / "config.json")
+        script = f"{job.spec.name}.py"
+        write_json({"script": script, "argv": argv, "config": run_config(args)}, out / "config.json")
     log = RunLog(out / "log.txt")
     precision = job.precision
     log(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import os
 from collections.abc import Callable
@@ -11,7 +12,7 @@ from pathlib import Path
 import datasets
 import models
 from datasets.base import DatasetSpec, PaperRecipe
-from errors import HelpFormatter
+from errors import HelpFormatter, UserError
 from loading import DataConfig
 from train_common import TrainConfig
 
@@ -216,6 +217,13 @@ def add_training_arguments(group) -> None:
 
 def add_run_arguments(group) -> None:
     add = group.add_argument
+    add(
+        "--config",
+        type=Path,
+        default=None,
+        help="a run's config.json: run again with the flags it was started with (flags given here win; a new "
+        "--out, or a fresh folder by default)",
+    )
     add("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
     add("--workers", type=non_negative_int, default=min(4, os.cpu_count() or 1), help="data-loading processes")
     add(
@@ -230,9 +238,49 @@ def add_run_arguments(group) -> None:
     add(
         "--resume",
         action="store_true",
-        help="continue the killed run in --out from its last completed epoch (same flags required)",
+        help="continue the killed run in --out from its last completed epoch, with the flags it was started with "
+        "(read from its config.json; any given here must match)",
     )
     add("--results", type=Path, default=Path("results/results.csv"), help="results table to append a row to")
+
+
+def with_saved_flags(spec: DatasetSpec, argv: list[str]) -> list[str]:
+    """`argv` with the flags of an earlier run in front, so that the flags given now win: those of `--config FILE`
+    (its folder and --resume left out, so a relaunch is a new run), or with `--resume --out DIR` those DIR's run
+    was started with."""
+    wanted = argparse.ArgumentParser(add_help=False)
+    wanted.add_argument("--config", type=Path)
+    wanted.add_argument("--resume", action="store_true")
+    wanted.add_argument("--out", type=Path)
+    given, _ = wanted.parse_known_args(argv)
+    source = given.config or (given.out / "config.json" if given.resume and given.out else None)
+    if source is None or (given.resume and not source.exists()):  # a run killed before writing it: flags as given
+        return argv
+    try:
+        saved = json.loads(source.read_text())
+        script, flags = saved["script"], [str(flag) for flag in saved["argv"]]
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise UserError(
+            f"{source} cannot be read as a run's config.json ({err}). Pass the config.json a run wrote in its folder."
+        ) from err
+    if script != f"{spec.name}.py":
+        raise UserError(f"{source} is a run of {script}, not of {spec.name}.py; relaunch it with {script}.")
+    if given.config is not None:
+        flags = without_flags(flags, ("--out", "--resume", "--config"))
+    return [*flags, *without_flags(argv, ("--config",))]
+
+
+def without_flags(argv: list[str], names: tuple[str, ...]) -> list[str]:
+    """`argv` less the flags `names` and their values (`--out DIR` and `--out=DIR`; `--resume` takes none)."""
+    kept, skip = [], False
+    for token in argv:
+        if skip:
+            skip = False
+        elif token.split("=", 1)[0] in names:
+            skip = "=" not in token and token != "--resume"
+        else:
+            kept.append(token)
+    return kept
 
 
 def dataset_options(spec: DatasetSpec, args: argparse.Namespace) -> dict:

@@ -238,8 +238,8 @@ def uninterrupted(tmp_path_factory) -> Path:
     return out
 
 
-@pytest.mark.parametrize("kill_after", [1, 3])  # inside the AdamW phase, and inside the SGD phase
-def test_a_killed_run_resumes_to_exactly_the_uninterrupted_result(tmp_path, kill_after, uninterrupted):
+@pytest.mark.parametrize(("kill_after", "retyped"), [(1, True), (3, False)])  # inside the AdamW phase, the SGD phase
+def test_a_killed_run_resumes_to_exactly_the_uninterrupted_result(tmp_path, kill_after, retyped, uninterrupted):
     whole = json.loads((uninterrupted / "metrics.json").read_text())
     out = tmp_path / "killed"
     command = [sys.executable, str(ROOT / "digits.py"), *map(str, RESUMABLE), "--out", str(out)]
@@ -250,13 +250,24 @@ def test_a_killed_run_resumes_to_exactly_the_uninterrupted_result(tmp_path, kill
             break
     process.wait(timeout=60)
     assert not (out / "metrics.json").exists() and (out / "checkpoint.pt").exists()
-    result = run_script("digits.py", *RESUMABLE, "--out", out, "--resume")
+    flags = RESUMABLE if retyped else []  # without them, the run's config.json gives them
+    result = run_script("digits.py", *flags, "--out", out, "--resume")
     resumed = finished_run(result, out)
     assert "resuming after epoch" in result.stdout
     assert comparable(resumed) == comparable(whole)
     assert not (out / "checkpoint.pt").exists()
     best = torch.load(out / "best.pt", weights_only=True)["model"]
     assert all(torch.equal(v, best[k]) for k, v in torch.load(uninterrupted / "best.pt")["model"].items())
+
+
+def test_a_run_relaunched_from_its_config_is_the_same_run(tmp_path, uninterrupted):
+    whole = json.loads((uninterrupted / "metrics.json").read_text())
+    again = tmp_path / "again"
+    relaunched = finished_run(run_script("digits.py", "--config", uninterrupted / "config.json", "--out", again), again)
+    assert comparable(relaunched) == comparable(whole)
+    assert json.loads((again / "config.json").read_text())["argv"][: len(RESUMABLE)] == list(map(str, RESUMABLE))
+    other = run_script("imagefolder.py", "--config", uninterrupted / "config.json", "--out", tmp_path / "x")
+    assert_clean_error(other, "is a run of digits.py, not of imagefolder.py")
 
 
 def test_resume_refuses_other_flags_and_finished_runs(tmp_path, uninterrupted):
