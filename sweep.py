@@ -74,6 +74,7 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
     add("--seeds", nargs="+", type=int, default=[0], help="seeds; each seeds the split, init and data order")
     add("--out", type=Path, default=Path("runs/sweep"), help="the sweep's folder: one subfolder per run")
     add("--gpus", default=None, help="comma-separated GPU ids: one run per GPU at a time (default: one at a time)")
+    add("--device", default=None, help="every run's --device (auto, cpu, cuda, cuda:N, mps; default: the runs' auto)")
     add(
         "--launcher",
         choices=("local", "slurm", "submitit-local"),
@@ -81,8 +82,21 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
         help="'local': runs here; 'slurm': a submitit job array on a Slurm cluster; 'submitit-local': submitit's "
         "local executor (the same code path, on this machine)",
     )
-    add("--slurm-partition", default=None, help="Slurm partition for --launcher slurm")
     add("--timeout-min", type=int, default=24 * 60, help="time limit of each submitit job, in minutes")
+    slurm = parser.add_argument_group("--launcher slurm (submitit's own parameters)").add_argument
+    slurm("--slurm-partition", default=None, help="partition (default: the cluster's)")
+    slurm("--slurm-account", default=None, help="account to charge (default: yours)")
+    slurm("--slurm-qos", default=None, help="quality of service (default: the cluster's)")
+    slurm("--slurm-mem", default=None, help="memory per run, e.g. 32G (default: the cluster's)")
+    slurm("--cpus-per-task", type=int, default=8, help="CPU cores per run (data-loading workers)")
+    slurm("--gpus-per-task", type=int, default=1, help="GPUs per run")
+    slurm(
+        "--slurm-extra",
+        nargs="+",
+        default=[],
+        metavar="KEY=VALUE",
+        help="further sbatch options, e.g. constraint=a100 (submitit's slurm_additional_parameters)",
+    )
     add("--dry-run", action="store_true", help="print the plan (and what is done already) without running")
     args = parser.parse_args(own)
     for dataset in args.datasets:
@@ -96,7 +110,30 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
     bad = [f for f in args.fractions if not 0 < f <= 1] + [k for k in args.shots if k < 1]
     if bad:
         raise UserError(f"--fractions must be in (0, 1] and --shots at least 1; got {bad}.")
+    malformed = [item for item in args.slurm_extra if "=" not in item]
+    if malformed:
+        raise UserError(f"--slurm-extra takes KEY=VALUE items, e.g. constraint=a100; got {', '.join(malformed)}.")
+    if args.gpus and args.device not in (None, "cuda"):
+        raise UserError(f"--gpus runs each run on one of the listed GPUs, so --device {args.device} cannot apply.")
+    if args.device and not args.gpus:
+        passthrough = [*passthrough, "--device", args.device]
     return args, passthrough
+
+
+def slurm_parameters(args: argparse.Namespace) -> dict:
+    """What submitit's AutoExecutor is given for --launcher slurm (None values: the cluster's defaults)."""
+    extra = dict(item.split("=", 1) for item in args.slurm_extra)
+    parameters = {
+        "timeout_min": args.timeout_min,
+        "gpus_per_node": args.gpus_per_task,
+        "cpus_per_task": args.cpus_per_task,
+        "slurm_partition": args.slurm_partition,
+        "slurm_account": args.slurm_account,
+        "slurm_qos": args.slurm_qos,
+        "slurm_mem": args.slurm_mem,
+        "slurm_additional_parameters": extra,
+    }
+    return {key: value for key, value in parameters.items() if value not in (None, {})}
 
 
 def script_parser(dataset: str) -> argparse.ArgumentParser:
@@ -210,9 +247,7 @@ def run_submitit(jobs: list[Job], passthrough: list[str], args: argparse.Namespa
                 f"--launcher slurm needs a Slurm cluster, but submitit says: {err} Run the sweep from a login node "
                 "of the cluster, or use --launcher local (this machine) instead. Nothing was run."
             ) from err
-        executor.update_parameters(
-            timeout_min=args.timeout_min, gpus_per_node=1, slurm_partition=args.slurm_partition, cpus_per_task=8
-        )
+        executor.update_parameters(**slurm_parameters(args))
     else:
         executor = submitit.LocalExecutor(folder=logs)
         executor.update_parameters(timeout_min=args.timeout_min)

@@ -11,8 +11,10 @@ import time
 from pathlib import Path
 
 import pandas as pd
+import pytest
 
 from conftest import ROOT, assert_clean_error, run_script
+from errors import UserError
 
 RUN_FLAGS = ["-bs", "64", "--weights", "none", "--max-epochs", "1", "--patience", "1", "--workers", "0"]
 GRID = ["--models", "mobilenet", "shufflenet", "timm:test_resnet", "--datasets", "digits", "--fractions", "0.5", "1",
@@ -119,3 +121,23 @@ def test_a_run_folder_of_another_configuration_is_never_reused(tmp_path):
     assert same.returncode == 0 and "1 to resume" in same.stdout
     other = run_script("sweep.py", *common, *RUN_FLAGS, "--lr", "0.01")
     assert_clean_error(other, "another configuration", f"{folder} (lr 0.001 there, 0.01 now)", "new --out")
+
+
+def test_slurm_options_reach_submitit_as_its_own_parameters(tmp_path):
+    import submitit
+
+    import sweep
+
+    own = ["--models", "mobilenet", "--datasets", "digits", "--launcher", "slurm", "--slurm-account", "lab",
+           "--slurm-qos", "high", "--slurm-mem", "32G", "--cpus-per-task", "4", "--slurm-extra", "constraint=a100",
+           "--device", "cuda:1", "--", "-bs", "16"]  # fmt: skip
+    args, passthrough = sweep.parse_args(own)
+    parameters = sweep.slurm_parameters(args)
+    assert parameters == {
+        "timeout_min": 1440, "gpus_per_node": 1, "cpus_per_task": 4, "slurm_account": "lab", "slurm_qos": "high",
+        "slurm_mem": "32G", "slurm_additional_parameters": {"constraint": "a100"},
+    }  # fmt: skip
+    submitit.AutoExecutor(folder=tmp_path, cluster="debug").update_parameters(**parameters)  # names it knows
+    assert passthrough == ["-bs", "16", "--device", "cuda:1"]
+    with pytest.raises(UserError, match="KEY=VALUE"):
+        sweep.parse_args([*own[:4], "--slurm-extra", "a100"])
