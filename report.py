@@ -22,6 +22,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 from scipy.stats import ttest_rel  # noqa: E402
 from sklearn.metrics import cohen_kappa_score  # noqa: E402
 
@@ -406,6 +407,36 @@ def plot_kappa(kappa: pd.DataFrame, title: str, path: Path) -> None:
     plt.close(figure)
 
 
+def plot_training(runs: pd.DataFrame, title: str, path: Path) -> None:
+    """Each run's training loss and selection top-1 per epoch, one colour per row of the leaderboard (its seeds
+    share it), a dotted line where the SGD phase starts."""
+    figure, (loss_axis, top1_axis) = plt.subplots(1, 2, figsize=(11, 4))
+    palette = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    colours = {label: palette[i % len(palette)] for i, label in enumerate(sorted(runs["label"].unique()))}
+    for row in runs.itertuples():
+        history = pd.DataFrame(json.loads((Path(row.folder) / "metrics.json").read_text())["history"])
+        if history.empty:
+            continue
+        selected = next(c for c in history.columns if c.endswith("_top1") and c != "train_top1")
+        first = row.label not in [line.get_label() for line in loss_axis.lines]
+        loss_axis.plot(history["epoch"], history["train_loss"], color=colours[row.label], label=row.label if first
+                       else None, linewidth=1)  # fmt: skip
+        top1_axis.plot(history["epoch"], history[selected], color=colours[row.label], linewidth=1)
+        switch = history.loc[history["phase"] == "sgd", "epoch"]
+        if not switch.empty:
+            top1_axis.axvline(switch.iloc[0] - 0.5, color=colours[row.label], linestyle=":", linewidth=0.8)
+        top1_axis.set_ylabel(f"{selected.removesuffix('_top1')} top-1 %")
+    loss_axis.set(xlabel="epoch", ylabel="training loss", yscale="log")
+    top1_axis.set(xlabel="epoch")
+    for axis in (loss_axis, top1_axis):
+        axis.xaxis.set_major_locator(MaxNLocator(integer=True))
+    loss_axis.legend(fontsize=7)
+    figure.suptitle(textwrap.fill(title, 90), fontsize=9)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+
+
 def prepare_out(out: Path) -> None:
     """A new folder, or one holding an earlier report; anything else there belongs to the user and is refused."""
     if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / "report.md").exists())):
@@ -452,6 +483,7 @@ def main(argv: list[str] | None = None) -> None:
         kappa = error_consistency(runs_of_setting, board["backbone"].tolist())
         kappa.to_csv(folder / "error_consistency.csv")
         plot_kappa(kappa, title, folder / "error_consistency.png")
+        plot_training(runs_of_setting, title, folder / "training.png")
         advice = recommendation(board)
         sections.append(
             f"## {title}\n\n{markdown}\n\nMean ± sample std over seeds (their number in brackets). Ranked by mean "
@@ -461,7 +493,8 @@ def main(argv: list[str] | None = None) -> None:
             f"({BOOTSTRAP_RESAMPLES:,} resamples); tied when p ≥ {ALPHA}; 'untested' where no seed (or no test "
             f"outputs) are shared.\n\n{advice}\n\n{predicted}\n\n"
             f"![accuracy against cost]({folder.name}/cost.png)\n"
-            f"![error consistency]({folder.name}/error_consistency.png)"
+            f"![error consistency]({folder.name}/error_consistency.png)\n"
+            f"![training curves]({folder.name}/training.png)"
         )
         print(f"\n{title}\n{leaderboard_markdown(board, tuple(m for m in METRICS if m[0] in SHOWN))}\n{advice}")
         if predicted:

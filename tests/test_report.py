@@ -133,7 +133,7 @@ def test_report_has_domain_table_plots_and_recommendation(report):
     board = pd.read_csv(out / SETTING / "leaderboard.csv").set_index("backbone")
     assert domains["natural"].to_dict() == board["rank"].astype(float).to_dict()
     assert domains["overall"].to_dict() == board["rank"].astype(float).to_dict()
-    for plot in ("cost.png", "error_consistency.png"):
+    for plot in ("cost.png", "error_consistency.png", "training.png"):
         assert (out / SETTING / plot).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     text = (out / "report.md").read_text()
     best = board.index[board["rank"] == 1][0]
