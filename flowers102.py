@@ -1,7 +1,7 @@
 """Fine-tune a backbone on Oxford Flowers-102. Usage: python flowers102.py -model convnext_tiny -bs 32 (see --help)."""
 
-from datasets.flowers102 import SPEC
-from finetune import run
+from backbones.datasets.flowers102 import SPEC
+from backbones.finetune import run
 
 if __name__ == "__main__":
     run(SPEC)

@@ -1,7 +1,7 @@
 """Fine-tune a backbone on PlantVillage. Usage: python plantvillage.py -model convnext_tiny -bs 32 (see --help)."""
 
-from datasets.plantvillage import SPEC
-from finetune import run
+from backbones.datasets.plantvillage import SPEC
+from backbones.finetune import run
 
 if __name__ == "__main__":
     run(SPEC)

@@ -1,7 +1,7 @@
 """Fine-tune a backbone on Stanford Cars. Usage: python stanfordcars.py -model convnext_tiny -bs 32 (see --help)."""
 
-from datasets.stanfordcars import SPEC
-from finetune import run
+from backbones.datasets.stanfordcars import SPEC
+from backbones.finetune import run
 
 if __name__ == "__main__":
     run(SPEC)

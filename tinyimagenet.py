@@ -1,7 +1,7 @@
 """Fine-tune a backbone on Tiny ImageNet. Usage: python tinyimagenet.py -model convnext_tiny -bs 32 (see --help)."""
 
-from datasets.tinyimagenet import SPEC
-from finetune import run
+from backbones.datasets.tinyimagenet import SPEC
+from backbones.finetune import run
 
 if __name__ == "__main__":
     run(SPEC)

@@ -108,7 +108,7 @@ def plant_imagenet_weights(name: str, torch_home: Path) -> dict:
     """Save a randomly initialised model where torch.hub caches `name`'s ImageNet checkpoint; return its state."""
     import torch
 
-    import models
+    from backbones import models
 
     entry = models.BACKBONES[name]
     url = entry.imagenet if isinstance(entry.imagenet, str) else entry.imagenet.url

@@ -8,8 +8,7 @@ import time
 import pandas as pd
 import pytest
 
-import datasets
-import finetune
+from backbones import datasets, finetune
 from conftest import FAST, ROOT, assert_clean_error, finished_run, run_script
 from formats import (
     make_breakhis,
@@ -147,7 +146,7 @@ def test_unreadable_image_is_named(tmp_path, workers):
 
 
 def test_imagefolder_splits_a_single_folder_like_split_py(tmp_path):
-    import split
+    from backbones import split
 
     make_class_folders(tmp_path / "mine", {"cat": 10, "dog": 6, "eel": 5})
     metrics, table = run_on("imagefolder.py", tmp_path / "mine", tmp_path, "--test_size", "0.3", "--seed", "4")
@@ -259,7 +258,7 @@ def test_galaxy10_reads_the_hdf5_file_and_splits_90_10(tmp_path):
 DATASET_SCRIPTS = sorted(
     path.name
     for path in ROOT.glob("*.py")
-    if "from finetune import run" in path.read_text() and path.name != "digits.py"  # digits is embedded
+    if "from backbones.finetune import run" in path.read_text() and path.name != "digits.py"  # digits is embedded
 )
 
 
@@ -282,7 +281,7 @@ def test_empty_data_without_network_fails_clearly(tmp_path, script):
 
 
 def test_folder_index_is_reused_until_a_folder_changes(tmp_path, monkeypatch):
-    import datasets.base as base
+    import backbones.datasets.base as base
 
     monkeypatch.setenv("BACKBONES_CACHE", str(tmp_path / "cache"))
     root = make_tinyimagenet(tmp_path / "data", classes=3, train=2, val=1) / "train"  # train/<wnid>/images/*.JPEG
@@ -311,8 +310,8 @@ def test_missing_listed_image_is_named_before_training(tmp_path):
 
 def test_stanfordcars_reads_the_mirror_layout_as_shipped(tmp_path):
 
-    from datasets import stanfordcars
-    from datasets.base import ReadOptions
+    from backbones.datasets import stanfordcars
+    from backbones.datasets.base import ReadOptions
 
     base = make_stanfordcars(tmp_path / "data", classes=3, train=2, test=1)
     expected = stanfordcars.catalog(tmp_path / "data", ReadOptions(download=False)).samples

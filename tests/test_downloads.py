@@ -10,8 +10,8 @@ import threading
 
 import pytest
 
-from datasets import galaxy10, tinyimagenet
-from datasets.base import Archive, DataNotFound, ReadOptions
+from backbones.datasets import galaxy10, tinyimagenet
+from backbones.datasets.base import Archive, DataNotFound, ReadOptions
 from formats import make_galaxy10, make_tinyimagenet
 
 ONLINE = ReadOptions(download=True)

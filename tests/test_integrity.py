@@ -23,17 +23,15 @@ import pytest
 import torch
 from PIL import Image
 
-import finetune
-import metrics
-import train_common
+from backbones import finetune, metrics, train_common
+from backbones.datasets import base, cifar10, digits, flowers102, imagefolder
+from backbones.datasets.base import ReadOptions
+from backbones.errors import UserError
+from backbones.loading import load_splits, split_identity
+from backbones.options import apply_protocol_defaults, build_parser, data_config
+from backbones.runfiles import append_result, check_results_table, run_config
 from conftest import FAST, assert_clean_error, run_script
-from datasets import base, cifar10, digits, flowers102, imagefolder
-from datasets.base import ReadOptions
-from errors import UserError
 from formats import make_cifar10, make_class_folders, make_flowers102
-from loading import load_splits, split_identity
-from options import apply_protocol_defaults, build_parser, data_config
-from runfiles import append_result, check_results_table, run_config
 
 
 class Payload:
@@ -173,7 +171,7 @@ def test_broken_and_looping_symlinks_are_named(tmp_path):
 
 
 def test_a_damaged_image_cache_is_rebuilt(tmp_path, monkeypatch):
-    import pipeline
+    from backbones import pipeline
 
     monkeypatch.setenv("BACKBONES_CACHE", str(tmp_path / "cache"))
     root = make_class_folders(tmp_path / "data", {"a": 3, "b": 3})
@@ -316,7 +314,7 @@ def test_a_diverging_run_stops_at_the_first_non_finite_loss(tmp_path):
 
 
 def test_split_py_falls_back_to_copies_across_filesystems(tmp_path, monkeypatch, capsys):
-    import split
+    from backbones import split
 
     root = make_class_folders(tmp_path / "in", {"a": 4, "b": 4})
 

@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 import torch
 
-import metrics
+from backbones import metrics
 
 
 def random_logits(n: int = 400, k: int = 7, seed: int = 0, scale: float = 2.0):

@@ -7,9 +7,9 @@ import urllib.error
 import pytest
 import torch
 
-import models
+from backbones import models
+from backbones.errors import UserError
 from conftest import plant_imagenet_weights
-from errors import UserError
 
 # The aliases the README's backbone table lists.
 ALIASES = {

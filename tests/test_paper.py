@@ -13,14 +13,14 @@ import torch
 from torch import nn
 from torchvision.transforms import v2
 
+from backbones.datasets import breakhis, cifar10, digits, flowers102
+from backbones.loading import DataConfig, load_splits, split_batches
+from backbones.options import apply_protocol_defaults, build_parser, data_config, paper_recipe
+from backbones.pipeline import sample_seeds
+from backbones.runtime import make_precision
+from backbones.train_common import evaluate
 from conftest import finished_run, run_script
-from datasets import breakhis, cifar10, digits, flowers102
 from formats import make_breakhis, make_cifar10, make_flowers102
-from loading import DataConfig, load_splits, split_batches
-from options import apply_protocol_defaults, build_parser, data_config, paper_recipe
-from pipeline import sample_seeds
-from runtime import make_precision
-from train_common import evaluate
 
 PAPER = ["--protocol", "paper", "--no-download", "--workers", "0", "--cache", "off"]
 

@@ -16,13 +16,13 @@ from PIL import Image
 from torch.utils.data import DataLoader
 from torchvision.transforms import v2
 
-import pipeline
+from backbones import pipeline
+from backbones.datasets.base import class_folder_catalog
+from backbones.errors import UserError
+from backbones.pipeline import DeviceBatches, SplitImages, cached_images, decode, sample_seeds
+from backbones.runtime import make_precision
 from conftest import FAST, ROOT, finished_run, run_script
-from datasets.base import class_folder_catalog
-from errors import UserError
 from formats import make_cifar10
-from pipeline import DeviceBatches, SplitImages, cached_images, decode, sample_seeds
-from runtime import make_precision
 
 SIZE = (24, 20)
 
@@ -87,10 +87,9 @@ def test_a_changed_source_gets_a_new_cache(folder, tmp_path):
 SLOW_BUILD = """
 import sys, time
 sys.path.insert(0, {root!r})
-from datasets.base import class_folder_catalog
+from backbones.datasets.base import class_folder_catalog
 from pathlib import Path
-import pipeline
-
+from backbones import pipeline
 catalog = class_folder_catalog(Path({data!r}), Path({data!r}))
 read = catalog.read
 def slow(sample):

@@ -20,12 +20,14 @@ for name in ("fcntl", "resource", "termios", "pwd", "grp"):
     sys.modules.pop(name, None)
 sys.meta_path.insert(0, NoUnix())
 root = pathlib.Path(sys.argv[1])
-names = [p.stem for p in root.glob("*.py")] + ["datasets." + p.stem for p in (root / "datasets").glob("*.py")]
-names += ["models." + p.stem for p in (root / "models").glob("*.py")]
+package = [".".join(p.relative_to(root).with_suffix("").parts) for p in (root / "backbones").rglob("*.py")]
+package = [name.removesuffix(".__init__") for name in package if name != "backbones.__main__"]  # that one runs
+names = [p.stem for p in root.glob("*.py")] + package
+assert len(names) > 40, names
 for name in sorted(names):
-    importlib.import_module(name.removesuffix(".__init__"))
+    importlib.import_module(name)
 import torch
-from metrics import peak_memory_mb
+from backbones.metrics import peak_memory_mb
 print("imported", len(names), peak_memory_mb(torch.device("cpu")))
 """
 

@@ -9,9 +9,9 @@ import pandas as pd
 import pytest
 import torch
 
-import models
+from backbones import models
+from backbones.transferability import agreement, logme
 from conftest import SWEEP_BACKBONES, assert_clean_error, plant_imagenet_weights, run_script
-from transferability import agreement, logme
 
 RANK = ["--dataset", "digits", "--workers", "0", "-bs", "128"]
 
@@ -130,7 +130,7 @@ def test_only_runs_of_the_same_setting_and_configuration_are_compared(digits_swe
     import json
     import shutil
 
-    import rank
+    from backbones import rank
 
     folder = tmp_path / "runs"
     for run in digits_sweep.iterdir():

@@ -6,7 +6,7 @@ import re
 
 import pytest
 
-import datasets
+from backbones import datasets
 from conftest import ROOT, quick_start_commands, run_script
 
 README = (ROOT / "README.md").read_text()
@@ -30,7 +30,7 @@ def test_the_quick_start_prints_the_accuracy_it_promises(digits_run):
     assert metrics["config"]["max_epochs"] == 5 and metrics["weights"] == "none"
 
 
-SCRIPTS = sorted(p.name for p in ROOT.glob("*.py") if "from finetune import run" in p.read_text())
+SCRIPTS = sorted(p.name for p in ROOT.glob("*.py") if "from backbones.finetune import run" in p.read_text())
 
 
 def test_every_dataset_script_has_a_row_in_the_dataset_table():
@@ -50,7 +50,7 @@ def missing_from_readme(flags: set[str]) -> list[str]:
 
 @pytest.mark.parametrize("script", SCRIPTS)
 def test_every_flag_of_every_dataset_script_is_in_the_readme(script):
-    import options
+    from backbones import options
 
     spec = datasets.spec(script.removesuffix(".py"))
     assert missing_from_readme(documented_flags(options.build_parser(spec).format_help())) == []

@@ -13,10 +13,10 @@ import pandas as pd
 import pytest
 from scipy import stats
 
+from backbones.report import bootstrap_p_value, pareto_front
 from conftest import SWEEP_BACKBONES as BACKBONES
 from conftest import SWEEP_SEEDS as SEEDS
 from conftest import assert_clean_error, run_script
-from report import bootstrap_p_value, pareto_front
 
 SETTING = "digits-val-32x32-default-none"
 

@@ -9,10 +9,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-import split
+from backbones import split
+from backbones.datasets.base import TEST_STREAM, VAL_STREAM, assign_splits, nested_subset, stratified_holdout
+from backbones.errors import UserError
 from conftest import assert_clean_error, run_script
-from datasets.base import TEST_STREAM, VAL_STREAM, assign_splits, nested_subset, stratified_holdout
-from errors import UserError
 from formats import make_class_folders
 
 
@@ -116,7 +116,7 @@ def test_split_cli_names_a_class_too_small_to_split(tmp_path):
 
 
 def test_groups_count_under_their_most_common_label():
-    from datasets.base import stratified_holdout
+    from backbones.datasets.base import stratified_holdout
 
     rng = np.random.default_rng(0)
     labels, groups = rng.integers(0, 3, 300), rng.integers(0, 40, 300).astype(str)
@@ -213,9 +213,9 @@ def test_random_state_is_the_originals_name_for_the_seed(tmp_path):
 
 @pytest.mark.parametrize("dataset", ["imagefolder", "plantvillage", "ucmerced", "eurosat"])
 def test_datasets_carve_their_test_split_with_the_originals_count(tmp_path, dataset):
-    from datasets import spec
-    from loading import load_splits
-    from options import build_parser, data_config
+    from backbones.datasets import spec
+    from backbones.loading import load_splits
+    from backbones.options import build_parser, data_config
 
     layout = {"ucmerced": "UCMerced_LandUse/Images", "eurosat": "eurosat/2750"}.get(dataset, "")  # published layouts
     make_class_folders(tmp_path / "data" / layout, AWKWARD)
@@ -245,8 +245,8 @@ def test_galaxy10_holds_out_ten_percent_of_the_whole_set():
 
 
 def test_a_breakhis_patient_number_never_straddles_the_split(tmp_path):
-    from datasets import breakhis
-    from datasets.base import ReadOptions
+    from backbones.datasets import breakhis
+    from backbones.datasets.base import ReadOptions
     from formats import make_breakhis
 
     make_breakhis(tmp_path / "data", per_patient=2)

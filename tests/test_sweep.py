@@ -13,8 +13,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from backbones.errors import UserError
 from conftest import ROOT, assert_clean_error, run_script
-from errors import UserError
 
 RUN_FLAGS = ["-bs", "64", "--weights", "none", "--max-epochs", "1", "--patience", "1", "--workers", "0"]
 GRID = ["--models", "mobilenet", "shufflenet", "timm:test_resnet", "--datasets", "digits", "--fractions", "0.5", "1",
@@ -104,9 +104,9 @@ def test_sweep_flags_that_would_clash_are_refused(tmp_path):
 
 
 def test_a_run_folder_of_another_configuration_is_never_reused(tmp_path):
-    from datasets import digits
-    from options import apply_protocol_defaults, build_parser
-    from runfiles import run_config
+    from backbones.datasets import digits
+    from backbones.options import apply_protocol_defaults, build_parser
+    from backbones.runfiles import run_config
 
     out = tmp_path / "sweep"
     folder = out / "digits" / "mobilenet_v3_large" / "full" / "s0"
@@ -126,7 +126,7 @@ def test_a_run_folder_of_another_configuration_is_never_reused(tmp_path):
 def test_slurm_options_reach_submitit_as_its_own_parameters(tmp_path):
     import submitit
 
-    import sweep
+    from backbones import sweep
 
     own = ["--models", "mobilenet", "--datasets", "digits", "--launcher", "slurm", "--slurm-account", "lab",
            "--slurm-qos", "high", "--slurm-mem", "32G", "--cpus-per-task", "4", "--slurm-extra", "constraint=a100",

@@ -15,11 +15,11 @@ import pandas as pd
 import pytest
 import torch
 
-import record
+from backbones import record
+from backbones.models import create_model
+from backbones.runtime import seed_everything
 from conftest import FAST, ROOT, assert_clean_error, finished_run, run_script
 from formats import make_class_folders
-from models import create_model
-from runtime import seed_everything
 
 
 def read_rows(path) -> list[dict]:
@@ -190,16 +190,16 @@ def test_failed_dataset_download_is_explained(tmp_path, monkeypatch, capsys):
     # No network exists here; make that certain on any machine by refusing every URL at the socket level.
     import urllib.request
 
-    import datasets.cifar10
-    import finetune
-    from errors import UserError
+    from backbones import finetune
+    from backbones.datasets import cifar10
+    from backbones.errors import UserError
 
     def refuse(*args, **kwargs):
         raise urllib.error.URLError("network unreachable (test)")
 
     monkeypatch.setattr(urllib.request, "urlopen", refuse)
     with pytest.raises(UserError, match=re.escape(f"not found under --data {tmp_path}: downloading it failed")) as e:
-        finetune.main(datasets.cifar10.SPEC, ["-model", "mobilenet", "--data", str(tmp_path), "--workers", "0"])
+        finetune.main(cifar10.SPEC, ["-model", "mobilenet", "--data", str(tmp_path), "--workers", "0"])
     assert "network unreachable (test)" in str(e.value) and "Expected layout: --data/cifar-10-batches-py" in str(
         e.value
     )
@@ -209,7 +209,7 @@ def test_failed_dataset_download_is_explained(tmp_path, monkeypatch, capsys):
 def test_results_table_survives_concurrent_appends(tmp_path):
     import multiprocessing
 
-    import runfiles
+    from backbones import runfiles
 
     table = tmp_path / "results.csv"
     rows = [{"dataset": "digits", "model": f"m{i}", "top1": i} for i in range(40)]

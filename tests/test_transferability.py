@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from scipy.stats import multivariate_normal
 
-from transferability import leep, logme, logme_target
+from backbones.transferability import leep, logme, logme_target
 
 
 def direct_log_evidence(f: np.ndarray, y: np.ndarray, alpha: float, beta: float) -> float:

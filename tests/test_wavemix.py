@@ -8,7 +8,7 @@ import types
 import pytest
 import torch
 
-from models.wavemix import HaarDWT, wavemix_192_16
+from backbones.models.wavemix import HaarDWT, wavemix_192_16
 
 
 @pytest.fixture(scope="module")

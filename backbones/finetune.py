@@ -1,0 +1,394 @@
+"""The fine-tune entry every dataset script calls: prepare the run, train it, write what it measured.
+
+The protocol: phase 1 AdamW until `--patience` epochs without validation improvement, reload the best weights,
+phase 2 SGD by the same rule; the test set is evaluated once, on the best checkpoint. `--protocol paper` is the
+original's recipe instead, selection on the test set included, and says so.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import platform
+import sys
+import time
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from backbones import models
+from backbones.datasets.base import Catalog, DatasetSpec, PaperRecipe
+from backbones.errors import UserError, run_cli
+from backbones.loading import (
+    DataConfig,
+    cached_splits,
+    check_out_folder,
+    image_cache,
+    load_splits,
+    split_batches,
+    split_identity,
+    warn_on_stderr,
+)
+from backbones.metrics import fit_temperature, gflops, peak_memory_mb, quality, reliability_diagram, speed
+from backbones.options import apply_protocol_defaults, build_parser, data_config, train_config, with_saved_flags
+from backbones.pipeline import DeviceBatches
+from backbones.runfiles import (
+    RESUME_FILE,
+    RunLog,
+    append_result,
+    check_evaluation_split,
+    check_results_table,
+    git_commit,
+    library_versions,
+    make_out_dir,
+    resume_state,
+    run_config,
+    write_json,
+)
+from backbones.runtime import (
+    Precision,
+    check_memory,
+    is_main,
+    make_precision,
+    out_of_memory_as_user_error,
+    resolve_device,
+    seed_everything,
+    start_distributed,
+    world,
+)
+from backbones.train_common import FitData, RunOutput, Trainee, evaluate, fit
+
+
+@dataclass
+class Prepared:
+    """A run as its command line, data and device define it, checked before any training."""
+
+    spec: DatasetSpec
+    args: argparse.Namespace
+    data: DataConfig
+    model_name: str
+    weights: models.Weights
+    precision: Precision
+    catalog: Catalog
+    samples: pd.DataFrame
+    identity: dict
+
+    def count(self, split: str) -> int:
+        return int((self.samples["split"] == split).sum())
+
+
+def main(spec: DatasetSpec, argv: list[str] | None = None) -> dict:
+    """Fine-tune (or with --eval-only, evaluate) one backbone on one dataset; returns the metrics written."""
+    warned: list[str] = []  # shown at once, and kept in log.txt once the run folder exists
+    argv = with_saved_flags(spec, sys.argv[1:] if argv is None else argv)
+    job = prepare(spec, argv, warned)
+    trainee, params = build_model(job)
+    out, log, resumed = open_run_folder(job, params, argv)
+    for message in warned:
+        log.to_file(f"warning: {message}")
+    cache = image_cache(spec, job.data, job.catalog, job.samples, log, cached_splits(job.data, not job.args.eval_only))
+
+    def loader(split: str, train: bool = False) -> DeviceBatches:
+        return split_batches(spec, job.data, job.catalog, job.samples, split, job.precision, train, cache)
+
+    best, history, train_seconds, train_loader = {}, [], 0.0, None
+    if not job.args.eval_only:
+        train_loader = loader("train", train=True)
+        select = "test" if job.args.protocol == "paper" else "val"
+        started = time.perf_counter()
+        best, history = fit(
+            trainee,
+            FitData(train_loader, loader(select), select),
+            job.precision,
+            train_config(spec, job.args),
+            RunOutput(out, log, checkpoint_meta(job)),
+            resumed,
+        )
+        earlier = sum(h["seconds"] for h in resumed["history"]) if resumed else 0.0  # before the run was killed
+        train_seconds = time.perf_counter() - started + earlier
+    temperature = calibrate(job, trainee, loader, log)
+    test = evaluate(trainee.forward, loader("test"), job.precision, "test")
+    if not is_main():  # the first process measures the cost and writes the files
+        dist.destroy_process_group()
+        return {}
+    cost = measure_cost(trainee, job, history, train_loader)
+    scores = quality(test.logits.numpy(), test.labels.numpy(), len(job.catalog.classes), temperature)
+    metrics = run_record(job, test, scores, cost, best, history, train_seconds, params, out)
+    write_outputs(job, test, scores, metrics, out)
+    report(job, test, metrics, temperature, log)
+    if world()[1] > 1:
+        dist.destroy_process_group()
+    return metrics
+
+
+def prepare(spec: DatasetSpec, argv: list[str] | None, warned: list[str] | None = None) -> Prepared:
+    """Parse and check everything a run needs before it touches a model: the flags, the checkpoint to evaluate,
+    the device, the data and its split."""
+    args = build_parser(spec).parse_args(argv)
+    apply_protocol_defaults(spec, args)
+    model_name = models.resolve_name(args.model)
+    if not args.eval_only:
+        check_results_table(args.results)
+    if args.eval_only and args.weights in ("imagenet", "none"):
+        raise UserError(
+            "--eval-only evaluates a trained checkpoint: pass it with --weights FILE (e.g. runs/<run>/best.pt)."
+        )
+    weights = models.Weights.parse(args.weights)  # a file is read here, once
+    if args.seed is None:
+        args.seed = int(weights.meta.get("seed", 0))
+    models.check_input_size(model_name, args.image_size)
+    seed_everything(args.seed)
+    start_distributed(args.device)
+    device = resolve_device(args.device)
+    check_memory(args.bs, args.image_size, device)
+    data = data_config(spec, args)
+
+    def warn(message: str) -> None:
+        warn_on_stderr(message)
+        if warned is not None:
+            warned.append(message)
+
+    catalog, samples = load_splits(spec, data, warn)
+    check_out_folder(args.out, args.data, catalog)
+    job = Prepared(
+        spec, args, data, model_name, weights, make_precision(device), catalog, samples,
+        split_identity(spec, data, catalog, samples),
+    )  # fmt: skip
+    check_prepared(job)
+    return job
+
+
+def check_prepared(job: Prepared) -> None:
+    """A checkpoint for other classes or another split, or a split left empty, stops the run here."""
+    spec, args, meta = job.spec, job.args, job.weights.meta
+    num_classes = len(job.catalog.classes)
+    trained_for = meta.get("num_classes", num_classes)
+    if trained_for != num_classes:
+        raise UserError(
+            f"--weights {args.weights} was trained for {trained_for} classes ({meta.get('dataset')}), "
+            f"but {spec.title} has {num_classes}; evaluating it would score an untrained head. Pass a "
+            f"checkpoint trained on {spec.title}."
+        )
+    if args.eval_only:
+        check_evaluation_split(args, meta, job.identity)
+    n_train, n_val, n_test = (job.count(split) for split in ("train", "val", "test"))
+    if n_train == 0 or n_test == 0 or (args.protocol == "val" and not args.eval_only and n_val == 0):
+        raise UserError(
+            f"{spec.title} under {args.data} gives {n_train} training, {n_val} validation and "
+            f"{n_test} test images; every split needs at least one. Add data or raise --val-fraction."
+        )
+
+
+def build_model(job: Prepared) -> tuple[Trainee, int]:
+    """The backbone with its new head on the device, and its parameter count."""
+    args, device = job.args, job.precision.device
+    model = models.create_model(job.model_name, len(job.catalog.classes), job.weights)
+    if args.finetune == "head":
+        models.freeze_all_but_head(model, job.model_name)
+    params = sum(p.numel() for p in model.parameters())
+    model.to(device)
+    if job.precision.channels_last:
+        model.to(memory_format=torch.channels_last)
+    forward = torch.compile(model) if args.compile else model
+    train_forward = forward
+    if world()[1] > 1:  # gradients are averaged over the processes; evaluation runs on the plain model
+        ddp = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+        train_forward = torch.compile(ddp) if args.compile else ddp
+    return Trainee(model, forward, train_forward), params
+
+
+def open_run_folder(job: Prepared, params: int, argv: list[str]) -> tuple[Path, RunLog, dict | None]:
+    """The run's folder (new, or the killed run's with --resume), its config.json, split.csv and first log lines."""
+    args = job.args
+    name = f"{job.spec.name}-{job.model_name.replace(':', '_')}-s{args.seed}"
+    resumed = resume_state(args, run_config(args), job.identity) if args.resume else None
+    out = [make_out_dir(args.out, name, resume=args.resume) if is_main() else None]
+    if world()[1] > 1:
+        dist.broadcast_object_list(out)  # the folder the first process made
+    out = out[0]
+    if is_main() and not (out / "config.json").exists():  # the command as given; a resumed run keeps the first
+        script = f"{job.spec.name}.py"
+        write_json({"script": script, "argv": argv, "config": run_config(args)}, out / "config.json")
+    log = RunLog(out / "log.txt")
+    precision = job.precision
+    log(
+        f"{job.spec.title}: {job.count('train')} train / {job.count('val')} val / {job.count('test')} test images, "
+        f"{len(job.catalog.classes)} classes; {job.model_name} ({params / 1e6:.1f}M params, weights {args.weights}) "
+        f"at {args.image_size[0]}x{args.image_size[1]} on {precision.device}"
+        f"{' with ' + str(precision.amp_dtype) if precision.amp_dtype else ''}; {describe_mode(job)}; seed "
+        f"{args.seed}; writing to {out}"
+    )
+    if job.data.paper is not None:
+        log(
+            "PROTOCOL paper: checkpoints are chosen on the TEST set, as in the original benchmark. The accuracy "
+            "below is optimistically biased; use it only to compare with the original's numbers. The original's "
+            f"recipe: {describe_recipe(job.data.paper, args)}."
+        )
+    if is_main():
+        job.samples[["sample", "label", "split"]].to_csv(out / "split.csv", index=False)
+    return out, log, resumed
+
+
+def describe_mode(job: Prepared) -> str:
+    args = job.args
+    mode = "evaluation of " + args.weights if args.eval_only else f"protocol {args.protocol}"
+    if not args.eval_only:
+        mode += ", linear probe (backbone frozen)" if args.finetune == "head" else ", full fine-tuning"
+    if args.shots is not None or args.train_fraction < 1:
+        size = f"{args.shots} per class" if args.shots is not None else f"{args.train_fraction:g} of each class"
+        mode += f", training data: {size} ({job.count('unused')} images unused)"
+    return mode
+
+
+def describe_recipe(paper: PaperRecipe, args: argparse.Namespace) -> str:
+    """The original's recipe in words, for the run's log."""
+    augment = {
+        "none": "no augmentation",
+        "trivialaugment": "TrivialAugmentWide after the resize",
+        "trivialaugment-first": "TrivialAugmentWide before the resize",
+    }[paper.augment]
+    norm = "the dataset's statistics" if paper.train_norm is None else "its own train and test statistics"
+    phases = f"patience {args.patience} (AdamW)" + (f" and {args.sgd_patience} (SGD)" if paper.sgd_phase else "")
+    return (
+        f"{augment}, no flips; {norm}; no BatchNorm re-estimation (--bn-images {args.bn_images}); {phases}; AdamW "
+        f"lr {args.lr:g}; a checkpoint replaces the best on {'>=' if paper.ties_improve else '>'} batch-averaged "
+        f"test top-1 (test batches of {args.bs * paper.eval_batch_multiple})"
+    )
+
+
+def checkpoint_meta(job: Prepared) -> dict:
+    """What best.pt records beside the weights: enough to evaluate it later on exactly its own test split."""
+    return {
+        "dataset": job.spec.name,
+        "model": job.model_name,
+        "num_classes": len(job.catalog.classes),
+        "classes": job.catalog.classes,
+        "seed": job.args.seed,
+        "image_size": list(job.args.image_size),
+        "config": json.dumps(run_config(job.args)),
+        **job.identity,
+    }
+
+
+def calibrate(job: Prepared, trainee: Trainee, loader, log) -> float | None:
+    """The softmax temperature fitted on the validation split (the test set stays untouched); None without one."""
+    if not job.count("val") or job.args.protocol != "val":
+        return None
+    val = evaluate(trainee.forward, loader("val"), job.precision, "val")
+    temperature = fit_temperature(val.logits.numpy(), val.labels.numpy())
+    if temperature is None:
+        log(
+            "Temperature scaling: the validation split is classified with full confidence, so the fitted "
+            "temperature would only be the search's bound; T is kept at 1."
+        )
+        return 1.0
+    return temperature
+
+
+def measure_cost(trainee: Trainee, job: Prepared, history: list[dict], train_loader) -> dict:
+    """What the backbone costs: FLOPs per image, inference speed, training speed and peak memory."""
+    size, precision, batch_size = job.args.image_size, job.precision, job.args.bs
+    cost = {"gflops": gflops(trainee.model, size, precision.device)}
+    cost.update(speed(trainee.forward, size, batch_size, precision))
+    cost["seconds_per_epoch"] = float(np.mean([h["seconds"] for h in history])) if history else None
+    cost["train_images_per_s"] = None
+    if history and train_loader is not None:
+        loader = train_loader.loader
+        per_epoch = len(loader) * batch_size if loader.drop_last else len(loader.dataset)
+        cost["train_images_per_s"] = per_epoch * len(history) / sum(h["train_pass_seconds"] for h in history)
+    cost["peak_memory_mb"], cost["peak_memory_kind"] = peak_memory_mb(precision.device)
+    return {k: round(v, 4) if isinstance(v, float) else v for k, v in cost.items()}
+
+
+def run_record(job, test, scores, cost, best, history, train_seconds, params, out) -> dict:
+    """The run's metrics.json: what it measured with its full configuration (the fields `record.py` names)."""
+    args, spec, device, paper = job.args, job.spec, job.precision.device, job.data.paper
+    return {
+        "dataset": spec.name,
+        **job.identity,
+        "data": str(args.data.resolve()),
+        "domain": spec.domain,
+        "model": job.model_name,
+        "weights": args.weights,
+        "seed": args.seed,
+        "protocol": args.protocol,
+        "eval_only": args.eval_only,
+        "selection": None if args.eval_only else ("test" if args.protocol == "paper" else "val"),
+        "num_classes": len(job.catalog.classes),
+        **{f"n_{split}": job.count(split) for split in ("train", "val", "test", "unused")},
+        "train_fraction": args.train_fraction,
+        "shots": args.shots,
+        "finetune": args.finetune,
+        "image_size": list(args.image_size),
+        "default_image_size": list(spec.image_size),
+        **{k: round(v, 6) if isinstance(v, float) else v for k, v in scores.items()},
+        "test_loss": round(test.loss, 6),
+        "top1_batch_mean": round(test.batch_top1, 4) if paper else None,  # what the original reports
+        "paper_recipe": dataclasses.asdict(paper) if paper else None,
+        "epochs": len(history),
+        "best_epoch": best.get("epoch"),
+        "best_selection_top1": round(best["top1"], 4) if best else None,
+        "train_seconds": round(train_seconds, 2),
+        "params": params,
+        **cost,
+        "device": str(device),
+        "processes": world()[1],
+        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.machine(),
+        "amp_dtype": str(job.precision.amp_dtype) if job.precision.amp_dtype else None,
+        "history": history,
+        "config": run_config(args),
+        "versions": library_versions(),
+        "git_commit": git_commit(),
+        "finished": datetime.now().isoformat(timespec="seconds"),
+        "out": str(out),
+    }
+
+
+def write_outputs(job: Prepared, test, scores: dict, metrics: dict, out: Path) -> None:
+    """The test outputs, confusion matrix and reliability diagram, metrics.json, then the results-table row."""
+    logits, labels, classes = test.logits.numpy(), test.labels.numpy(), job.catalog.classes
+    np.savez_compressed(out / "test_outputs.npz", logits=logits.astype(np.float32), labels=labels)
+    pd.DataFrame(scores["confusion_matrix"], index=classes, columns=classes).rename_axis("true \\ predicted").to_csv(
+        out / "confusion_matrix.csv"
+    )
+    reliability_diagram(logits, labels, out / "reliability.png", f"{job.spec.title}, {job.model_name}")
+    write_json(metrics, out / "metrics.json")
+    (out / RESUME_FILE).unlink(missing_ok=True)  # finished: best.pt is what is worth keeping
+    if not job.args.eval_only:
+        size = "x".join(map(str, job.args.image_size))
+        append_result({**metrics["config"], **metrics, "image_size": size}, job.args.results)  # with its recipe
+
+
+def report(job: Prepared, test, metrics: dict, temperature: float | None, log) -> None:
+    """The run's last lines, ending with the contract's `Top-1 accuracy: NN.NN%`."""
+    log(
+        ("top-5 n/a (5 classes or fewer)" if metrics["top5"] is None else f"top-5 {metrics['top5']:.2f}%")
+        + f", balanced accuracy {metrics['balanced_accuracy']:.2f}%, macro-F1 "
+        f"{metrics['macro_f1']:.2f}% | NLL {metrics['nll']:.4f}, Brier {metrics['brier']:.4f}, ECE "
+        f"{metrics['ece']:.4f}"
+        + (f" ({metrics['ece_temperature_scaled']:.4f} at T={temperature:.3f})" if temperature else "")
+        + f" | {metrics['gflops']:.2f} GFLOPs, {metrics['latency_ms_batch1']:.1f} ms at batch 1, "
+        f"{metrics['throughput_images_per_s']:.0f} img/s at batch {job.args.bs}, peak memory "
+        + (f"{metrics['peak_memory_mb']:.0f} MB" if metrics["peak_memory_mb"] is not None else "not measurable here")
+    )
+    log(f"{metrics['epochs']} epochs in {metrics['train_seconds']:.0f}s; files in {metrics['out']}")
+    if job.data.paper is not None:
+        log(f"Top-1 over test images: {test.top1:.2f}%; averaged over test batches as the original does:")
+    log(f"Top-1 accuracy: {(test.batch_top1 if job.data.paper else test.top1):.2f}%")
+
+
+def run(spec: DatasetSpec, argv: list[str] | None = None) -> None:
+    """Entry point of a dataset script (and of `backbones train <dataset>`)."""
+
+    def guarded() -> None:
+        with out_of_memory_as_user_error():
+            main(spec, argv)
+
+    run_cli(guarded)

@@ -1,0 +1,312 @@
+"""Rank backbones for a dataset from their frozen features, before fine-tuning any of them.
+
+Usage: python rank.py --dataset eurosat [-models all] [--runs runs/]
+
+Each backbone's penultimate features of the training and validation splits are extracted once (no augmentation)
+and cached; LogME and LEEP score the training split, kNN and a linear probe are fitted on it and scored on the
+validation split. The test split is never read. With --runs, the ranking is checked against fine-tuned runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import hashlib
+import json
+import math
+import time
+from datetime import datetime
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from backbones import datasets, models
+from backbones.datasets.base import DatasetSpec, atomic_write, cache_dir
+from backbones.errors import HelpFormatter, UserError, run_cli
+from backbones.loading import DataConfig, image_cache, load_splits, split_batches, split_identity
+from backbones.options import (
+    add_data_arguments,
+    data_config,
+    image_size,
+    non_negative_int,
+    parse_dataset_args,
+    positive_int,
+)
+from backbones.runtable import dataset_label, describe, find_runs, markdown_table, number, runs_table
+from backbones.runtime import make_precision, resolve_device, seed_everything
+from backbones.train_common import predict
+from backbones.transferability import agreement, knn_accuracy, leep, linear_probe_accuracy, logme
+
+# (column, heading, decimals): higher is better for every score
+SCORES = (("logme", "LogME", 4), ("knn", "kNN top-1 %", 2), ("linear", "linear probe top-1 %", 2), ("leep", "LEEP", 4))
+
+
+def build_parser(spec: DatasetSpec | None) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        description="Rank backbones for a dataset from frozen features (LogME, kNN, linear probe, LEEP) before "
+        "fine-tuning any of them; with --runs, check the ranking against fine-tuned runs (Kendall's tau, regret).",
+        formatter_class=HelpFormatter,
+    )
+    add = parser.add_argument
+    add("--dataset", required=True, choices=datasets.NAMES, help="the dataset, by its script's name")
+    add(
+        "--models",
+        "-models",
+        nargs="+",
+        default=["all"],
+        help="backbones to rank ('all': the eleven), names or aliases",
+    )
+    add("--weights", default="imagenet", help="'imagenet', 'none' (random init, a baseline) or a checkpoint FILE")
+    default_size = "x".join(map(str, spec.image_size)) if spec else "the dataset's"
+    add("--image-size", type=image_size, default=default_size, help="feature-extraction size, S or HxW")
+    add_data_arguments(parser, spec.default_data if spec else "data")
+    add("--seed", type=int, default=0, help="seeds the splits (as in training), random init and the probe")
+    add("-bs", "--batch-size", dest="bs", type=positive_int, default=64, help="batch size for feature extraction")
+    add("--workers", type=non_negative_int, default=2, help="data-loading processes")
+    add("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
+    add("--runs", type=Path, nargs="+", default=None, help="folders of fine-tuned runs to check the ranking against")
+    add("--out", type=Path, default=None, help="CSV to write (default: results/rank-<dataset>-<time>.csv)")
+    if spec and spec.add_arguments:
+        spec.add_arguments(parser)
+    return parser
+
+
+def parse_args(argv: list[str] | None) -> tuple[DatasetSpec, argparse.Namespace]:
+    spec, args = parse_dataset_args(build_parser, argv)
+    if args.models == ["all"]:
+        args.models = models.list_models()
+    args.models = [models.resolve_name(name) for name in args.models]
+    for name in args.models:
+        models.check_input_size(name, args.image_size)
+    return spec, args
+
+
+# ----------------------------------------------------------------------------------------------- features
+def fingerprint(*modules: torch.nn.Module | None) -> str:
+    """A hash of every weight: the cache follows the weights themselves, not a file name or a date."""
+    digest = hashlib.sha1()
+    for module in modules:
+        for name, tensor in [] if module is None else module.state_dict().items():
+            digest.update(name.encode())
+            digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def extract(
+    name: str, spec: DatasetSpec, args, data: DataConfig, catalog, samples: pd.DataFrame, images, log
+) -> tuple[dict, bool]:
+    """{split: (features, source-class probabilities or None, labels)} for train and val, from the cache when
+    the same weights already saw the same images at the same size. `images()` gives the decoded-image cache."""
+    seed_everything(args.seed)  # random-init weights are reproducible
+    model, classifier = models.create_feature_extractor(name, models.Weights.parse(args.weights))
+    weights = fingerprint(model, classifier)
+    device = resolve_device(args.device)
+    precision = make_precision(device)
+    model.to(device)
+    outputs, reused = {}, True
+    for split in ("train", "val"):
+        rows = samples[samples["split"] == split]
+        key = hashlib.sha1(
+            json.dumps(
+                [
+                    spec.name,
+                    dataset_label(spec.name, data.own, spec.domain, args.data),
+                    split,
+                    name,
+                    weights,
+                    args.image_size,
+                ]
+                + rows["sample"].tolist()
+                + rows["label"].tolist()
+            ).encode()
+        ).hexdigest()[:20]
+        path = cache_dir() / "features" / f"{spec.name}-{split}-{name.replace(':', '_')}-{key}.npz"
+        if path.exists():
+            with np.load(path) as saved:
+                outputs[split] = (saved["features"], saved.get("probabilities"), saved["labels"])
+            log(f"  {name} {split}: {len(rows)} images, features reused from the cache ({path})")
+            continue
+        reused = False
+        batches = split_batches(spec, data, catalog, samples, split, precision, False, images())
+        features, labels = predict(model, batches, precision, f"{name} {split}")
+        saved = {"features": features.numpy(), "labels": labels.numpy()}
+        if classifier is not None:
+            with torch.inference_mode():
+                saved["probabilities"] = torch.softmax(classifier.float().cpu()(features), dim=1).numpy()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write(path, functools.partial(np.savez, **saved))  # a killed extraction leaves no complete-looking file
+        outputs[split] = (saved["features"], saved.get("probabilities"), saved["labels"])
+    return outputs, reused
+
+
+def score(outputs: dict, seed: int) -> dict:
+    (train, train_probabilities, train_labels), (val, _, val_labels) = outputs["train"], outputs["val"]
+    return {
+        "logme": logme(train, train_labels),
+        "knn": knn_accuracy(train, train_labels, val, val_labels),
+        "linear": linear_probe_accuracy(train, train_labels, val, val_labels, seed),
+        "leep": math.nan if train_probabilities is None else leep(train_probabilities, train_labels),
+    }
+
+
+# ----------------------------------------------------------------------------------------------- checking
+def measured_top1(args, fingerprint: str, log) -> tuple[pd.Series, pd.Series, str]:
+    """(mean test top-1 per backbone, mean fine-tuning seconds per backbone, the setting) from the runs under --runs
+    that answer the question this ranking predicts: the same data, weights, resolution and training subset, full
+    fine-tuning under the default protocol, and one training configuration (the one most backbones were run with)."""
+    runs, skipped = find_runs(args.runs)
+    for path, reason in skipped:
+        log(f"  skipped {path}: {reason}")
+    empty = pd.Series(dtype=float), pd.Series(dtype=float), ""
+    if not runs:
+        return empty
+    table, _ = runs_table(runs)
+    size = "x".join(map(str, args.image_size))
+
+    def same_setting(key: str) -> bool:
+        setting = json.loads(key)
+        return (
+            setting["protocol"] == "val"
+            and setting["weights"] == args.weights
+            and setting["resolution"].split(" ")[0] == size
+            and math.isclose(setting.get("train_fraction", 1.0), args.train_fraction)
+            and setting.get("shots") == args.shots
+            and setting.get("finetune", "full") == "full"
+        )
+
+    table = table[(table["dataset_fingerprint"] == fingerprint) & table["setting"].map(same_setting)]
+    if table.empty:
+        return empty
+    coverage = table.groupby("configuration").agg(backbones=("model", "nunique"), runs=("model", "size"))
+    chosen = coverage.sort_values(["backbones", "runs"], ascending=False).index[0]
+    others = table[table["configuration"] != chosen]
+    if not others.empty:
+        log(
+            f"  {len(others)} matching run(s) with another training configuration are left out, e.g. "
+            + others["folder"].iloc[0]
+        )
+    grouped = table[table["configuration"] == chosen].groupby("model")
+    return (
+        grouped["top1"].mean(),
+        grouped["train_seconds"].mean(),
+        describe(json.loads(table["setting"].iloc[0])),
+    )
+
+
+def out_path(args, spec: DatasetSpec) -> Path:
+    if args.out is None:
+        return Path("results") / f"rank-{spec.name}-{datetime.now().strftime('%Y%m%d-%H%M%S')}.csv"
+    if args.out.exists():
+        raise UserError(f"--out {args.out} already exists; this tool never overwrites a file. Choose a new name.")
+    return args.out
+
+
+def main(argv: list[str] | None = None) -> pd.DataFrame:
+    spec, args = parse_args(argv)
+    out = out_path(args, spec)
+    data = data_config(spec, args, protocol="val")  # the splits are carved exactly as a fine-tuning run carves them
+    catalog, samples = load_splits(spec, data)
+    counts = samples["split"].value_counts()
+    if counts.get("train", 0) < 2 or counts.get("val", 0) < 1:
+        raise UserError(
+            f"{spec.title} under {args.data} gives {counts.get('train', 0)} training and {counts.get('val', 0)} "
+            "validation images; ranking needs both. Add data or raise --val-fraction."
+        )
+    log = print
+    log(
+        f"Ranking {len(args.models)} backbones on {spec.title} ({counts['train']} train / {counts['val']} val "
+        f"images, test split untouched) with {args.weights} weights at {args.image_size[0]}x{args.image_size[1]}"
+    )
+    # decoded once, and only if some backbone's features are not cached yet; the test images are never decoded
+    images = functools.cache(lambda: image_cache(spec, data, catalog, samples, log, splits=("train", "val")))
+    fingerprint = split_identity(spec, data, catalog, samples)["dataset_fingerprint"]
+    rows, started = [], time.perf_counter()
+    for name in args.models:
+        begun = time.perf_counter()
+        outputs, reused = extract(name, spec, args, data, catalog, samples, images, log)
+        extracted = time.perf_counter()
+        scores = score(outputs, args.seed)
+        rows.append(
+            {
+                "backbone": name,
+                **scores,
+                "feature_dim": outputs["train"][0].shape[1],
+                "features_seconds": extracted - begun,
+                "score_seconds": time.perf_counter() - extracted,
+                "features_cached": reused,
+            }
+        )
+    total = time.perf_counter() - started
+    table = ranking_table(rows)
+    setting = {
+        "dataset": dataset_label(spec.name, data.own, spec.domain, args.data),
+        "weights": args.weights,
+        "dataset_fingerprint": fingerprint,
+        "resolution": "x".join(map(str, args.image_size)),
+        "train_fraction": args.train_fraction,
+        "shots": args.shots,
+        "val_fraction": args.val_fraction,
+        "seed": args.seed,
+        "n_train": int(counts["train"]),
+        "n_val": int(counts["val"]),
+    }
+    print_ranking(table, total, log)
+    if args.runs:
+        table["measured_top1"] = check_against_runs(args, table, fingerprint, setting["dataset"], total, log)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    table.reset_index().assign(**setting).to_csv(out, index=False)
+    log(f"Ranking written to {out}")
+    return table
+
+
+def ranking_table(rows: list[dict]) -> pd.DataFrame:
+    """One row per backbone, ranked by LogME, with each score's own rank."""
+    table = pd.DataFrame(rows).set_index("backbone")
+    table = table.sort_values("logme", ascending=False)
+    table.insert(0, "rank", table["logme"].rank(ascending=False, method="min").astype(int))
+    for column, _, _ in SCORES:
+        table[f"{column}_rank"] = table[column].rank(ascending=False, method="min")
+    return table
+
+
+def print_ranking(table: pd.DataFrame, total: float, log) -> None:
+    columns = {"rank": table["rank"].tolist(), "backbone": table.index.tolist()}
+    for column, heading, decimals in SCORES:
+        columns[heading] = [number(v, decimals) for v in table[column]]
+    columns["seconds"] = [
+        f"{f + s:.1f}" + (" (cached features)" if cached else "")
+        for f, s, cached in zip(
+            table["features_seconds"], table["score_seconds"], table["features_cached"], strict=True
+        )
+    ]
+    log("\n" + markdown_table(columns) + "\n")
+    log(f"Ranked by LogME. Total {total:.1f} s for {len(table)} backbones.")
+
+
+def check_against_runs(args, table: pd.DataFrame, fingerprint: str, dataset: str, total: float, log) -> pd.Series:
+    """The measured top-1 of each backbone under --runs, after printing how well each score predicted it."""
+    measured, finetune_seconds, measured_setting = measured_top1(args, fingerprint, log)
+    if measured.empty:
+        log(f"No fine-tuned runs of {dataset} with --weights {args.weights} under --runs to check.")
+        return measured
+    log(f"\nAgainst fine-tuned runs ({measured_setting}):")
+    for column, heading, _ in SCORES:
+        result = agreement(table[column], measured)
+        if result:
+            verdict = "the true best" if result["pick_is_best"] else f"true best: {result['true_best']}"
+            log(
+                f"  {heading}: Kendall's tau {result['kendall_tau']:+.2f} over {result['backbones']} "
+                f"backbones; first pick {result['pick']} ({verdict}), regret {result['regret']:.2f} points"
+            )
+    mean_finetune = float(finetune_seconds.mean())
+    log(
+        f"  Cost: ranking {len(table)} backbones took {total:.1f} s; fine-tuning one took {mean_finetune:.1f} "
+        f"s on average in these runs (ranking costs {100 * total / mean_finetune:.1f}% of one fine-tuning run)."
+    )
+    return measured
+
+
+if __name__ == "__main__":
+    run_cli(main)

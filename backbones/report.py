@@ -1,0 +1,523 @@
+"""Compare finished runs: a leaderboard per dataset and setting, a domain table, cost plots and recommendations.
+
+Usage: python report.py --runs runs/ [more folders ...] --out report/
+
+Runs are grouped into *settings* (dataset with its own options, protocol, weights, resolution, and the training
+data used); numbers are only ever averaged over seeds within one setting and one training configuration.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import re
+import textwrap
+from collections import defaultdict
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
+from scipy.stats import ttest_rel  # noqa: E402
+from sklearn.metrics import cohen_kappa_score  # noqa: E402
+
+from backbones.errors import HelpFormatter, UserError, run_cli  # noqa: E402
+from backbones.record import METRICS  # noqa: E402
+from backbones.runtable import (  # noqa: E402
+    SETTING_DEFAULTS,
+    correct_vector,
+    describe,
+    find_runs,
+    markdown_table,
+    number,
+    runs_table,
+)
+from backbones.transferability import agreement  # noqa: E402
+
+DOMAINS = ("natural", "texture", "remote sensing", "plant", "astronomy", "medical")
+SHOWN = ("top1", "balanced_accuracy", "macro_f1", "ece", "gflops", "latency_ms_batch1")  # in the terminal
+PREDICTORS = {"logme": "LogME", "knn": "kNN", "linear": "linear probe", "leep": "LEEP"}  # rank.py's scores
+ALPHA = 0.05
+BOOTSTRAP_RESAMPLES = 10_000
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description="Compare finished runs: per-dataset leaderboards with statistical ties, the average rank per "
+        "domain, accuracy-versus-cost plots with the Pareto front, error consistency between backbones, and a "
+        "recommendation per dataset. Unfinished or unreadable runs are listed and skipped.",
+        formatter_class=HelpFormatter,
+    )
+    parser.add_argument(
+        "--runs", type=Path, nargs="+", default=[Path("runs")], help="folders holding run folders (searched deeply)"
+    )
+    parser.add_argument("--out", type=Path, default=Path("report"), help="folder the report is written to")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the bootstrap used for single-seed ties")
+    parser.add_argument(
+        "--rankings",
+        type=Path,
+        nargs="+",
+        default=[],
+        help="CSVs written by rank.py: their predicted ranking is shown beside the measured one",
+    )
+    return parser.parse_args(argv)
+
+
+# ------------------------------------------------------------------------------------------------ reading
+# ----------------------------------------------------------------------------------------------- statistics
+def bootstrap_p_value(correct_a: np.ndarray, correct_b: np.ndarray, resamples: int, seed: int) -> float:
+    """Two-sided p-value that a and b are equally accurate, by a paired bootstrap over the test images.
+
+    Resampling n images with replacement only changes how many of the images that a alone gets right (and b alone
+    gets right) are drawn, so the resampled accuracy difference is drawn exactly from a multinomial on those counts.
+    """
+    n = len(correct_a)
+    only_a = int(np.sum(correct_a & ~correct_b))
+    only_b = int(np.sum(correct_b & ~correct_a))
+    draws = np.random.default_rng(seed).multinomial(n, [only_a / n, only_b / n, 1 - (only_a + only_b) / n], resamples)
+    difference = draws[:, 0] - draws[:, 1]
+    return float(min(1.0, 2 * min(np.mean(difference <= 0), np.mean(difference >= 0))))
+
+
+def paired_t_p_value(top1_a: list[float], top1_b: list[float]) -> float:
+    """Two-sided paired t-test p-value over seeds; a constant difference is decided without the test."""
+    differences = np.subtract(top1_a, top1_b)
+    if np.allclose(differences, differences[0]):
+        return 1.0 if np.isclose(differences[0], 0) else 0.0
+    return float(ttest_rel(top1_a, top1_b).pvalue)
+
+
+def tie_with_best(best: pd.DataFrame, other: pd.DataFrame, seed: int) -> tuple[str, float]:
+    """(how the tie was tested, p-value) between the best row's runs and another row's, paired by seed."""
+    common = sorted(set(best["seed"]) & set(other["seed"]))
+    if len(common) >= 2:
+        a = best.set_index("seed").loc[common, "top1"].tolist()
+        b = other.set_index("seed").loc[common, "top1"].tolist()
+        return f"paired t-test, {len(common)} seeds", paired_t_p_value(a, b)
+    if len(common) == 1:
+        saved_a = correct_vector(best.set_index("seed").loc[common[0], "folder"])
+        saved_b = correct_vector(other.set_index("seed").loc[common[0], "folder"])
+        if saved_a is not None and saved_b is not None and np.array_equal(saved_a[0], saved_b[0]):
+            p = bootstrap_p_value(saved_a[1], saved_b[1], BOOTSTRAP_RESAMPLES, seed)
+            return f"bootstrap, {len(saved_a[0])} test images", p
+        return "not tested: the seed's test outputs are missing or differ", math.nan
+    return "not tested: no seed in common", math.nan
+
+
+def pooled_seed_std(top1: pd.Series, labels: pd.Series) -> float:
+    """The seed-to-seed standard deviation of top-1, pooled over every row with two or more seeds (NaN if none)."""
+    groups = [values for _, values in top1.groupby(labels) if len(values) >= 2]
+    freedom = sum(len(values) - 1 for values in groups)
+    if not freedom:
+        return math.nan
+    return math.sqrt(sum(values.var(ddof=1) * (len(values) - 1) for values in groups) / freedom)
+
+
+def leaderboard(runs: pd.DataFrame, seed: int) -> pd.DataFrame:
+    """One row per backbone (and configuration): mean and std over seeds, rank, tie with the best.
+
+    Rows are ranked by their mean top-1 less one standard error (the pooled seed-to-seed std over the root of the
+    row's number of seeds), so one lucky seed does not outrank the mean of three; with equal seed counts this is
+    the order of the means."""
+    grouped = runs.groupby("label", sort=False)
+    board = pd.DataFrame({"seeds": grouped["seed"].apply(lambda s: ",".join(map(str, sorted(s))))})
+    board["n_seeds"] = grouped["seed"].nunique()
+    board["params_m"] = grouped["params"].first() / 1e6
+    for column, _, _ in METRICS:
+        board[f"{column}_mean"] = grouped[column].mean()
+        board[f"{column}_std"] = grouped[column].std(ddof=1)
+    spread = pooled_seed_std(runs["top1"], runs["label"])
+    board["rank_score"] = board["top1_mean"] - (0 if math.isnan(spread) else spread / np.sqrt(board["n_seeds"]))
+    board = board.sort_values(["rank_score", "gflops_mean"], ascending=[False, True])
+    board.insert(0, "rank", board["rank_score"].rank(method="min", ascending=False).astype(int))
+    best = board.index[0]
+    tests = {label: tie_with_best(grouped.get_group(best), grouped.get_group(label), seed) for label in board.index}
+    board["tie_test"] = [("best" if label == best else tests[label][0]) for label in board.index]
+    board["p_value"] = [math.nan if label == best else tests[label][1] for label in board.index]
+    board["tied_with_best"] = [
+        label == best or p >= ALPHA for label, p in zip(board.index, board["p_value"], strict=True)
+    ]
+    return board.rename_axis("backbone").reset_index()
+
+
+def error_consistency(runs: pd.DataFrame, labels: list[str]) -> pd.DataFrame:
+    """Cohen's kappa between two backbones' correct/incorrect vectors on the same test images, mean over seeds.
+
+    0 means their mistakes agree only as often as their accuracies imply by chance; 1 means they fail on exactly
+    the same images. Undefined (blank) when a backbone gets every image right or every image wrong.
+    """
+    vectors = defaultdict(dict)
+    for row in runs.itertuples():
+        saved = correct_vector(row.folder)
+        if saved is not None:
+            vectors[row.label][row.seed] = saved
+    kappa = pd.DataFrame(np.nan, index=labels, columns=labels)
+    for a in labels:
+        for b in labels:
+            values = []
+            for seed in set(vectors[a]) & set(vectors[b]):
+                (labels_a, correct_a), (labels_b, correct_b) = vectors[a][seed], vectors[b][seed]
+                if not np.array_equal(labels_a, labels_b):
+                    continue
+                if correct_a.all() or (~correct_a).all() or correct_b.all() or (~correct_b).all():
+                    continue
+                values.append(cohen_kappa_score(correct_a, correct_b))
+            if values:
+                kappa.loc[a, b] = float(np.mean(values))
+    return kappa
+
+
+def pareto_front(cost: np.ndarray, accuracy: np.ndarray) -> np.ndarray:
+    """Which points no other point beats on both cost (lower) and accuracy (higher)."""
+    dominated = [
+        bool(np.any((cost <= c) & (accuracy >= a) & ((cost < c) | (accuracy > a))))
+        for c, a in zip(cost, accuracy, strict=True)
+    ]
+    return ~np.array(dominated)
+
+
+def domain_tables(boards: dict[str, pd.DataFrame], settings: dict[str, dict]) -> dict[str, pd.DataFrame]:
+    """Average rank per domain and overall, one table per group of settings that differ only in the dataset."""
+    groups: dict[str, dict[str, pd.DataFrame]] = defaultdict(dict)
+    for key, board in boards.items():
+        setting = settings[key]
+        group = {k: v for k, v in setting.items() if k not in ("dataset", "domain", "resolution")}
+        default = setting["resolution"].endswith("(default)")
+        group["resolution"] = "default" if default else setting["resolution"]
+        groups[describe(group)][setting["dataset"]] = board.assign(domain=setting["domain"])
+    tables = {}
+    for name, members in groups.items():
+        ranks = pd.concat(
+            [board[["backbone", "rank", "domain"]].assign(dataset=dataset) for dataset, board in members.items()]
+        )
+        order = [d for d in DOMAINS if d in set(ranks["domain"])] + sorted(set(ranks["domain"]) - set(DOMAINS))
+        table = ranks.pivot_table(index="backbone", columns="domain", values="rank", aggfunc="mean")[order]
+        table["overall"] = ranks.groupby("backbone")["rank"].mean()
+        table["datasets"] = ranks.groupby("backbone")["dataset"].nunique()
+        tables[name] = table.sort_values("overall").reset_index()
+    return tables
+
+
+RANKING_KEY = ["dataset_fingerprint", "weights", "resolution", "train_fraction", "shots", "backbone"]
+
+
+def read_rankings(paths: list[Path]) -> pd.DataFrame:
+    """rank.py's tables, one row per (data, weights, resolution, training data size, backbone); a later file wins."""
+    tables = []
+    for path in paths:
+        try:
+            tables.append(pd.read_csv(path))
+        except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError) as err:
+            raise UserError(f"--rankings {path} cannot be read ({err}); pass CSVs written by rank.py.") from err
+        if not {*RANKING_KEY, *PREDICTORS} <= set(tables[-1].columns):
+            raise UserError(
+                f"--rankings {path} is not a table written by this version of rank.py (it lacks some of the columns "
+                f"{', '.join(RANKING_KEY)}); rerun rank.py to get one."
+            )
+    if not tables:
+        return pd.DataFrame()
+    return pd.concat(tables).drop_duplicates(RANKING_KEY, keep="last")
+
+
+def predicted_ranking(
+    board: pd.DataFrame, setting: dict, fingerprint: str, rankings: pd.DataFrame
+) -> tuple[pd.DataFrame, str]:
+    """The leaderboard with each score's predicted rank beside the measured one, and how well each predicted: only
+    from a ranking of the same data, weights, resolution and training subset."""
+    if rankings.empty or setting.get("finetune", "full") != "full" or setting["protocol"] != "val":
+        return board, ""
+    size = setting["resolution"].split(" ")[0]
+    shots = setting.get("shots", SETTING_DEFAULTS["shots"])
+    match = rankings[
+        (rankings["dataset_fingerprint"] == fingerprint)
+        & (rankings["weights"] == setting["weights"])
+        & (rankings["resolution"] == size)
+        & np.isclose(rankings["train_fraction"], setting.get("train_fraction", SETTING_DEFAULTS["train_fraction"]))
+        & (rankings["shots"].isna() if shots is None else rankings["shots"] == shots)
+    ].set_index("backbone")
+    if match.empty:
+        return board, ""
+    measured = board.set_index("backbone")["top1_mean"]
+    lines = []
+    for column, heading in PREDICTORS.items():
+        ranks = match[column].reindex(board["backbone"]).rank(ascending=False, method="min")  # among these rows
+        board[f"{column}_predicted_rank"] = ranks.to_numpy()
+        result = agreement(match[column], measured)
+        if result:
+            lines.append(
+                f"{heading}: Kendall's tau {result['kendall_tau']:+.2f} over {result['backbones']} backbones, first "
+                f"pick {result['pick']}, regret {result['regret']:.2f} top-1 points."
+            )
+    return board, "Predicted by rank.py before fine-tuning: " + " ".join(lines) if lines else ""
+
+
+# ----------------------------------------------------------------------------------------------- writing
+def slug(setting: dict) -> str:
+    text = "-".join(str(v) for k, v in setting.items() if k != "domain")
+    return re.sub(r"[^A-Za-z0-9.=]+", "-", text).strip("-")
+
+
+def mean_std(board: pd.DataFrame, column: str, decimals: int) -> list[str]:
+    return [
+        number(mean, decimals) + (f" ± {number(std, decimals)}" if std > 0 else "")  # NaN (one seed) is not > 0
+        if not math.isnan(mean)
+        else ""
+        for mean, std in zip(board[f"{column}_mean"], board[f"{column}_std"], strict=True)
+    ]
+
+
+def leaderboard_markdown(board: pd.DataFrame, metrics: tuple = METRICS) -> str:
+    columns = {
+        "rank": board["rank"].tolist(),
+        "backbone": board["backbone"].tolist(),
+        "seeds": [f"{seeds} ({n})" for seeds, n in zip(board["seeds"], board["n_seeds"], strict=True)],
+    }
+    for column, heading, decimals in metrics:
+        columns[heading] = mean_std(board, column, decimals)
+    columns["params M"] = [number(v, 1) for v in board["params_m"]]
+    for column, heading in PREDICTORS.items():
+        if f"{column}_predicted_rank" in board:
+            columns[f"{heading} rank"] = [number(v, 0) for v in board[f"{column}_predicted_rank"]]
+    columns["tied with best"] = [
+        tie_word(test, tied, p)
+        for test, tied, p in zip(board["tie_test"], board["tied_with_best"], board["p_value"], strict=True)
+    ]
+    columns["tie test"] = ["" if test == "best" else test for test in board["tie_test"]]
+    return markdown_table(columns)
+
+
+def tie_word(test: str, tied: bool, p: float) -> str:
+    """'best', 'yes'/'no' with the p-value, or 'untested' where no test could be made (never read as 'no')."""
+    if test == "best":
+        return "best"
+    if math.isnan(p):
+        return "untested"
+    return f"{'yes' if tied else 'no'} (p = {p:.3f})"
+
+
+def recommendation(board: pd.DataFrame) -> str:
+    best = board.iloc[0]
+    tied = board[board["tied_with_best"]]
+    cheapest = tied.sort_values(["gflops_mean", "latency_ms_batch1_mean"]).iloc[0]
+    calibrated = board.sort_values("ece_mean").iloc[0]
+    text = f"**{best['backbone']}** is the most accurate ({best['top1_mean']:.2f}% top-1 over seed(s) {best['seeds']})."
+    if len(tied) > 1:
+        others = ", ".join(tied["backbone"].iloc[1:])
+        text += f" Statistically tied with it (α = {ALPHA}): {others}."
+        if cheapest["backbone"] != best["backbone"]:
+            text += (
+                f" The cheapest of the tied is **{cheapest['backbone']}**: {cheapest['gflops_mean']:.3f} GFLOPs and "
+                f"{cheapest['latency_ms_batch1_mean']:.1f} ms at batch 1, against {best['gflops_mean']:.3f} GFLOPs "
+                f"and {best['latency_ms_batch1_mean']:.1f} ms, for {cheapest['top1_mean']:.2f}% top-1."
+            )
+        else:
+            text += " It is also the cheapest of them in GFLOPs."
+    elif board["p_value"].iloc[1:].notna().any():
+        text += " No other backbone is statistically tied with it."
+    untested = board.loc[board["p_value"].isna() & (board["tie_test"] != "best"), "backbone"].tolist()
+    if untested:
+        text += f" Not tested against it (no seed, or no test outputs, in common): {', '.join(untested)}."
+    text += (
+        f" Best calibrated: **{calibrated['backbone']}** (ECE {calibrated['ece_mean']:.4f}"
+        + (
+            f", {calibrated['ece_temperature_scaled_mean']:.4f} after temperature scaling"
+            if not math.isnan(calibrated["ece_temperature_scaled_mean"])
+            else ""
+        )
+        + f"; {calibrated['top1_mean']:.2f}% top-1)."
+    )
+    return text
+
+
+def plot_cost(board: pd.DataFrame, title: str, path: Path) -> None:
+    figure, axes = plt.subplots(1, 2, figsize=(11, 4.5), sharey=True)
+    for axis, column, heading in zip(
+        axes, ("gflops", "latency_ms_batch1"), ("GFLOPs per image", "latency, batch 1 (ms)"), strict=True
+    ):
+        cost, accuracy = board[f"{column}_mean"].to_numpy(), board["top1_mean"].to_numpy()
+        error = board["top1_std"].fillna(0).to_numpy()
+        front = pareto_front(cost, accuracy)
+        axis.errorbar(cost, accuracy, yerr=error, fmt="o", color="tab:gray", alpha=0.7, label="backbone (± std)")
+        order = np.argsort(cost[front])
+        axis.plot(cost[front][order], accuracy[front][order], "o-", color="tab:red", label="Pareto front")
+        for label, x, y in zip(board["backbone"], cost, accuracy, strict=True):
+            axis.annotate(label, (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8)
+        if cost.max() > 10 * cost.min():
+            axis.set_xscale("log")
+        axis.set_xlabel(heading)
+        axis.grid(alpha=0.3)
+    axes[0].set_ylabel("test top-1 (%)")
+    axes[0].legend(fontsize=8)
+    figure.suptitle(textwrap.fill(title, 120), fontsize=10)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+
+
+def learning_curves(table: pd.DataFrame, out: Path) -> list[str]:
+    """Top-1 against the number of images trained on, one line per backbone with a ± std band
+    over seeds, for every group of settings that differ only in --train-fraction / --shots."""
+    sizes = ("train_fraction", "shots")
+    curve_of = table["setting"].map(lambda key: {k: v for k, v in json.loads(key).items() if k not in sizes})
+    table = table.assign(curve=curve_of.map(lambda setting: json.dumps(setting, sort_keys=True)))
+    sections = []
+    for key, runs in table.groupby("curve"):
+        if runs["setting"].nunique() < 2:
+            continue
+        title = describe(json.loads(key))
+        figure, axis = plt.subplots(figsize=(7.5, 4.8))
+        for label, rows in runs.groupby("label"):
+            points = rows.groupby("setting").agg(used=("n_train", "mean"), top1=("top1", "mean"), std=("top1", "std"))
+            points = points.sort_values("used")
+            band = points["std"].fillna(0)
+            axis.plot(points["used"], points["top1"], "o-", label=label)
+            axis.fill_between(points["used"], points["top1"] - band, points["top1"] + band, alpha=0.2)
+        axis.set_xscale("log")
+        axis.set_xlabel("training images (validation not counted)")
+        axis.set_ylabel("test top-1 (%)")
+        axis.grid(alpha=0.3)
+        axis.legend(fontsize=8)
+        axis.set_title(textwrap.fill(title, 80), fontsize=9)
+        figure.tight_layout()
+        name = f"learning-curve-{slug(json.loads(key))}.png"
+        figure.savefig(out / name, dpi=110)
+        plt.close(figure)
+        sections.append(f"## Learning curves ({title})\n\n![learning curves]({name})")
+    return sections
+
+
+def plot_kappa(kappa: pd.DataFrame, title: str, path: Path) -> None:
+    size = 4 + 0.6 * len(kappa)
+    figure, axis = plt.subplots(figsize=(size + 1, size))
+    image = axis.imshow(kappa.to_numpy(dtype=float), vmin=-1, vmax=1, cmap="coolwarm")
+    axis.set_xticks(range(len(kappa)), kappa.columns, rotation=45, ha="right", fontsize=8)
+    axis.set_yticks(range(len(kappa)), kappa.index, fontsize=8)
+    for i in range(len(kappa)):
+        for j in range(len(kappa)):
+            axis.text(j, i, number(kappa.iat[i, j], 2), ha="center", va="center", fontsize=8)
+    figure.colorbar(image, label="Cohen's kappa on correct/incorrect")
+    axis.set_title(textwrap.fill(title, 60), fontsize=9)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+
+
+def plot_training(runs: pd.DataFrame, title: str, path: Path) -> None:
+    """Each run's training loss and selection top-1 per epoch, one colour per row of the leaderboard (its seeds
+    share it), a dotted line where the SGD phase starts."""
+    figure, (loss_axis, top1_axis) = plt.subplots(1, 2, figsize=(11, 4))
+    palette = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    colours = {label: palette[i % len(palette)] for i, label in enumerate(sorted(runs["label"].unique()))}
+    for row in runs.itertuples():
+        history = pd.DataFrame(json.loads((Path(row.folder) / "metrics.json").read_text())["history"])
+        if history.empty:
+            continue
+        selected = next(c for c in history.columns if c.endswith("_top1") and c != "train_top1")
+        first = row.label not in [line.get_label() for line in loss_axis.lines]
+        loss_axis.plot(history["epoch"], history["train_loss"], color=colours[row.label], label=row.label if first
+                       else None, linewidth=1)  # fmt: skip
+        top1_axis.plot(history["epoch"], history[selected], color=colours[row.label], linewidth=1)
+        switch = history.loc[history["phase"] == "sgd", "epoch"]
+        if not switch.empty:
+            top1_axis.axvline(switch.iloc[0] - 0.5, color=colours[row.label], linestyle=":", linewidth=0.8)
+        top1_axis.set_ylabel(f"{selected.removesuffix('_top1')} top-1 %")
+    loss_axis.set(xlabel="epoch", ylabel="training loss", yscale="log")
+    top1_axis.set(xlabel="epoch")
+    for axis in (loss_axis, top1_axis):
+        axis.xaxis.set_major_locator(MaxNLocator(integer=True))
+    loss_axis.legend(fontsize=7)
+    figure.suptitle(textwrap.fill(title, 90), fontsize=9)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+
+
+def prepare_out(out: Path) -> None:
+    """A new folder, or one holding an earlier report; anything else there belongs to the user and is refused."""
+    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / "report.md").exists())):
+        raise UserError(
+            f"--out {out} exists and does not hold an earlier report (no report.md); writing there could overwrite "
+            "your files. Choose a new or empty folder for --out."
+        )
+    out.mkdir(parents=True, exist_ok=True)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    runs, skipped = find_runs(args.runs)
+    if not runs:
+        reasons = "; ".join(f"{path}: {reason}" for path, reason in skipped) or "nothing found"
+        raise UserError(
+            f"No finished runs under --runs {' '.join(map(str, args.runs))} ({reasons}). A finished run is a folder "
+            "with the metrics.json that a dataset script writes at the end; point --runs at the folders given to "
+            "--out (runs/ by default)."
+        )
+    rankings = read_rankings(args.rankings)
+    prepare_out(args.out)
+    table, repeats = runs_table(runs)
+    skipped += repeats
+    sections, boards, settings = (
+        [f"# Backbone comparison\n\n{len(table)} runs from {', '.join(map(str, args.runs))}."],
+        {},
+        {},
+    )
+    all_boards = []
+    for key, runs_of_setting in table.groupby("setting", sort=True):
+        setting = json.loads(key)
+        fingerprint = runs_of_setting["dataset_fingerprint"].iloc[0]
+        board, predicted = predicted_ranking(leaderboard(runs_of_setting, args.seed), setting, fingerprint, rankings)
+        boards[key], settings[key] = board, setting
+        folder = args.out / slug(setting)
+        folder.mkdir(exist_ok=True)
+        title = describe(setting)
+        board.to_csv(folder / "leaderboard.csv", index=False)
+        all_boards.append(board.assign(**{k: v for k, v in setting.items()}))
+        markdown = leaderboard_markdown(board)
+        (folder / "leaderboard.md").write_text(f"# {title}\n\n{markdown}\n")
+        plot_cost(board, title, folder / "cost.png")
+        kappa = error_consistency(runs_of_setting, board["backbone"].tolist())
+        kappa.to_csv(folder / "error_consistency.csv")
+        plot_kappa(kappa, title, folder / "error_consistency.png")
+        plot_training(runs_of_setting, title, folder / "training.png")
+        advice = recommendation(board)
+        sections.append(
+            f"## {title}\n\n{markdown}\n\nMean ± sample std over seeds (their number in brackets). Ranked by mean "
+            "top-1 less one standard error (the pooled seed-to-seed std over the root of the row's seed count), so "
+            "fewer seeds rank lower at equal means. Ties with the best: a paired t-test over seeds where the two share "
+            "two or more, otherwise a paired bootstrap over the shared seed's test images "
+            f"({BOOTSTRAP_RESAMPLES:,} resamples); tied when p ≥ {ALPHA}; 'untested' where no seed (or no test "
+            f"outputs) are shared.\n\n{advice}\n\n{predicted}\n\n"
+            f"![accuracy against cost]({folder.name}/cost.png)\n"
+            f"![error consistency]({folder.name}/error_consistency.png)\n"
+            f"![training curves]({folder.name}/training.png)"
+        )
+        print(f"\n{title}\n{leaderboard_markdown(board, tuple(m for m in METRICS if m[0] in SHOWN))}\n{advice}")
+        if predicted:
+            print(predicted)
+    pd.concat(all_boards).to_csv(args.out / "leaderboard.csv", index=False)
+    sections += learning_curves(table, args.out)
+    for name, domains in domain_tables(boards, settings).items():
+        columns = {"backbone": domains["backbone"].tolist()}
+        columns.update(
+            {c: [number(v, 2) for v in domains[c]] for c in domains.columns if c not in ("backbone", "datasets")}
+        )
+        columns["datasets"] = domains["datasets"].tolist()
+        text = markdown_table(columns)
+        sections.append(f"## Average rank per domain ({name})\n\n{text}")
+        domains.to_csv(args.out / f"domains-{slug({'group': name})}.csv", index=False)
+        print(f"\nAverage rank per domain ({name})\n{text}")
+    if skipped:
+        listing = "\n".join(f"- {path}: {reason}" for path, reason in skipped)
+        sections.append(f"## Skipped\n\n{listing}")
+        print(f"\nSkipped {len(skipped)}:\n{listing}")
+    (args.out / "report.md").write_text("\n\n".join(sections) + "\n")
+    print(f"\nReport written to {args.out / 'report.md'}")
+
+
+if __name__ == "__main__":
+    run_cli(main)

@@ -1,0 +1,214 @@
+"""Reading finished runs: find them, read and check each one, and put them in a table by setting and
+configuration. Shared by report.py and rank.py, with the formatting both print with."""
+
+from __future__ import annotations
+
+import functools
+import json
+import math
+import os
+import zipfile
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from backbones.errors import UserError
+from backbones.record import METRICS, REQUIRED, WHERE_AND_HOW
+
+# Settings: what makes two runs answer different questions. Config keys that only say where or how fast a run
+# happened are ignored; every other config difference makes a separate row.
+SETTING_DEFAULTS = {"train_fraction": 1.0, "shots": None, "finetune": "full"}  # absent from older runs
+NOT_CONFIGURATION = {*WHERE_AND_HOW, "seed", "compile", "eval_only", "model", "weights", "protocol", "image_size"}
+NOT_CONFIGURATION |= set(SETTING_DEFAULTS)
+
+RUN_FILES = ("metrics.json", "log.txt", "split.csv", "best.pt")
+
+
+def find_runs(folders: list[Path]) -> tuple[list[dict], list[tuple[str, str]]]:
+    """Every finished run under `folders`, and (folder, reason) for everything that looked like a run but isn't."""
+    runs, skipped = [], []
+    for folder in folders:
+        if not folder.is_dir():
+            raise UserError(f"--runs {folder} is not a folder. Pass the folders your runs were written to.")
+        found = 0
+        for path, subfolders, files in os.walk(folder):
+            if not any(name in files for name in RUN_FILES):
+                continue
+            subfolders.clear()  # a run folder holds no other runs
+            found += 1
+            run, reason = read_run(Path(path))
+            if run is None:
+                skipped.append((path, reason))
+            else:
+                runs.append(run)
+        if not found:
+            skipped.append((str(folder), "holds no runs"))
+    return runs, skipped
+
+
+def read_run(folder: Path) -> tuple[dict | None, str]:
+    """One run's metrics, or None and why it cannot be used."""
+    path = folder / "metrics.json"
+    if not path.exists():
+        return None, "no metrics.json: the run did not finish (killed or failed; see its log.txt)"
+    try:
+        run = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        return None, f"metrics.json cannot be read ({err})"
+    if not isinstance(run, dict):
+        return None, "metrics.json does not hold a run's metrics"
+    missing = [field for field in REQUIRED if field not in run]
+    if missing:
+        return None, f"written by an older version: metrics.json lacks {', '.join(missing)}"
+    if run.get("eval_only"):
+        return None, "an --eval-only evaluation of a checkpoint, not a fine-tuning run"
+    problem = malformed(run)
+    if problem:
+        return None, f"metrics.json is malformed: {problem}"
+    if (folder / "test_outputs.npz").exists():
+        try:
+            labels, _ = correct_vector(str(folder))
+        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as err:
+            return None, f"test_outputs.npz cannot be read ({type(err).__name__}: {err})"
+        if len(labels) != run["n_test"]:
+            return None, f"test_outputs.npz holds {len(labels)} test images, metrics.json says {run['n_test']}"
+    run["folder"] = str(folder)
+    return run, ""
+
+
+OPTIONAL_NUMBERS = {"top5", "ece_temperature_scaled", "peak_memory_mb"}  # None where not applicable or measurable
+
+
+def malformed(run: dict) -> str:
+    """What in a run's metrics is not of the type this report reads ('' if nothing)."""
+    for column, _, _ in METRICS:
+        value = run[column]
+        if value is None and column in OPTIONAL_NUMBERS:
+            continue
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            return f"{column} is {value!r}, not a number"
+    for field, kind in (("config", dict), ("dataset_options", dict), ("image_size", list), ("seed", int)):
+        if not isinstance(run[field], kind):
+            return f"{field} is {run[field]!r}, not a {kind.__name__}"
+    if len(run["image_size"]) != 2:
+        return f"image_size is {run['image_size']!r}, not [height, width]"
+    return ""
+
+
+def dataset_label(name: str, options: dict, domain: str, data: str | Path) -> str:
+    """The data a run saw: the dataset, its own options (BreakHis -mag), and for your own folder, the folder."""
+    return (
+        name
+        + (f" {Path(data).name}" if domain == "custom" else "")
+        + "".join(f" {key}={value}" for key, value in sorted(options.items()))
+    )
+
+
+def setting_of(run: dict, label: str) -> dict:
+    """What a number answers: runs in different settings are never averaged or ranked together. `label` names the
+    data (`dataset_labels`)."""
+    size = "x".join(map(str, run["image_size"]))
+    setting = {
+        "dataset": label,
+        "domain": run["domain"],
+        "protocol": run["protocol"],
+        "weights": run["weights"],
+        "resolution": size + (" (default)" if run["image_size"] == run["default_image_size"] else ""),
+    }
+    for key, default in SETTING_DEFAULTS.items():
+        if run["config"].get(key, default) != default:
+            setting[key] = run["config"][key]
+    return setting
+
+
+def dataset_labels(runs: list[dict]) -> list[str]:
+    """A readable name for each run's data, one per dataset fingerprint: where different data share a name (two
+    folders both called 'photos', a partial copy of a benchmark), each gets its fingerprint's first digits."""
+    names = [
+        dataset_label(run["dataset"], run["dataset_options"], run["domain"], run.get("data") or run["config"]["data"])
+        for run in runs
+    ]
+    fingerprints = defaultdict(set)
+    for name, run in zip(names, runs, strict=True):
+        fingerprints[name].add(run["dataset_fingerprint"])
+    return [
+        name + (f" #{run['dataset_fingerprint'][:6]}" if len(fingerprints[name]) > 1 else "")
+        for name, run in zip(names, runs, strict=True)
+    ]
+
+
+def runs_table(runs: list[dict]) -> tuple[pd.DataFrame, list[tuple[str, str]]]:
+    """One row per run with its setting, configuration and metrics; of repeated runs, only the newest is kept."""
+    rows = []
+    for run, label in zip(runs, dataset_labels(runs), strict=True):
+        setting = setting_of(run, label)
+        configuration = {k: v for k, v in run["config"].items() if k not in NOT_CONFIGURATION}
+        rows.append(
+            {
+                "setting": json.dumps(setting, sort_keys=True),
+                **setting,
+                "model": run["model"],
+                "configuration": json.dumps(configuration, sort_keys=True),
+                "seed": run["seed"],
+                "params": run["params"],
+                "dataset_fingerprint": run["dataset_fingerprint"],
+                "n_train": run["n_train"],
+                **{column: math.nan if run[column] is None else float(run[column]) for column, _, _ in METRICS},
+                "finished": run["finished"],
+                "folder": run["folder"],
+            }
+        )
+    table = pd.DataFrame(rows).sort_values(["finished", "folder"], ascending=False)
+    key = ["setting", "model", "configuration", "seed"]
+    repeated = table.duplicated(key, keep="first")
+    newest = table.drop_duplicates(key).set_index(key)["folder"]
+    skipped = [
+        (
+            row.folder,
+            f"repeats {newest[tuple(getattr(row, k) for k in key)]} (same setting, configuration and seed); "
+            "the newer run is used",
+        )
+        for row in table[repeated].itertuples()
+    ]
+    table = table[~repeated].copy()
+    table["label"] = table.apply(lambda row: row_label(row, table), axis=1)
+    return table.sort_values(["setting", "label", "seed"]).reset_index(drop=True), skipped
+
+
+def row_label(row: pd.Series, table: pd.DataFrame) -> str:
+    """The backbone's name, plus the configuration values that tell its rows apart within the setting."""
+    same = table[(table["setting"] == row["setting"]) & (table["model"] == row["model"])]
+    configurations = [json.loads(c) for c in same["configuration"].unique()]
+    if len(configurations) == 1:
+        return row["model"]
+    own = json.loads(row["configuration"])
+    differing = sorted(k for k in own if any(c.get(k) != own[k] for c in configurations))
+    return f"{row['model']} ({', '.join(f'{k}={own[k]}' for k in differing)})"
+
+
+@functools.cache  # each run's outputs serve every tie test and every kappa pair it is in
+def correct_vector(folder: str) -> tuple[np.ndarray, np.ndarray] | None:
+    """(labels, whether each test image was classified correctly) from a run's saved test logits."""
+    path = Path(folder) / "test_outputs.npz"
+    if not path.exists():
+        return None
+    with np.load(path) as saved:
+        labels = saved["labels"]
+        return labels, saved["logits"].argmax(axis=1) == labels
+
+
+def describe(setting: dict) -> str:
+    return ", ".join(f"{key} {value}" for key, value in setting.items())
+
+
+def number(value: float, decimals: int) -> str:
+    return "" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.{decimals}f}"
+
+
+def markdown_table(columns: dict[str, list]) -> str:
+    headings = list(columns)
+    lines = ["| " + " | ".join(headings) + " |", "|" + "|".join(" --- " for _ in headings) + "|"]
+    lines += ["| " + " | ".join(str(v) for v in row) + " |" for row in zip(*columns.values(), strict=True)]
+    return "\n".join(lines)

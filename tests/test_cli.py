@@ -1,0 +1,36 @@
+"""The `backbones` command (what `pip install .` installs) reaches every tool, and the package is installable."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import subprocess
+import sys
+
+from packaging.requirements import Requirement
+
+from conftest import ROOT, assert_clean_error
+
+
+def backbones(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "backbones", *args], cwd=ROOT, capture_output=True, text=True,
+                          timeout=300)  # fmt: skip
+
+
+def test_the_command_reaches_training_and_every_tool():
+    train = backbones("train", "digits", "--help")
+    assert train.returncode == 0 and "Digits (scikit-learn)" in train.stdout and "--batch-size" in train.stdout
+    for tool, phrase in (("report", "--rankings"), ("rank", "--runs"), ("sweep", "--launcher"), ("split", "--val_size"),
+                         ("bench", "--steps")):  # fmt: skip
+        result = backbones(tool, "--help")
+        assert result.returncode == 0 and phrase in result.stdout, (tool, result.stderr[-500:])
+    assert_clean_error(backbones("report", "--runs", ROOT / "no-such-folder"), "is not a folder")
+    wrong = backbones("train", "mnist")
+    assert wrong.returncode == 2 and "train needs a dataset first, one of: breakhis" in wrong.stderr
+
+
+def test_the_installed_package_declares_its_command_and_dependencies():
+    (script,) = importlib.metadata.entry_points(group="console_scripts", name="backbones")
+    assert script.value == "backbones.cli:main"
+    installed = {(r.name, r.specifier) for r in map(Requirement, importlib.metadata.requires("backbones"))}
+    lines = [line.split("#")[0].strip() for line in (ROOT / "requirements.txt").read_text().splitlines()]
+    assert installed == {(r.name, r.specifier) for r in map(Requirement, filter(None, lines))}
