@@ -447,6 +447,39 @@ def prepare_out(out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
 
 
+def write_setting(runs: pd.DataFrame, setting: dict, rankings: pd.DataFrame, args, sections: list[str]) -> pd.DataFrame:
+    """One setting's leaderboard, plots and section of report.md (appended to `sections`); returns the board."""
+    fingerprint = runs["dataset_fingerprint"].iloc[0]
+    board, predicted = predicted_ranking(leaderboard(runs, args.seed), setting, fingerprint, rankings)
+    folder = args.out / slug(setting)
+    folder.mkdir(exist_ok=True)
+    title = describe(setting)
+    board.to_csv(folder / "leaderboard.csv", index=False)
+    markdown = leaderboard_markdown(board)
+    (folder / "leaderboard.md").write_text(f"# {title}\n\n{markdown}\n")
+    plot_cost(board, title, folder / "cost.png")
+    kappa = error_consistency(runs, board["backbone"].tolist())
+    kappa.to_csv(folder / "error_consistency.csv")
+    plot_kappa(kappa, title, folder / "error_consistency.png")
+    plot_training(runs, title, folder / "training.png")
+    advice = recommendation(board)
+    sections.append(
+        f"## {title}\n\n{markdown}\n\nMean ± sample std over seeds (their number in brackets). Ranked by mean "
+        "top-1 less one standard error (the pooled seed-to-seed std over the root of the row's seed count), so "
+        "fewer seeds rank lower at equal means. Ties with the best: a paired t-test over seeds where the two share "
+        "two or more, otherwise a paired bootstrap over the shared seed's test images "
+        f"({BOOTSTRAP_RESAMPLES:,} resamples); tied when p ≥ {ALPHA}; 'untested' where no seed (or no test "
+        f"outputs) are shared.\n\n{advice}\n\n{predicted}\n\n"
+        f"![accuracy against cost]({folder.name}/cost.png)\n"
+        f"![error consistency]({folder.name}/error_consistency.png)\n"
+        f"![training curves]({folder.name}/training.png)"
+    )
+    print(f"\n{title}\n{leaderboard_markdown(board, tuple(m for m in METRICS if m[0] in SHOWN))}\n{advice}")
+    if predicted:
+        print(predicted)
+    return board
+
+
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     runs, skipped = find_runs(args.runs)
@@ -466,40 +499,12 @@ def main(argv: list[str] | None = None) -> None:
         {},
         {},
     )
-    all_boards = []
     for key, runs_of_setting in table.groupby("setting", sort=True):
         setting = json.loads(key)
-        fingerprint = runs_of_setting["dataset_fingerprint"].iloc[0]
-        board, predicted = predicted_ranking(leaderboard(runs_of_setting, args.seed), setting, fingerprint, rankings)
-        boards[key], settings[key] = board, setting
-        folder = args.out / slug(setting)
-        folder.mkdir(exist_ok=True)
-        title = describe(setting)
-        board.to_csv(folder / "leaderboard.csv", index=False)
-        all_boards.append(board.assign(**{k: v for k, v in setting.items()}))
-        markdown = leaderboard_markdown(board)
-        (folder / "leaderboard.md").write_text(f"# {title}\n\n{markdown}\n")
-        plot_cost(board, title, folder / "cost.png")
-        kappa = error_consistency(runs_of_setting, board["backbone"].tolist())
-        kappa.to_csv(folder / "error_consistency.csv")
-        plot_kappa(kappa, title, folder / "error_consistency.png")
-        plot_training(runs_of_setting, title, folder / "training.png")
-        advice = recommendation(board)
-        sections.append(
-            f"## {title}\n\n{markdown}\n\nMean ± sample std over seeds (their number in brackets). Ranked by mean "
-            "top-1 less one standard error (the pooled seed-to-seed std over the root of the row's seed count), so "
-            "fewer seeds rank lower at equal means. Ties with the best: a paired t-test over seeds where the two share "
-            "two or more, otherwise a paired bootstrap over the shared seed's test images "
-            f"({BOOTSTRAP_RESAMPLES:,} resamples); tied when p ≥ {ALPHA}; 'untested' where no seed (or no test "
-            f"outputs) are shared.\n\n{advice}\n\n{predicted}\n\n"
-            f"![accuracy against cost]({folder.name}/cost.png)\n"
-            f"![error consistency]({folder.name}/error_consistency.png)\n"
-            f"![training curves]({folder.name}/training.png)"
-        )
-        print(f"\n{title}\n{leaderboard_markdown(board, tuple(m for m in METRICS if m[0] in SHOWN))}\n{advice}")
-        if predicted:
-            print(predicted)
-    pd.concat(all_boards).to_csv(args.out / "leaderboard.csv", index=False)
+        boards[key], settings[key] = write_setting(runs_of_setting, setting, rankings, args, sections), setting
+    pd.concat(board.assign(**settings[key]) for key, board in boards.items()).to_csv(
+        args.out / "leaderboard.csv", index=False
+    )
     sections += learning_curves(table, args.out)
     for name, domains in domain_tables(boards, settings).items():
         columns = {"backbone": domains["backbone"].tolist()}
