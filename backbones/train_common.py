@@ -88,16 +88,17 @@ class ProgressLines:
 
     def __iter__(self):
         started = last = time.perf_counter()
-        total, images = len(self.loader), 0
+        total = len(self.loader) if hasattr(self.loader, "__len__") else None  # bench.py passes plain iterators
+        images = 0
         for index, batch in enumerate(self.loader, 1):
             yield batch
             images += len(batch[1])
             now = time.perf_counter()
-            if now - last >= self.log_every and index < total and is_main():
-                rate = images / (now - started)
-                left = (total - index) * (now - started) / index
+            if now - last >= self.log_every and index != total and is_main():
                 values = "".join(f", {key} {value}" for key, value in self.postfix.items())
-                print(f"{self.desc}: batch {index}/{total}, {rate:.1f} img/s{values}, {left:.0f}s left", flush=True)
+                left = "" if total is None else f", {(total - index) * (now - started) / index:.0f}s left"
+                where = f"{index}/{total}" if total else str(index)
+                print(f"{self.desc}: batch {where}, {images / (now - started):.1f} img/s{values}{left}", flush=True)
                 last = now
 
 
