@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import importlib
+import io
 import json
 import os
 import re
@@ -35,6 +38,38 @@ def quick_start_commands() -> list[str]:
     """The two commands of the README's quick start."""
     section = (ROOT / "README.md").read_text().split("## Quick start", 1)[1].split("\n## ", 1)[0]
     return re.findall(r"```bash\n(.+?)\n```", section)
+
+
+def run_inline(
+    script: str, *args: str, cwd: Path | None = None, env: dict | None = None
+) -> subprocess.CompletedProcess:
+    """A project script run inside the test process, with the exit code and output `run_script` would give: for
+    commands that stop early (errors, --help), without paying a Python and PyTorch start-up each time."""
+    from backbones import datasets, finetune
+    from backbones.errors import run_cli
+
+    argv, name = [str(arg) for arg in args], script.removesuffix(".py")
+    if name in datasets.NAMES:
+        target = lambda: finetune.run(datasets.spec(name), argv)  # noqa: E731
+    else:
+        tool = importlib.import_module(f"backbones.{name}")
+        target = lambda: run_cli(lambda: tool.main(argv))  # noqa: E731
+    out, err, code = io.StringIO(), io.StringIO(), 0
+    saved_env, saved_cwd = dict(os.environ), os.getcwd()
+    try:
+        if env is not None:
+            os.environ.clear()
+            os.environ.update(env)
+        os.chdir(cwd or ROOT)
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            target()
+    except SystemExit as exit_:
+        code = exit_.code if isinstance(exit_.code, int) else (0 if exit_.code is None else 1)
+    finally:
+        os.chdir(saved_cwd)
+        os.environ.clear()
+        os.environ.update(saved_env)
+    return subprocess.CompletedProcess([script, *argv], code, out.getvalue(), err.getvalue())
 
 
 def run_script(

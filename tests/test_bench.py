@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import pandas as pd
+import pytest
 
-from conftest import assert_clean_error, run_script
+from conftest import assert_clean_error, run_inline, run_script
 
 SMALL = ["--dataset", "digits", "-models", "mobilenet", "shufflenet", "--image-size", "32", "-bs", "16",
          "--steps", "2", "--warmup", "1", "--workers", "0"]  # fmt: skip
 
 
+@pytest.mark.slow
 def test_bench_measures_limit_data_loop_and_the_original_side_by_side(tmp_path):
     out = tmp_path / "bench.csv"
     result = run_script("bench.py", *SMALL, "--out", out)
@@ -30,13 +32,13 @@ def test_bench_measures_limit_data_loop_and_the_original_side_by_side(tmp_path):
 
 
 def test_bench_refuses_what_it_cannot_measure(tmp_path):
-    result = run_script("bench.py", *SMALL[:-8], "-bs", "5000", "--out", tmp_path / "b.csv")
+    result = run_inline("bench.py", *SMALL[:-8], "-bs", "5000", "--out", tmp_path / "b.csv")
     assert_clean_error(result, "training images, fewer than a batch of 5000", "lower -bs")
-    result = run_script("bench.py", "--dataset", "digits", "-models", "wavemix", "--image-size", "48",
+    result = run_inline("bench.py", "--dataset", "digits", "-models", "wavemix", "--image-size", "48",
                         "--out", tmp_path / "b.csv")  # fmt: skip
     assert_clean_error(result, "wavemix needs an input height and width that are multiples of 32", "try 64")
     assert not (tmp_path / "b.csv").exists()
     (tmp_path / "b.csv").write_text("mine\n")
-    result = run_script("bench.py", *SMALL, "--out", tmp_path / "b.csv")
+    result = run_inline("bench.py", *SMALL, "--out", tmp_path / "b.csv")
     assert_clean_error(result, "already exists; this tool never overwrites a file")
     assert (tmp_path / "b.csv").read_text() == "mine\n"

@@ -6,6 +6,7 @@ import importlib.metadata
 import subprocess
 import sys
 
+import pytest
 from packaging.requirements import Requirement
 
 from conftest import ROOT, assert_clean_error
@@ -16,6 +17,7 @@ def backbones(*args: str) -> subprocess.CompletedProcess:
                           timeout=300)  # fmt: skip
 
 
+@pytest.mark.slow
 def test_the_command_reaches_training_and_every_tool():
     train = backbones("train", "digits", "--help")
     assert train.returncode == 0 and "Digits (scikit-learn)" in train.stdout and "--batch-size" in train.stdout

@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from backbones import datasets, finetune
-from conftest import FAST, ROOT, assert_clean_error, finished_run, run_script
+from conftest import FAST, ROOT, assert_clean_error, finished_run, run_inline, run_script
 from formats import (
     make_breakhis,
     make_cifar10,
@@ -121,10 +121,11 @@ def test_rsna_has_one_sample_per_patient(tmp_path):
 def test_partial_extraction_is_reported(tmp_path):
     base = make_cifar10(tmp_path / "data")
     (base / "data_batch_3").unlink()
-    result = run_script("cifar10.py", *FAST, "--data", tmp_path / "data", "--no-download", "--out", tmp_path / "o")
+    result = run_inline("cifar10.py", *FAST, "--data", tmp_path / "data", "--no-download", "--out", tmp_path / "o")
     assert_clean_error(result, "data_batch_3", "partial extraction")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("workers", ["0", "1"])
 def test_unreadable_image_is_named(tmp_path, workers):
     base = make_flowers102(tmp_path / "data", classes=2, per_split=2)
@@ -166,11 +167,11 @@ def test_imagefolder_uses_given_train_val_test_folders(tmp_path):
 def test_imagefolder_reports_mismatched_and_empty_class_folders(tmp_path):
     make_class_folders(tmp_path / "mine" / "train", {"a": 3, "b": 3, "c": 3})
     make_class_folders(tmp_path / "mine" / "test", {"a": 2, "b": 2, "d": 2})
-    result = run_script("imagefolder.py", *FAST, "--data", tmp_path / "mine", "--out", tmp_path / "o")
+    result = run_inline("imagefolder.py", *FAST, "--data", tmp_path / "mine", "--out", tmp_path / "o")
     assert_clean_error(result, "differ from those of", "missing there ['c']", "extra there ['d']")
     make_class_folders(tmp_path / "other", {"a": 3, "b": 3})
     (tmp_path / "other" / "empty").mkdir()
-    result = run_script("imagefolder.py", *FAST, "--data", tmp_path / "other", "--out", tmp_path / "o")
+    result = run_inline("imagefolder.py", *FAST, "--data", tmp_path / "other", "--out", tmp_path / "o")
     assert_clean_error(result, "hold no images: empty")
 
 
@@ -216,6 +217,7 @@ def test_dtd_uses_partition_one_with_its_val_as_validation(tmp_path):
         assert sorted(split.loc[split["split"] == name, "sample"]) == listed
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("wrapped", [False, True])
 def test_plantvillage_splits_80_20_and_warns_about_missing_classes(tmp_path, wrapped):
     sizes = {"Apple___Apple_scab": 10, "Background_without_leaves": 10, "Corn___Cercospora_leaf_spot Gray_leaf_spot": 5}
@@ -273,7 +275,7 @@ def test_empty_data_without_network_fails_clearly(tmp_path, script):
     offline = {**os.environ, "http_proxy": "http://127.0.0.1:9", "https_proxy": "http://127.0.0.1:9", "no_proxy": ""}
     offline.update(HTTP_PROXY=offline["http_proxy"], HTTPS_PROXY=offline["https_proxy"], NO_PROXY="")
     (tmp_path / "empty").mkdir()
-    result = run_script(script, *FAST, "--data", tmp_path / "empty", "--out", tmp_path / "o", env=offline)
+    result = run_inline(script, *FAST, "--data", tmp_path / "empty", "--out", tmp_path / "o", env=offline)
     assert_clean_error(result, str(tmp_path / "empty"))
     assert "not found" in result.stderr or "Downloading the dataset" in result.stderr, result.stderr
     assert [p.name for p in (tmp_path / "empty").iterdir()] == []  # no half-written download left behind
@@ -303,7 +305,7 @@ def test_folder_index_is_reused_until_a_folder_changes(tmp_path, monkeypatch):
 def test_missing_listed_image_is_named_before_training(tmp_path):
     base = make_food101(tmp_path / "data", classes=3, train=2, test=1)
     (base / "images" / "dish_001" / "1101.jpg").unlink()
-    result = run_script("food101.py", *FAST, "--data", tmp_path / "data", "--no-download", "--out", tmp_path / "o")
+    result = run_inline("food101.py", *FAST, "--data", tmp_path / "data", "--no-download", "--out", tmp_path / "o")
     assert_clean_error(result, "missing from", str(base / "images" / "dish_001"), "1101.jpg", "partial extraction")
     assert not (tmp_path / "o").exists()
 

@@ -14,6 +14,7 @@ from conftest import FAST, ROOT
 from formats import make_cifar10
 
 
+@pytest.mark.slow
 def test_two_process_run_counts_every_test_image_once_and_writes_once(tmp_path):
     out = tmp_path / "run"
     make_cifar10(tmp_path / "data", per_batch=20, test=21)  # an odd test split: shards of 11 and 10

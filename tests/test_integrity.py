@@ -30,7 +30,7 @@ from backbones.errors import UserError
 from backbones.loading import load_splits, split_identity
 from backbones.options import apply_protocol_defaults, build_parser, data_config
 from backbones.runfiles import append_result, check_results_table, run_config
-from conftest import FAST, assert_clean_error, run_script
+from conftest import FAST, assert_clean_error, run_inline, run_script
 from formats import make_cifar10, make_class_folders, make_flowers102
 
 
@@ -165,7 +165,7 @@ def test_broken_and_looping_symlinks_are_named(tmp_path):
             reader.fingerprint(["a/" + sorted(os.listdir(root / "a"))[0], sample])
         with pytest.raises(UserError, match=f"Cannot read image .*{sample}"):
             reader(sample)
-    result = run_script("imagefolder.py", *FAST, "--data", root, "--out", tmp_path / "o")
+    result = run_inline("imagefolder.py", *FAST, "--data", root, "--out", tmp_path / "o")
     assert_clean_error(result, "dangling.png")
     assert result.returncode == 2
 
@@ -298,12 +298,13 @@ def test_bad_places_and_sizes_are_refused_before_any_work(tmp_path, case, messag
         "image size too large": ["--image-size", "30000", "-bs", "2000", "--out", tmp_path / "o",
                                  "--results", tmp_path / "r.csv"],
     }[case]  # fmt: skip
-    result = run_script("imagefolder.py", *FAST, "--data", root, *flags)
+    result = run_inline("imagefolder.py", *FAST, "--data", root, *flags)
     assert_clean_error(result, message)
     assert result.returncode == 2 and not (root / "runs").exists() and not (tmp_path / "o").exists()
     assert not (tmp_path / "r.csv").exists()
 
 
+@pytest.mark.slow
 def test_a_diverging_run_stops_at_the_first_non_finite_loss(tmp_path):
     result = run_script("digits.py", *FAST, "-bs", "64", "--lr", "1e8", "--out", tmp_path / "o",
                         "--results", tmp_path / "r.csv")  # fmt: skip
@@ -330,6 +331,7 @@ def test_split_py_falls_back_to_copies_across_filesystems(tmp_path, monkeypatch,
 
 
 # ------------------------------------------------------------------------------- checkpoints and splits
+@pytest.mark.slow
 def test_eval_only_refuses_another_split_another_class_order_and_plain_state_dicts(digits_run, tmp_path):
     out, _, _ = digits_run
     evaluate = ["-model", "mobilenet_v3_large", "-bs", "64", "--eval-only", "--workers", "0"]
@@ -357,6 +359,7 @@ def resume_file(folder: Path, spec, args: argparse.Namespace) -> None:
     torch.save({"config": config, "identity": identity}, folder / "checkpoint.pt")
 
 
+@pytest.mark.slow
 def test_resume_refuses_other_data_and_a_redrawn_split(tmp_path):
     root = make_class_folders(tmp_path / "data", {"a": 6, "b": 6})
     run = tmp_path / "run"
@@ -407,8 +410,8 @@ def test_the_test_split_is_read_once_on_the_chosen_checkpoint_and_never_for_sele
 
     original_load_splits = finetune.load_splits
 
-    def watched_load_splits(spec, data):
-        catalog, samples = original_load_splits(spec, data)
+    def watched_load_splits(spec, data, warn=None):
+        catalog, samples = original_load_splits(spec, data, warn)
         split_of.update(zip(samples["sample"], samples["split"], strict=True))
         return catalog, samples
 
@@ -416,7 +419,7 @@ def test_the_test_split_is_read_once_on_the_chosen_checkpoint_and_never_for_sele
     monkeypatch.setattr(train_common, "predict", watched_predict)
     monkeypatch.setattr(train_common, "recompute_bn_stats", watched_recompute)
     monkeypatch.setattr(finetune, "fit_temperature", watched_temperature)
-    argv = [*FAST, "-bs", "64", "--max-epochs", "2", "--patience", "2", "--out", str(out),
+    argv = [*FAST, "-model", "timm:test_resnet", "-bs", "64", "--max-epochs", "2", "--patience", "2", "--out", str(out),
             "--results", str(tmp_path / "r.csv")]  # fmt: skip
     result = finetune.main(digits.SPEC, argv)
     epochs = result["epochs"]

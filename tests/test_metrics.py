@@ -78,6 +78,7 @@ def test_quality_agrees_with_direct_computations():
     assert scores["ece_temperature_scaled"] == pytest.approx(scaled)
 
 
+@pytest.mark.slow
 def test_run_writes_every_metric_and_the_files_to_recompute_them(digits_run):
     out, metrics_json, _ = digits_run
     for key in ("top1", "top5", "balanced_accuracy", "macro_f1", "per_class_accuracy", "confusion_matrix", "nll",

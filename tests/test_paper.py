@@ -31,6 +31,7 @@ def parsed(spec, *argv) -> tuple[argparse.Namespace, DataConfig]:
     return args, data_config(spec, args)
 
 
+@pytest.mark.slow
 def test_cifar10_trains_as_the_original_script(tmp_path):
     """CIFAR-10's script: no SGD phase (its counter is never reset), '>=' on batch-averaged test top-1, no
     BatchNorm re-estimation, patience 10, TrivialAugmentWide before the resize."""
@@ -57,6 +58,7 @@ def test_cifar10_trains_as_the_original_script(tmp_path):
     assert metrics["best_epoch"] == max(e for e, s in enumerate(scores, 1) if s == max(scores))  # ties replace
 
 
+@pytest.mark.slow
 def test_digits_keeps_the_first_of_equal_epochs_and_runs_both_phases(tmp_path):
     out = tmp_path / "run"
     result = run_script("digits.py", "-model", "mobilenet_v3_large", "-bs", "128", "--weights", "none",

@@ -188,6 +188,7 @@ def test_flip_recipe_flips_half_the_images_and_nothing_else():
     assert all(torch.equal(i, originals[p]) for p, i in augmented("none", 400, 50, epoch=1).items())
 
 
+@pytest.mark.slow
 def test_a_run_is_the_same_with_the_cache_on_or_off(tmp_path):
     """CIFAR-10's recipe (flip + TrivialAugmentWide): cache off with a worker, and cache on, give the same run."""
     make_cifar10(tmp_path / "data", per_batch=12, test=20)

@@ -11,7 +11,7 @@ import torch
 
 from backbones import models
 from backbones.transferability import agreement, logme
-from conftest import SWEEP_BACKBONES, assert_clean_error, plant_imagenet_weights, run_script
+from conftest import SWEEP_BACKBONES, assert_clean_error, plant_imagenet_weights, run_inline, run_script
 
 RANK = ["--dataset", "digits", "--workers", "0", "-bs", "128"]
 
@@ -23,6 +23,7 @@ def rank(tmp_path, *args: str, env: dict | None = None):
     return result.stdout, pd.read_csv(out).set_index("backbone")
 
 
+@pytest.mark.slow
 def test_ranks_from_cached_features_of_train_and_val_only(tmp_path, monkeypatch):
     monkeypatch.setenv("BACKBONES_CACHE", str(tmp_path / "cache"))
     printed, table = rank(tmp_path, "-models", "mobilenet", "shufflenet", "--weights", "none")
@@ -44,6 +45,7 @@ def test_ranks_from_cached_features_of_train_and_val_only(tmp_path, monkeypatch)
     pd.testing.assert_frame_equal(same.drop(columns=timings), table.drop(columns=timings))
 
 
+@pytest.mark.slow
 def test_changed_weights_file_invalidates_the_cache_and_leep_uses_its_head(tmp_path, monkeypatch):
     monkeypatch.setenv("BACKBONES_CACHE", str(tmp_path / "cache"))
     weights = tmp_path / "best.pt"
@@ -64,6 +66,7 @@ def test_changed_weights_file_invalidates_the_cache_and_leep_uses_its_head(tmp_p
     assert "reused" not in third and changed["logme"].iloc[0] != table["logme"].iloc[0]
 
 
+@pytest.mark.slow
 def test_imagenet_weights_give_leep_from_the_imagenet_head(tmp_path, monkeypatch):
     monkeypatch.setenv("BACKBONES_CACHE", str(tmp_path / "cache"))
     plant_imagenet_weights("shufflenet_v2_x2_0", tmp_path / "torch")
@@ -72,6 +75,7 @@ def test_imagenet_weights_give_leep_from_the_imagenet_head(tmp_path, monkeypatch
     assert table["weights"].iloc[0] == "imagenet" and -np.log(10) - 1 < table["leep"].iloc[0] < 0
 
 
+@pytest.mark.slow
 def test_checked_against_fine_tuned_runs(digits_sweep, tmp_path):
     printed, table = rank(tmp_path, "-models", *SWEEP_BACKBONES, "--weights", "none", "--image-size", "32",
                           "--runs", digits_sweep)  # fmt: skip
@@ -117,14 +121,15 @@ def test_kendall_tau_counts_concordant_and_discordant_pairs():
 def test_bad_input_is_a_clean_error(tmp_path):
     taken = tmp_path / "taken.csv"
     taken.write_text("mine")
-    assert_clean_error(run_script("rank.py", *RANK, "--out", taken), "already exists")
+    assert_clean_error(run_inline("rank.py", *RANK, "--out", taken), "already exists")
     assert taken.read_text() == "mine"
-    assert_clean_error(run_script("rank.py", *RANK, "-models", "nonet"), "Unknown model 'nonet'")
-    result = run_script("rank.py", "--dataset", "mnist")
+    assert_clean_error(run_inline("rank.py", *RANK, "-models", "nonet"), "Unknown model 'nonet'")
+    result = run_inline("rank.py", "--dataset", "mnist")
     assert result.returncode == 2 and "invalid choice: 'mnist'" in result.stderr and "Traceback" not in result.stderr
-    assert_clean_error(run_script("rank.py", *RANK, "--weights", tmp_path / "missing.pt"), "does not exist")
+    assert_clean_error(run_inline("rank.py", *RANK, "--weights", tmp_path / "missing.pt"), "does not exist")
 
 
+@pytest.mark.slow
 def test_only_runs_of_the_same_setting_and_configuration_are_compared(digits_sweep, tmp_path):
     import argparse
     import json

@@ -7,7 +7,7 @@ import re
 import pytest
 
 from backbones import datasets
-from conftest import ROOT, quick_start_commands, run_script
+from conftest import ROOT, quick_start_commands, run_inline
 
 README = (ROOT / "README.md").read_text()
 
@@ -58,6 +58,6 @@ def test_every_flag_of_every_dataset_script_is_in_the_readme(script):
 
 @pytest.mark.parametrize("script", ["split.py", "report.py", "rank.py", "sweep.py", "bench.py"])
 def test_every_flag_of_the_other_scripts_is_in_the_readme(script):
-    result = run_script(script, "--help")
+    result = run_inline(script, "--help")
     assert result.returncode == 0
     assert missing_from_readme(documented_flags(result.stdout)) == []

@@ -56,6 +56,7 @@ def report(digits_sweep) -> tuple[Path, str]:
     return out, result.stdout
 
 
+@pytest.mark.slow
 def test_leaderboard_numbers_are_the_runs_own(runs, report):
     out, printed = report
     board = pd.read_csv(out / SETTING / "leaderboard.csv").set_index("backbone")
@@ -73,6 +74,7 @@ def test_leaderboard_numbers_are_the_runs_own(runs, report):
     assert board["rank"].tolist() == [1, 2] and len(pd.read_csv(out / "leaderboard.csv")) == 2
 
 
+@pytest.mark.slow
 def test_tie_with_best_is_a_paired_t_test_over_seeds(runs, report):
     out, _ = report
     board = pd.read_csv(out / SETTING / "leaderboard.csv")
@@ -85,6 +87,7 @@ def test_tie_with_best_is_a_paired_t_test_over_seeds(runs, report):
     assert bool(other["tied_with_best"]) == (other["p_value"] >= 0.05)
 
 
+@pytest.mark.slow
 def test_single_seed_ties_use_a_bootstrap_over_test_images(runs, tmp_path):
     result = run_script("report.py", "--runs", *sorted(runs.glob("*-s0")), "--out", tmp_path / "report")
     assert result.returncode == 0, result.stderr
@@ -112,6 +115,7 @@ def test_pareto_front_keeps_only_undominated_backbones():
     assert pareto_front(cost, accuracy).tolist() == [True, True, False, True, True]
 
 
+@pytest.mark.slow
 def test_error_consistency_is_cohens_kappa_of_correctness(runs, report):
     out, _ = report
     kappa = pd.read_csv(out / SETTING / "error_consistency.csv", index_col=0)
@@ -127,6 +131,7 @@ def test_error_consistency_is_cohens_kappa_of_correctness(runs, report):
     assert kappa.loc[BACKBONES[0], BACKBONES[0]] == pytest.approx(1.0)
 
 
+@pytest.mark.slow
 def test_report_has_domain_table_plots_and_recommendation(report):
     out, printed = report
     domains = pd.read_csv(next(out.glob("domains-*.csv"))).set_index("backbone")
@@ -141,6 +146,7 @@ def test_report_has_domain_table_plots_and_recommendation(report):
     assert "Average rank per domain" in printed and f"**{best}** is the most accurate" in printed
 
 
+@pytest.mark.slow
 def test_settings_and_configurations_are_never_averaged(runs, tmp_path):
     folder = tmp_path / "runs"
     source = runs / f"{BACKBONES[0]}-s0"
@@ -158,6 +164,7 @@ def test_settings_and_configurations_are_never_averaged(runs, tmp_path):
     assert (board["seeds"] == "0").all()
 
 
+@pytest.mark.slow
 def test_broken_runs_are_named_and_skipped(runs, tmp_path):
     folder = tmp_path / "runs"
     source = runs / f"{BACKBONES[0]}-s0"
@@ -187,6 +194,7 @@ def test_broken_runs_are_named_and_skipped(runs, tmp_path):
     assert pd.read_csv(tmp_path / "report" / "leaderboard.csv", dtype={"seeds": str})["seeds"].tolist() == ["0"]
 
 
+@pytest.mark.slow
 def test_no_runs_and_a_foreign_out_folder_are_clean_errors(runs, tmp_path):
     (tmp_path / "empty").mkdir()
     assert_clean_error(run_script("report.py", "--runs", tmp_path / "empty"), "No finished runs", "holds no runs")
@@ -199,6 +207,7 @@ def test_no_runs_and_a_foreign_out_folder_are_clean_errors(runs, tmp_path):
     assert [p.name for p in mine.iterdir()] == ["notes.txt"] and (mine / "notes.txt").read_text() == "keep me"
 
 
+@pytest.mark.slow
 def test_a_report_can_be_rewritten_in_place(runs, report):
     out, _ = report
     result = run_script("report.py", "--runs", runs, "--out", out)
@@ -206,6 +215,7 @@ def test_a_report_can_be_rewritten_in_place(runs, report):
     assert (out / "report.md").exists()
 
 
+@pytest.mark.slow
 def test_different_data_under_one_name_is_never_averaged(runs, tmp_path):
     folder = tmp_path / "runs"
     source = runs / f"{BACKBONES[0]}-s0"
@@ -222,6 +232,7 @@ def test_different_data_under_one_name_is_never_averaged(runs, tmp_path):
     assert "repeats" not in result.stdout  # b0 is not taken for a rerun of a0
 
 
+@pytest.mark.slow
 def test_seed_counts_rank_rows_and_an_untested_row_says_so(runs, tmp_path):
     folder = tmp_path / "runs"
     a, b = BACKBONES

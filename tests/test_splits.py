@@ -12,7 +12,7 @@ import pytest
 from backbones import split
 from backbones.datasets.base import TEST_STREAM, VAL_STREAM, assign_splits, nested_subset, stratified_holdout
 from backbones.errors import UserError
-from conftest import assert_clean_error, run_script
+from conftest import assert_clean_error, run_inline
 from formats import make_class_folders
 
 
@@ -93,7 +93,7 @@ def test_split_cli_matches_the_loops_test_split(tmp_path):
 )
 def test_split_cli_refuses_impossible_sizes(tmp_path, args, phrases):
     make_class_folders(tmp_path / "in", {"a": 4, "b": 4})
-    result = run_script("split.py", "--input_dir", tmp_path / "in", "--output_dir", tmp_path / "out", *args)
+    result = run_inline("split.py", "--input_dir", tmp_path / "in", "--output_dir", tmp_path / "out", *args)
     assert_clean_error(result, *phrases)
     assert not (tmp_path / "out").exists()
 
@@ -102,16 +102,16 @@ def test_split_cli_refuses_to_overwrite_or_write_inside_input(tmp_path):
     make_class_folders(tmp_path / "in", {"a": 4, "b": 4})
     (tmp_path / "out").mkdir()
     (tmp_path / "out" / "mine.txt").write_text("keep me")
-    result = run_script("split.py", "--input_dir", tmp_path / "in", "--output_dir", tmp_path / "out")
+    result = run_inline("split.py", "--input_dir", tmp_path / "in", "--output_dir", tmp_path / "out")
     assert_clean_error(result, "not empty", "never overwrites")
     assert (tmp_path / "out" / "mine.txt").read_text() == "keep me"
-    inside = run_script("split.py", "--input_dir", tmp_path / "in", "--output_dir", tmp_path / "in" / "split")
+    inside = run_inline("split.py", "--input_dir", tmp_path / "in", "--output_dir", tmp_path / "in" / "split")
     assert_clean_error(inside, "inside --input_dir")
 
 
 def test_split_cli_names_a_class_too_small_to_split(tmp_path):
     make_class_folders(tmp_path / "in", {"a": 4, "lonely": 1})
-    result = run_script("split.py", "--input_dir", tmp_path / "in", "--output_dir", tmp_path / "out")
+    result = run_inline("split.py", "--input_dir", tmp_path / "in", "--output_dir", tmp_path / "out")
     assert_clean_error(result, "'lonely' (1)")
 
 

@@ -14,13 +14,14 @@ import pandas as pd
 import pytest
 
 from backbones.errors import UserError
-from conftest import ROOT, assert_clean_error, run_script
+from conftest import ROOT, assert_clean_error, run_inline, run_script
 
 RUN_FLAGS = ["-bs", "64", "--weights", "none", "--max-epochs", "1", "--patience", "1", "--workers", "0"]
 GRID = ["--models", "mobilenet", "shufflenet", "timm:test_resnet", "--datasets", "digits", "--fractions", "0.5", "1",
         "--seeds", "0", "1"]  # fmt: skip
 
 
+@pytest.mark.slow
 def test_a_killed_sweep_resumes_without_repeating_or_losing_runs(tmp_path):
     out = tmp_path / "sweep"
     command = [sys.executable, str(ROOT / "sweep.py"), *GRID, "--out", str(out), "--", *RUN_FLAGS]
@@ -65,6 +66,7 @@ def test_a_killed_sweep_resumes_without_repeating_or_losing_runs(tmp_path):
     assert len(list((out / "report").glob("learning-curve-*.png"))) == 1
 
 
+@pytest.mark.slow
 def test_a_failed_run_is_recorded_and_the_sweep_goes_on(tmp_path):
     out = tmp_path / "sweep"
     result = run_script("sweep.py", "--models", "wavemix", "mobilenet", "--datasets", "digits", "--out", out,
@@ -79,6 +81,7 @@ def test_a_failed_run_is_recorded_and_the_sweep_goes_on(tmp_path):
     assert (out / "digits" / "mobilenet_v3_large" / "full" / "s0" / "metrics.json").exists()
 
 
+@pytest.mark.slow
 def test_submitit_local_executor_runs_the_grid(tmp_path):
     out = tmp_path / "sweep"
     result = run_script("sweep.py", "--models", "mobilenet", "--datasets", "digits", "--shots", "4", "--out", out,
@@ -92,17 +95,18 @@ def test_submitit_local_executor_runs_the_grid(tmp_path):
 def test_sweep_flags_that_would_clash_are_refused(tmp_path):
     common = ["--models", "mobilenet", "--datasets", "digits", "--out", tmp_path / "s"]
     for given in (["--seed", "3"], ["--seed=3"], ["--see", "3"], ["-model=resnet50"], ["--train-frac", "0.5"]):
-        assert_clean_error(run_script("sweep.py", *common, "--dry-run", "--", *given), "which the sweep sets")
-    assert_clean_error(run_script("sweep.py", *common, "--dry-run", "--", "--lr", "nan"),
+        assert_clean_error(run_inline("sweep.py", *common, "--dry-run", "--", *given), "which the sweep sets")
+    assert_clean_error(run_inline("sweep.py", *common, "--dry-run", "--", "--lr", "nan"),
                        "digits.py would reject the flags", "--lr: must be a finite number")  # fmt: skip
-    assert_clean_error(run_script("sweep.py", *common, "--dry-run", "--", "--no-such-flag"), "unrecognized arguments")
-    assert_clean_error(run_script("sweep.py", *common, "--fractions", "1.5"), "--fractions must be in (0, 1]")
-    assert_clean_error(run_script("sweep.py", *common[:2], "nonet", *common[2:]), "Unknown model 'nonet'")
-    result = run_script("sweep.py", *common, "--launcher", "slurm")
+    assert_clean_error(run_inline("sweep.py", *common, "--dry-run", "--", "--no-such-flag"), "unrecognized arguments")
+    assert_clean_error(run_inline("sweep.py", *common, "--fractions", "1.5"), "--fractions must be in (0, 1]")
+    assert_clean_error(run_inline("sweep.py", *common[:2], "nonet", *common[2:]), "Unknown model 'nonet'")
+    result = run_inline("sweep.py", *common, "--launcher", "slurm")
     assert_clean_error(result, "--launcher slurm needs a Slurm cluster", "--launcher local")
     assert not (tmp_path / "s").exists()
 
 
+@pytest.mark.slow
 def test_a_run_folder_of_another_configuration_is_never_reused(tmp_path):
     from backbones.datasets import digits
     from backbones.options import apply_protocol_defaults, build_parser

@@ -18,7 +18,7 @@ import torch
 from backbones import record
 from backbones.models import create_model
 from backbones.runtime import seed_everything
-from conftest import FAST, ROOT, assert_clean_error, finished_run, run_script
+from conftest import FAST, ROOT, assert_clean_error, finished_run, run_inline, run_script
 from formats import make_class_folders
 
 
@@ -27,6 +27,7 @@ def read_rows(path) -> list[dict]:
         return list(csv.DictReader(file))
 
 
+@pytest.mark.slow
 def test_short_run_from_scratch_learns(digits_run):
     # MobileNetV3 with BN momentum 0.01, two epochs per phase from random init: without BatchNorm statistics
     # recomputed before evaluation this scores ~10% (chance); with them it must be far above.
@@ -36,6 +37,7 @@ def test_short_run_from_scratch_learns(digits_run):
     assert metrics["top5"] >= metrics["top1"]
 
 
+@pytest.mark.slow
 def test_metrics_carry_the_run_record_and_full_configuration(digits_run):
     out, metrics, _ = digits_run
     assert set(record.REQUIRED) <= set(metrics)  # what report.py needs, as record.py defines it
@@ -45,6 +47,7 @@ def test_metrics_carry_the_run_record_and_full_configuration(digits_run):
     assert config["model"] == "mobilenet_v3_large" and (config["patience"], config["sgd_patience"]) == (10, 10)
 
 
+@pytest.mark.slow
 def test_split_file_covers_every_sample_once_and_test_is_stratified(digits_run):
     out, metrics, _ = digits_run
     split = pd.read_csv(out / "split.csv")
@@ -56,6 +59,7 @@ def test_split_file_covers_every_sample_once_and_test_is_stratified(digits_run):
     assert per_class_test.between(0.17, 0.23).all()
 
 
+@pytest.mark.slow
 def test_run_leaves_log_checkpoint_and_result_row(digits_run, tmp_path):
     out, metrics, result = digits_run
     log = (out / "log.txt").read_text()
@@ -72,6 +76,7 @@ def test_run_leaves_log_checkpoint_and_result_row(digits_run, tmp_path):
     assert list(history["phase"]) == ["adamw"] * 5 + ["sgd"] * 5 and (history["lr"] == 1e-3).all()
 
 
+@pytest.mark.slow
 def test_eval_only_reproduces_the_printed_accuracy(digits_run, tmp_path):
     out, metrics, result = digits_run
     again = run_script(
@@ -97,6 +102,7 @@ def test_eval_only_reproduces_the_printed_accuracy(digits_run, tmp_path):
     assert f"Caching {metrics['n_val'] + metrics['n_test']} decoded images" in again.stdout  # no training images
 
 
+@pytest.mark.slow
 def test_eval_only_refuses_a_checkpoint_for_other_classes(digits_run, tmp_path):
     out, _, _ = digits_run
     make_class_folders(tmp_path / "mine", {"a": 3, "b": 3, "c": 3})
@@ -105,6 +111,7 @@ def test_eval_only_refuses_a_checkpoint_for_other_classes(digits_run, tmp_path):
     assert_clean_error(result, "trained for 10 classes", "your image folder has 3")
 
 
+@pytest.mark.slow
 def test_few_shot_linear_probe_trains_only_the_head_on_a_nested_subset(tmp_path):
     runs = {}
     for shots in (3, 6):
@@ -135,6 +142,7 @@ def test_few_shot_linear_probe_trains_only_the_head_on_a_nested_subset(tmp_path)
     assert len(curves) == 1 and "## Learning curves" in (tmp_path / "report" / "report.md").read_text()
 
 
+@pytest.mark.slow
 def test_an_existing_run_folder_is_never_overwritten(digits_run):
     out, _, _ = digits_run
     before = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
@@ -143,9 +151,10 @@ def test_an_existing_run_folder_is_never_overwritten(digits_run):
     assert {p.name: p.stat().st_mtime_ns for p in out.iterdir()} == before
 
 
+@pytest.mark.slow
 def test_default_out_makes_a_fresh_folder_per_run(tmp_path):
     for _ in range(2):
-        assert run_script("digits.py", *FAST, "-bs", "128", cwd=tmp_path).returncode == 0
+        assert run_script("digits.py", *FAST, "-model", "timm:test_resnet", "-bs", "128", cwd=tmp_path).returncode == 0
     runs = sorted((tmp_path / "runs").iterdir())
     assert len(runs) == 2 and all((r / "metrics.json").is_file() for r in runs)
     assert len(read_rows(tmp_path / "results" / "results.csv")) == 2
@@ -174,7 +183,7 @@ def test_default_out_makes_a_fresh_folder_per_run(tmp_path):
     ],
 )
 def test_bad_input_gets_a_clear_message(script, args, phrases, tmp_path):
-    result = run_script(script, *args, "--out", tmp_path / "out")
+    result = run_inline(script, *args, "--out", tmp_path / "out")
     assert_clean_error(result, *phrases)
     assert not (tmp_path / "out").exists()  # nothing half-made
 
@@ -182,7 +191,7 @@ def test_bad_input_gets_a_clear_message(script, args, phrases, tmp_path):
 def test_corrupt_weights_file_is_reported(tmp_path):
     bad = tmp_path / "best.pt"
     bad.write_bytes(b"not a checkpoint at all")
-    result = run_script("digits.py", "-model", "mobilenet", "--weights", bad, "--out", tmp_path / "out")
+    result = run_inline("digits.py", "-model", "mobilenet", "--weights", bad, "--out", tmp_path / "out")
     assert_clean_error(result, str(bad), "corrupt")
 
 
@@ -238,6 +247,7 @@ def uninterrupted(tmp_path_factory) -> Path:
     return out
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("kill_after", "retyped"), [(1, True), (3, False)])  # inside the AdamW phase, the SGD phase
 def test_a_killed_run_resumes_to_exactly_the_uninterrupted_result(tmp_path, kill_after, retyped, uninterrupted):
     whole = json.loads((uninterrupted / "metrics.json").read_text())
@@ -260,6 +270,7 @@ def test_a_killed_run_resumes_to_exactly_the_uninterrupted_result(tmp_path, kill
     assert all(torch.equal(v, best[k]) for k, v in torch.load(uninterrupted / "best.pt")["model"].items())
 
 
+@pytest.mark.slow
 def test_a_run_relaunched_from_its_config_is_the_same_run(tmp_path, uninterrupted):
     whole = json.loads((uninterrupted / "metrics.json").read_text())
     again = tmp_path / "again"
@@ -270,6 +281,7 @@ def test_a_run_relaunched_from_its_config_is_the_same_run(tmp_path, uninterrupte
     assert_clean_error(other, "is a run of digits.py, not of imagefolder.py")
 
 
+@pytest.mark.slow
 def test_resume_refuses_other_flags_and_finished_runs(tmp_path, uninterrupted):
     out = tmp_path / "run"
     shutil.copytree(uninterrupted, out)
