@@ -26,6 +26,7 @@ from backbones.errors import HelpFormatter, UserError, run_cli
 from backbones.record import WHERE_AND_HOW
 from backbones.runfiles import run_config
 
+PLACEHOLDER_MODEL = "(set by the sweep)"  # -model is required by the script's parser; the sweep gives it per run
 PACKAGE_ROOT = Path(__file__).resolve().parents[1]  # the folder holding the backbones package
 OWN_SETTINGS = {"model", "seed", "train_fraction", "shots", "out", "resume", "device"}  # set per run by the sweep
 
@@ -147,11 +148,17 @@ def script_parser(dataset: str) -> argparse.ArgumentParser:
 
 def given_settings(dataset: str, passthrough: list[str]) -> set[str]:
     """The settings the flags after -- give, parsed exactly as the run's script will parse them (so `--seed=7`, an
-    abbreviation such as `--see 7`, and a value the script would refuse are all caught here)."""
+    abbreviation such as `--see 7`, and a value the script would refuse are all caught here). argparse leaves an
+    attribute the namespace already holds untouched unless a flag sets it, so every setting starts as a marker."""
     parser = script_parser(dataset)
-    for action in parser._actions:  # every setting absent unless given: what remains was set by these flags
-        action.required, action.default = False, argparse.SUPPRESS
-    return set(vars(parser.parse_args(passthrough)))
+    unset = object()
+    every = vars(parser.parse_args(["-model", PLACEHOLDER_MODEL]))
+    given = vars(
+        parser.parse_args(
+            ["-model", PLACEHOLDER_MODEL, *passthrough], argparse.Namespace(**dict.fromkeys(every, unset))
+        )
+    )
+    return {key for key, value in given.items() if value is not unset and value != PLACEHOLDER_MODEL}
 
 
 def saved_config(folder: Path) -> dict | None:
