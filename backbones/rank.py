@@ -163,20 +163,19 @@ def measured_top1(args, fingerprint: str, log) -> tuple[pd.Series, pd.Series, st
     if not runs:
         return empty
     table, _ = runs_table(runs)
-    size = "x".join(map(str, args.image_size))
 
     def same_setting(key: str) -> bool:
         setting = json.loads(key)
         return (
             setting["protocol"] == "val"
             and setting["weights"] == args.weights
-            and setting["resolution"].split(" ")[0] == size
             and math.isclose(setting.get("train_fraction", 1.0), args.train_fraction)
             and setting.get("shots") == args.shots
             and setting.get("finetune", "full") == "full"
         )
 
-    table = table[(table["dataset_fingerprint"] == fingerprint) & table["setting"].map(same_setting)]
+    same_size = table["image_size"].map(lambda size: size == tuple(args.image_size))
+    table = table[(table["dataset_fingerprint"] == fingerprint) & same_size & table["setting"].map(same_setting)]
     if table.empty:
         return empty
     coverage = table.groupby("configuration").agg(backbones=("model", "nunique"), runs=("model", "size"))

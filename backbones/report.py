@@ -181,14 +181,16 @@ def pareto_front(cost: np.ndarray, accuracy: np.ndarray) -> np.ndarray:
     return ~np.array(dominated)
 
 
-def domain_tables(boards: dict[str, pd.DataFrame], settings: dict[str, dict]) -> dict[str, pd.DataFrame]:
-    """Average rank per domain and overall, one table per group of settings that differ only in the dataset."""
+def domain_tables(
+    boards: dict[str, pd.DataFrame], settings: dict[str, dict], default_size: dict[str, bool]
+) -> dict[str, pd.DataFrame]:
+    """Average rank per domain and overall, one table per group of settings that differ only in the dataset (each
+    dataset at its own default resolution counts as one resolution, 'default')."""
     groups: dict[str, dict[str, pd.DataFrame]] = defaultdict(dict)
     for key, board in boards.items():
         setting = settings[key]
         group = {k: v for k, v in setting.items() if k not in ("dataset", "domain", "resolution")}
-        default = setting["resolution"].endswith("(default)")
-        group["resolution"] = "default" if default else setting["resolution"]
+        group["resolution"] = "default" if default_size[key] else setting["resolution"]
         groups[describe(group)][setting["dataset"]] = board.assign(domain=setting["domain"])
     tables = {}
     for name, members in groups.items():
@@ -225,16 +227,17 @@ def read_rankings(paths: list[Path]) -> pd.DataFrame:
 
 
 def predicted_ranking(
-    board: pd.DataFrame, setting: dict, fingerprint: str, rankings: pd.DataFrame
+    board: pd.DataFrame, setting: dict, runs: pd.DataFrame, rankings: pd.DataFrame
 ) -> tuple[pd.DataFrame, str]:
     """The leaderboard with each score's predicted rank beside the measured one, and how well each predicted: only
     from a ranking of the same data, weights, resolution and training subset."""
     if rankings.empty or setting.get("finetune", "full") != "full" or setting["protocol"] != "val":
         return board, ""
-    size = setting["resolution"].split(" ")[0]
+    height, width = runs["image_size"].iloc[0]
+    size = f"{height}x{width}"  # as rank.py writes it
     shots = setting.get("shots", SETTING_DEFAULTS["shots"])
     match = rankings[
-        (rankings["dataset_fingerprint"] == fingerprint)
+        (rankings["dataset_fingerprint"] == runs["dataset_fingerprint"].iloc[0])
         & (rankings["weights"] == setting["weights"])
         & (rankings["resolution"] == size)
         & np.isclose(rankings["train_fraction"], setting.get("train_fraction", SETTING_DEFAULTS["train_fraction"]))
@@ -449,8 +452,7 @@ def prepare_out(out: Path) -> None:
 
 def write_setting(runs: pd.DataFrame, setting: dict, rankings: pd.DataFrame, args, sections: list[str]) -> pd.DataFrame:
     """One setting's leaderboard, plots and section of report.md (appended to `sections`); returns the board."""
-    fingerprint = runs["dataset_fingerprint"].iloc[0]
-    board, predicted = predicted_ranking(leaderboard(runs, args.seed), setting, fingerprint, rankings)
+    board, predicted = predicted_ranking(leaderboard(runs, args.seed), setting, runs, rankings)
     folder = args.out / slug(setting)
     folder.mkdir(exist_ok=True)
     title = describe(setting)
@@ -499,14 +501,16 @@ def main(argv: list[str] | None = None) -> None:
         {},
         {},
     )
+    default_size = {}
     for key, runs_of_setting in table.groupby("setting", sort=True):
         setting = json.loads(key)
         boards[key], settings[key] = write_setting(runs_of_setting, setting, rankings, args, sections), setting
+        default_size[key] = bool(runs_of_setting["default_size"].iloc[0])
     pd.concat(board.assign(**settings[key]) for key, board in boards.items()).to_csv(
         args.out / "leaderboard.csv", index=False
     )
     sections += learning_curves(table, args.out)
-    for name, domains in domain_tables(boards, settings).items():
+    for name, domains in domain_tables(boards, settings, default_size).items():
         columns = {"backbone": domains["backbone"].tolist()}
         columns.update(
             {c: [number(v, 2) for v in domains[c]] for c in domains.columns if c not in ("backbone", "datasets")}

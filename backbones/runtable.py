@@ -155,6 +155,8 @@ def runs_table(runs: list[dict]) -> tuple[pd.DataFrame, list[tuple[str, str]]]:
                 "params": run["params"],
                 "dataset_fingerprint": run["dataset_fingerprint"],
                 "n_train": run["n_train"],
+                "image_size": tuple(run["image_size"]),  # (height, width), for code; the setting's text is for people
+                "default_size": run["image_size"] == run["default_image_size"],
                 **{column: math.nan if run[column] is None else float(run[column]) for column, _, _ in METRICS},
                 "finished": run["finished"],
                 "folder": run["folder"],
