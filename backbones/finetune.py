@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import importlib.util
 import json
 import platform
 import sys
@@ -50,6 +51,8 @@ from backbones.runfiles import (
     make_out_dir,
     resume_state,
     run_config,
+    tensorboard_logger,
+    write_history,
     write_json,
 )
 from backbones.runtime import (
@@ -108,7 +111,7 @@ def main(spec: DatasetSpec, argv: list[str] | None = None) -> dict:
             FitData(train_loader, loader(select), select),
             job.precision,
             train_config(spec, job.args),
-            RunOutput(out, log, checkpoint_meta(job)),
+            RunOutput(out, log, checkpoint_meta(job), epoch_hooks(job, out)),
             resumed,
         )
         earlier = sum(h["seconds"] for h in resumed["history"]) if resumed else 0.0  # before the run was killed
@@ -144,6 +147,11 @@ def prepare(spec: DatasetSpec, argv: list[str] | None, warned: list[str] | None 
     if args.seed is None:
         args.seed = int(weights.meta.get("seed", 0))
     models.check_input_size(model_name, args.image_size)
+    if args.tensorboard and importlib.util.find_spec("tensorboard") is None:
+        raise UserError(
+            "--tensorboard needs the tensorboard package, which is not installed: pip install tensorboard. Or leave "
+            "the flag out: history.csv in the run folder holds the same numbers."
+        )
     seed_everything(args.seed)
     start_distributed(args.device)
     device = resolve_device(args.device)
@@ -261,6 +269,20 @@ def describe_recipe(paper: PaperRecipe, args: argparse.Namespace) -> str:
         f"lr {args.lr:g}; a checkpoint replaces the best on {'>=' if paper.ties_improve else '>'} batch-averaged "
         f"test top-1 (test batches of {args.bs * paper.eval_batch_multiple})"
     )
+
+
+def epoch_hooks(job: Prepared, out: Path):
+    """What runs after every epoch: history.csv, and TensorBoard's scalars with --tensorboard. A logger of your own
+    (W&B, MLflow) is one more function of the history, added here."""
+    hooks = [lambda history: write_history(history, out / "history.csv")]
+    if job.args.tensorboard:
+        hooks.append(tensorboard_logger(out / "tensorboard"))
+
+    def on_epoch(history: list[dict]) -> None:
+        for hook in hooks:
+            hook(history)
+
+    return on_epoch
 
 
 def checkpoint_meta(job: Prepared) -> dict:

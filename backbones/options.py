@@ -232,6 +232,11 @@ def add_run_arguments(group) -> None:
         help="when the output is not a terminal (sweeps, Slurm, nohup): seconds between progress lines with "
         "images/s, loss and the time left (a terminal shows a progress bar)",
     )
+    add(
+        "--tensorboard",
+        action="store_true",
+        help="also log every epoch's numbers for TensorBoard, in <out>/tensorboard/ (needs: pip install tensorboard)",
+    )
     add("--eval-only", action="store_true", help="evaluate --weights FILE on the test split without training")
     add("--out", type=Path, default=None, help="this run's folder (default: a new folder under runs/)")
     add(

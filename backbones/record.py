@@ -95,5 +95,5 @@ METRICS = (
 # configuration keys that say where a run's files are, or how it was computed, not what it measured: resuming may
 # change them, and comparisons ignore them
 WHERE_AND_HOW = frozenset(
-    {"resume", "workers", "cache", "device", "results", "download", "data", "out", "log_every", "config"}
+    {"resume", "workers", "cache", "device", "results", "download", "data", "out", "log_every", "config", "tensorboard"}
 )

@@ -10,6 +10,7 @@ import json
 import os
 import platform
 import subprocess
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 
@@ -73,6 +74,27 @@ def make_out_dir(requested: Path | None, name: str, resume: bool = False) -> Pat
         except OSError as err:
             raise UserError(f"Cannot create a run folder under runs/ ({err.strerror or err}); pass --out DIR.") from err
     raise UserError("Could not create a fresh run folder under runs/; pass --out DIR.")
+
+
+def write_history(history: list[dict], path: Path) -> None:
+    """The per-epoch history so far as a CSV, rewritten whole after every epoch (so a resumed run's is complete)."""
+    atomic_write(path, lambda file: file.write(pd.DataFrame(history).to_csv(index=False).encode()))
+
+
+def tensorboard_logger(folder: Path) -> Callable[[list[dict]], None]:
+    """An `on_epoch` hook writing each epoch's numbers as TensorBoard scalars (the optional `tensorboard` package)."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    writer = SummaryWriter(str(folder))
+
+    def log(history: list[dict]) -> None:
+        row = history[-1]
+        for key, value in row.items():
+            if key not in ("epoch", "phase"):
+                writer.add_scalar(key, value, row["epoch"])
+        writer.flush()
+
+    return log
 
 
 def atomic_save(obj: object, path: Path) -> None:

@@ -10,13 +10,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import pandas as pd
 import torch
 import torch.distributed as dist
 from torch import nn
 from tqdm import tqdm
 
-from backbones.datasets.base import PaperRecipe, atomic_write
+from backbones.datasets.base import PaperRecipe
 from backbones.errors import UserError
 from backbones.loading import IDENTITY_KEYS
 from backbones.pipeline import DeviceBatches
@@ -214,11 +213,14 @@ class FitData:
 
 @dataclass
 class RunOutput:
-    """Where `fit` writes: best.pt and checkpoint.pt in `out`, lines through `log`; `meta` goes into best.pt."""
+    """Where `fit` writes: best.pt and checkpoint.pt in `out`, lines through `log`; `meta` goes into best.pt.
+    `on_epoch` receives the history after every epoch (first process only): history.csv, TensorBoard, or any
+    logger of your own (W&B, MLflow) is one such function."""
 
     out: Path
     log: Callable[[str], None]
     meta: dict
+    on_epoch: Callable[[list[dict]], None] | None = None
 
 
 @dataclass
@@ -324,7 +326,8 @@ def run_epoch(trainee, data: FitData, optimizer, scaler, precision, config, run:
     )
     if is_main():
         save_progress(trainee.model, optimizer, scaler, progress, run)
-        write_history(progress.history, run.out / "history.csv")
+        if run.on_epoch is not None:
+            run.on_epoch(progress.history)
     run.log(
         f"epoch {epoch:3d} {phase:5s} train loss {train_loss:.4f} acc {train_top1:6.2f}% | {name} "
         f"loss {selection.loss:.4f} acc {score:6.2f}% | {seconds:5.1f}s" + ("  *best*" if improved else "")
@@ -339,11 +342,6 @@ def judge(selection: Evaluation, best: dict, paper: PaperRecipe | None) -> tuple
         return score, not best or (score, -selection.loss) > (best["top1"], -best["loss"])
     score = selection.batch_top1
     return score, not best or score > best["top1"] or (paper.ties_improve and score == best["top1"])
-
-
-def write_history(history: list[dict], path: Path) -> None:
-    """The per-epoch history so far as a CSV, rewritten whole after every epoch (so a resumed run's is complete)."""
-    atomic_write(path, lambda file: file.write(pd.DataFrame(history).to_csv(index=False).encode()))
 
 
 def save_progress(model, optimizer, scaler, progress: Progress, run: RunOutput) -> None:

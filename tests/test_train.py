@@ -293,3 +293,40 @@ def test_resume_refuses_other_flags_and_finished_runs(tmp_path, uninterrupted):
     assert_clean_error(result, "started with other flags", "lr 0.5 there, 0.001 now")
     assert sorted(p.name for p in out.iterdir()) == before
     assert_clean_error(run_script("digits.py", *RESUMABLE, "--resume"), "no --out was given")
+
+
+@pytest.mark.slow
+def test_tensorboard_gets_the_numbers_of_history_csv(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from backbones import finetune
+    from backbones.datasets import digits
+
+    out = tmp_path / "run"
+    finetune.main(digits.SPEC, [*FAST, "-model", "timm:test_resnet", "-bs", "128", "--tensorboard", "--out", str(out),
+                                "--results", str(tmp_path / "r.csv")])  # fmt: skip
+    history = pd.read_csv(out / "history.csv")
+    (events,) = (out / "tensorboard").iterdir()
+    scalars = EventAccumulator(str(events.parent)).Reload()
+    for column in ("train_loss", "val_top1", "lr"):
+        logged = scalars.Scalars(column)
+        assert [e.step for e in logged] == history["epoch"].tolist()
+        assert [e.value for e in logged] == pytest.approx(history[column].tolist(), rel=1e-6)  # stored as float32
+
+
+HIDDEN_TENSORBOARD = """
+import importlib.util, sys
+real = importlib.util.find_spec  # as on a machine without the package
+importlib.util.find_spec = lambda name, *a: None if name == "tensorboard" else real(name, *a)
+from backbones.datasets import digits
+from backbones.finetune import run
+run(digits.SPEC, sys.argv[1:])
+"""
+
+
+@pytest.mark.slow
+def test_tensorboard_missing_is_refused_before_any_work(tmp_path):
+    command = [sys.executable, "-c", HIDDEN_TENSORBOARD, *FAST, "--tensorboard", "--out", str(tmp_path / "o")]
+    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert_clean_error(result, "--tensorboard needs the tensorboard package", "pip install tensorboard")
+    assert not (tmp_path / "o").exists()
