@@ -236,7 +236,7 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
         models.check_input_size(name, size)
     seed_everything(args.seed)
     device = resolve_device(args.device)
-    base = data_config(spec, args, protocol="val")  # the size and batch size are set per measurement below
+    base = data_config(spec, args)  # the default protocol's images; size and batch size are set per measurement below
     catalog, samples = load_splits(spec, base)
     n_train = int((samples["split"] == "train").sum())
     if n_train < max(args.bs):

@@ -38,7 +38,14 @@ from backbones.loading import (
     warn_on_stderr,
 )
 from backbones.metrics import fit_temperature, gflops, peak_memory_mb, quality, reliability_diagram, speed
-from backbones.options import apply_protocol_defaults, build_parser, data_config, train_config, with_saved_flags
+from backbones.options import (
+    apply_protocol_defaults,
+    build_parser,
+    data_config,
+    paper_recipe,
+    train_config,
+    with_saved_flags,
+)
 from backbones.pipeline import DeviceBatches
 from backbones.runfiles import (
     RESUME_FILE,
@@ -110,7 +117,7 @@ def main(spec: DatasetSpec, argv: list[str] | None = None) -> dict:
             trainee,
             FitData(train_loader, loader(select), select),
             job.precision,
-            train_config(spec, job.args),
+            train_config(job.args, job.data.paper),
             RunOutput(out, log, checkpoint_meta(job), epoch_hooks(job, out)),
             resumed,
         )
@@ -156,7 +163,7 @@ def prepare(spec: DatasetSpec, argv: list[str] | None, warned: list[str] | None 
     start_distributed(args.device)
     device = resolve_device(args.device)
     check_memory(args.bs, args.image_size, device)
-    data = data_config(spec, args)
+    data = data_config(spec, args, paper_recipe(spec, args))
 
     def warn(message: str) -> None:
         warn_on_stderr(message)

@@ -45,7 +45,6 @@ class DataConfig:
     seed: int
     image_size: tuple[int, int]
     batch_size: int
-    protocol: str = "val"  # 'val' or 'paper'
     paper: PaperRecipe | None = None  # the original's recipe for the dataset, under --protocol paper
     own: dict = field(default_factory=dict)  # the dataset's own options (BreakHis's mag, ...)
     download: bool = True
@@ -83,7 +82,7 @@ def load_splits(spec: DatasetSpec, config: DataConfig, warn=None) -> tuple[Catal
             )
         official_val = config.paper.official_val
         samples = samples.assign(split=samples["split"].replace("val", official_val), group=samples["sample"])
-    val_fraction = 0.0 if config.protocol == "paper" else config.val_fraction
+    val_fraction = 0.0 if config.paper is not None else config.val_fraction  # paper selects on the test set
     test_fraction = config.own.get(spec.test_fraction_option, spec.test_fraction)
     subset = None
     if config.train_fraction < 1 or config.shots is not None:

@@ -297,16 +297,15 @@ def paper_recipe(spec: DatasetSpec, args: argparse.Namespace) -> PaperRecipe | N
     return spec.paper_recipe(dataset_options(spec, args)) if args.protocol == "paper" else None
 
 
-def data_config(spec: DatasetSpec, args: argparse.Namespace, protocol: str | None = None) -> DataConfig:
-    """Which images the command reads and how: rank.py and bench.py read them as the default protocol does."""
-    protocol = protocol or args.protocol
+def data_config(spec: DatasetSpec, args: argparse.Namespace, paper: PaperRecipe | None = None) -> DataConfig:
+    """Which images the command reads and how; with `paper` (`paper_recipe`), as the original's script read them.
+    rank.py and bench.py read them as the default protocol does."""
     return DataConfig(
         data=args.data,
         seed=args.seed,
         image_size=args.image_size,
         batch_size=args.bs,
-        protocol=protocol,
-        paper=spec.paper_recipe(dataset_options(spec, args)) if protocol == "paper" else None,
+        paper=paper,
         own=dataset_options(spec, args),
         download=args.download,
         cache=args.cache,
@@ -317,7 +316,7 @@ def data_config(spec: DatasetSpec, args: argparse.Namespace, protocol: str | Non
     )
 
 
-def train_config(spec: DatasetSpec, args: argparse.Namespace) -> TrainConfig:
+def train_config(args: argparse.Namespace, paper: PaperRecipe | None) -> TrainConfig:
     return TrainConfig(
         lr=args.lr,
         weight_decay=args.weight_decay,
@@ -326,7 +325,7 @@ def train_config(spec: DatasetSpec, args: argparse.Namespace) -> TrainConfig:
         sgd_patience=args.sgd_patience,
         max_epochs=args.max_epochs,
         bn_images=args.bn_images,
-        paper=paper_recipe(spec, args),
+        paper=paper,
         log_every=args.log_every,
     )
 

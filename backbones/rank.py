@@ -205,7 +205,7 @@ def out_path(args, spec: DatasetSpec) -> Path:
 def main(argv: list[str] | None = None) -> pd.DataFrame:
     spec, args = parse_args(argv)
     out = out_path(args, spec)
-    data = data_config(spec, args, protocol="val")  # the splits are carved exactly as a fine-tuning run carves them
+    data = data_config(spec, args)  # the splits are carved exactly as a default-protocol run carves them
     catalog, samples = load_splits(spec, data)
     counts = samples["split"].value_counts()
     if counts.get("train", 0) < 2 or counts.get("val", 0) < 1:

@@ -28,7 +28,7 @@ PAPER = ["--protocol", "paper", "--no-download", "--workers", "0", "--cache", "o
 def parsed(spec, *argv) -> tuple[argparse.Namespace, DataConfig]:
     args = build_parser(spec).parse_args(["-model", "mobilenet_v3_large", "--seed", "0", *map(str, argv)])
     apply_protocol_defaults(spec, args)
-    return args, data_config(spec, args)
+    return args, data_config(spec, args, paper_recipe(spec, args))
 
 
 @pytest.mark.slow
