@@ -1,7 +1,7 @@
 """The `backbones` command that `pip install .` puts on the PATH: one entry point for every tool.
 
 backbones train <dataset> [flags]     fine-tune, as `python <dataset>.py [flags]` does
-backbones rank|report|sweep|bench|split [flags]
+backbones rank|report|robustness|sweep|bench|split [flags]
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ TOOLS = {
     "rank": "rank backbones from frozen features before fine-tuning any",
     "report": "compare finished runs: leaderboards with ties, cost, calibration, recommendations",
     "sweep": "run a grid of backbones x datasets x data sizes x seeds that survives being killed",
+    "robustness": "score finished runs on corrupted and transformed copies of their own test split",
     "bench": "measure where a run's time goes: model, data pipeline, loop",
     "split": "split a folder of class folders into train/test(/val)",
 }

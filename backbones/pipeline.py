@@ -182,7 +182,8 @@ class DeviceBatches:
     Augmentation (training only): a horizontal flip with probability 1/2 (`flip`), then (`trivial_augment`)
     torchvision's own TrivialAugmentWide, for each image with the random stream of its sample and epoch. The flip
     and the operation are those of the per-image transforms, so the distribution is theirs. `norm` is the (mean,
-    std) per channel in [0, 1].
+    std) per channel in [0, 1]. `perturb`, when set, maps each uint8 batch on the device to another before
+    normalisation: robustness.py's corruptions and transformations of the test images.
     """
 
     def __init__(
@@ -191,6 +192,7 @@ class DeviceBatches:
         self.loader, self.precision, self.seed, self.epoch = loader, precision, seed, 0
         self.flip = flip
         self.trivial_augment = v2.TrivialAugmentWide() if trivial_augment else None
+        self.perturb: Callable[[torch.Tensor], torch.Tensor] | None = None
         shape = (1, 3, 1, 1)
         self.mean = 255 * torch.tensor(norm[0], device=precision.device).view(shape)
         self.std = 255 * torch.tensor(norm[1], device=precision.device).view(shape)
@@ -222,6 +224,8 @@ class DeviceBatches:
             images = images.to(device, non_blocking=True)
             if self.flip or self.trivial_augment:
                 images = self.augment(images, positions)
+            if self.perturb is not None:
+                images = self.perturb(images)
             yield (
                 self.precision.to_device((images.float() - self.mean) / self.std),
                 labels.to(device, non_blocking=True),

@@ -34,3 +34,11 @@ def test_two_process_run_counts_every_test_image_once_and_writes_once(tmp_path):
     assert result.stdout.count("Top-1 accuracy:") == 1  # only the first process prints
     lines = (out / "log.txt").read_text().splitlines()
     assert len(lines) == len(set(lines)) and len(pd.read_csv(tmp_path / "results.csv")) == 1
+    # robustness.py reads the run back in one process: the same test images, the same predictions
+    analysis = subprocess.run(
+        [sys.executable, str(ROOT / "robustness.py"), "--runs", str(out), "--corruptions", "fog", "--severities", "3",
+         "--no-invariance", "--device", "cpu"], cwd=ROOT, capture_output=True, text=True, timeout=900,
+    )  # fmt: skip
+    assert analysis.returncode == 0, analysis.stderr[-3000:]
+    robustness = json.loads((out / "robustness.json").read_text())
+    assert robustness["n_test"] == 21 and robustness["clean"]["top1"] == pytest.approx(accuracy, abs=1e-9)
