@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import re
 from types import SimpleNamespace
@@ -19,7 +20,7 @@ from backbones.options import apply_protocol_defaults, build_parser, data_config
 from backbones.pipeline import sample_seeds
 from backbones.runtime import make_precision
 from backbones.train_common import evaluate
-from conftest import finished_run, run_script
+from conftest import finished_run, run_inline, run_script
 from formats import make_breakhis, make_cifar10, make_flowers102
 
 PAPER = ["--protocol", "paper", "--no-download", "--workers", "0", "--cache", "off"]
@@ -56,6 +57,12 @@ def test_cifar10_trains_as_the_original_script(tmp_path):
     assert result.stdout.strip().splitlines()[-1] == f"Top-1 accuracy: {100 * np.mean(batch_means):.2f}%"
     scores = [h["test_top1"] for h in metrics["history"]]
     assert metrics["best_epoch"] == max(e for e, s in enumerate(scores, 1) if s == max(scores))  # ties replace
+    # robustness.py feeds the test images as the recipe does (its test statistics, batches of 2 x -bs)
+    analysis = run_inline("robustness.py", "--runs", out, "--corruptions", "contrast", "--severities", "1",
+                          "--no-invariance")  # fmt: skip
+    assert analysis.returncode == 0, analysis.stderr
+    clean = json.loads((out / "robustness.json").read_text())["clean"]
+    assert clean["top1"] == pytest.approx(100 * hits.mean(), abs=1e-9) and clean["reproduces_record"]
 
 
 @pytest.mark.slow
