@@ -59,57 +59,59 @@ def gaussian_kernel(sigma: float, truncate: float = 4.0, device=None) -> torch.T
     return kernel / kernel.sum()
 
 
+def blur_matrix(size: int, sigma: float, truncate: float, mode: str, device) -> torch.Tensor:
+    """(size, size) matrix M such that M @ v is v filtered by SciPy's Gaussian, the border handled as SciPy's
+    'nearest' (`mode` 'replicate') or 'reflect' ('symmetric': mirrored about the edge, edge pixel included). A
+    blur as two matrix products runs at BLAS speed, where a long 1-D convolution kernel does not."""
+    kernel = gaussian_kernel(sigma, truncate, device)
+    r = len(kernel) // 2
+    rows = torch.arange(size, device=device).view(-1, 1).expand(size, len(kernel))
+    taps = rows + torch.arange(-r, r + 1, device=device)
+    if mode == "replicate":
+        taps = taps.clamp(0, size - 1)
+    else:
+        for _ in range(2):  # a reach longer than the image folds back more than once
+            taps = torch.where(taps < 0, -taps - 1, taps)
+            taps = torch.where(taps >= size, 2 * size - taps - 1, taps)
+        taps = taps.clamp(0, size - 1)
+    matrix = torch.zeros(size, size, device=device)
+    return matrix.index_put_((rows.reshape(-1), taps.reshape(-1)), kernel.repeat(size), accumulate=True)
+
+
 def separable_blur(x: torch.Tensor, sigma_y: float, sigma_x: float, truncate: float, mode: str) -> torch.Tensor:
-    """A Gaussian blur of every channel of (B, C, H, W); `mode` pads as SciPy's 'nearest' ('replicate') or
-    'reflect' ('symmetric': the edge pixel repeated)."""
-    b, c, h, w = x.shape
-    flat = x.reshape(b * c, 1, h, w)
-    for dim, sigma in ((2, sigma_y), (3, sigma_x)):
-        kernel = gaussian_kernel(sigma, truncate, x.device)
-        r = len(kernel) // 2
-        if mode == "replicate":
-            pad = (0, 0, r, r) if dim == 2 else (r, r, 0, 0)
-            flat = F.pad(flat, pad, mode="replicate")
-        else:
-            flat = symmetric_pad(flat, r, dim)
-        weight = kernel.view(1, 1, -1, 1) if dim == 2 else kernel.view(1, 1, 1, -1)
-        flat = F.conv2d(flat, weight)
-    return flat.reshape(b, c, h, w)
+    """A Gaussian blur of every channel of (B, C, H, W), borders as `blur_matrix` handles them."""
+    h, w = x.shape[-2:]
+    return blur_matrix(h, sigma_y, truncate, mode, x.device) @ x @ blur_matrix(w, sigma_x, truncate, mode, x.device).T
 
 
-def symmetric_pad(x: torch.Tensor, r: int, dim: int) -> torch.Tensor:
-    """Pad `r` pixels on both sides of `dim` by mirroring about the edge, edge pixel included (SciPy 'reflect')."""
-    size = x.shape[dim]
-    index = torch.arange(-r, size + r, device=x.device)
-    index = torch.where(index < 0, -index - 1, index)
-    index = torch.where(index >= size, 2 * size - index - 1, index)
-    return x.index_select(dim, index.clamp(0, size - 1))
-
-
-def shifted(x: torch.Tensor, dx: torch.Tensor, dy: torch.Tensor) -> torch.Tensor:
-    """Each image b of (B, C, H, W) moved by (dx[b], dy[b]) whole pixels, its edge repeated into the gap."""
-    b, c, h, w = x.shape
-    rows = (torch.arange(h, device=x.device) - dy.view(-1, 1)).clamp(0, h - 1)
-    cols = (torch.arange(w, device=x.device) - dx.view(-1, 1)).clamp(0, w - 1)
-    x = x.gather(2, rows.view(b, 1, h, 1).expand(b, c, h, w))
-    return x.gather(3, cols.view(b, 1, 1, w).expand(b, c, h, w))
+def correlate(x: torch.Tensor, kernel: torch.Tensor, mode: str) -> torch.Tensor:
+    """Each channel of (B, C, H, W) correlated with a (B or 1, 1, k, k) kernel (k odd), the border padded by
+    `mode` ('reflect': OpenCV's default, or 'replicate'), through the FFT: a 21 x 21 disk or a 41 px motion
+    streak costs no more than a small kernel."""
+    h, w = x.shape[-2:]
+    k = kernel.shape[-1]
+    padded = F.pad(x, (k // 2,) * 4, mode=mode if k // 2 < min(h, w) else "replicate")
+    size = padded.shape[-2:]
+    spectrum = torch.fft.rfft2(padded) * torch.fft.rfft2(kernel.flip(-1, -2), s=size)
+    return torch.fft.irfft2(spectrum, s=size)[..., k - 1 : k - 1 + h, k - 1 : k - 1 + w]
 
 
 def motion_kernel_blur(x: torch.Tensor, radius: float, sigma: float, angle: torch.Tensor) -> torch.Tensor:
     """The reference's motion blur: copies of each image shifted along a line at `angle` (degrees, one per image),
-    weighted by a one-sided Gaussian of the distance travelled."""
+    edges repeated, weighted by a one-sided Gaussian of the distance travelled; as one kernel per image."""
     width = 2 * max(1, round(radius)) + 1
-    weights = torch.exp(-(torch.arange(width, dtype=torch.float32) ** 2) / (2 * sigma**2))
-    weights = weights / weights.sum()
-    radians = torch.deg2rad(angle.double()).to(x.device)
-    out = torch.zeros_like(x)
-    inside = torch.ones(len(x), dtype=torch.bool, device=x.device)
-    for i in range(width):
-        dy = -torch.ceil(i * torch.sin(radians) - 0.5).long()
-        dx = -torch.ceil(i * torch.cos(radians) - 0.5).long()
-        inside &= (dy.abs() < x.shape[2]) & (dx.abs() < x.shape[3])  # past the border the reference stops adding
-        out = out + (weights[i] * inside).view(-1, 1, 1, 1).to(x.dtype) * shifted(x, dx, dy)
-    return out
+    weights = torch.exp(-(torch.arange(width, dtype=torch.float64) ** 2) / (2 * sigma**2))
+    weights = (weights / weights.sum()).to(x.device)
+    radians = torch.deg2rad(angle.double()).to(x.device).view(-1, 1)
+    steps = torch.arange(width, dtype=torch.float64, device=x.device).view(1, -1)
+    dy = -torch.ceil(steps * torch.sin(radians) - 0.5).long()  # (B, width): each copy's shift
+    dx = -torch.ceil(steps * torch.cos(radians) - 0.5).long()
+    inside = ((dy.abs() < x.shape[2]) & (dx.abs() < x.shape[3])).cummin(1).values  # the reference stops at the border
+    reach = width - 1
+    kernel = torch.zeros(len(x), 2 * reach + 1, 2 * reach + 1, dtype=torch.float64, device=x.device)
+    images = torch.arange(len(x), device=x.device).view(-1, 1).expand_as(dy)
+    kernel.index_put_((images, reach - dy, reach - dx), weights * inside, accumulate=True)
+    return correlate(x, kernel.to(x.dtype).unsqueeze(1), "replicate")
 
 
 def clipped_zoom(x: torch.Tensor, factor: float) -> torch.Tensor:
@@ -136,24 +138,11 @@ def rgb_to_hsv(x: torch.Tensor) -> torch.Tensor:
 
 
 def hsv_to_rgb(x: torch.Tensor) -> torch.Tensor:
-    hue, saturation, value = x.unbind(1)
-    sector = torch.floor(hue * 6)
-    f = hue * 6 - sector
-    sector = sector.long() % 6
-    p, q, t = value * (1 - saturation), value * (1 - f * saturation), value * (1 - (1 - f) * saturation)
-    choices = torch.stack(
-        (
-            torch.stack((value, t, p), 1),
-            torch.stack((q, value, p), 1),
-            torch.stack((p, value, t), 1),
-            torch.stack((p, q, value), 1),
-            torch.stack((t, p, value), 1),
-            torch.stack((value, p, q), 1),
-        ),
-        0,
-    )
-    index = sector.unsqueeze(0).unsqueeze(2).expand(1, *choices.shape[1:])
-    return choices.gather(0, index)[0]
+    """The inverse of `rgb_to_hsv`, in its closed form: channel n is v - v s clip(min(k, 4 - k), 0, 1) with
+    k = (n + 6 h) mod 6 for n = 5, 3, 1 (red, green, blue)."""
+    hue, saturation, value = x[:, 0:1], x[:, 1:2], x[:, 2:3]
+    k = (torch.tensor((5.0, 3.0, 1.0), device=x.device).view(1, 3, 1, 1) + 6 * hue) % 6
+    return value - value * saturation * torch.minimum(k, 4 - k).clamp(0, 1)
 
 
 def plasma_fractal(batch: int, size: int, decay: float, generator: torch.Generator, device) -> torch.Tensor:
@@ -233,10 +222,7 @@ def defocus_blur(x, c, scale, g):
         F.pad(disk.view(1, 1, *disk.shape), (ksize // 2,) * 4, mode="reflect"),
         (antialias.view(-1, 1) * antialias.view(1, -1)).view(1, 1, ksize, ksize),
     )
-    b, ch, h, w = x.shape
-    reach = disk.shape[-1] // 2
-    flat = F.pad(x.reshape(b * ch, 1, h, w), (reach,) * 4, mode="reflect" if reach < min(h, w) else "replicate")
-    return F.conv2d(flat, disk).reshape(b, ch, h, w)
+    return correlate(x, disk, "reflect")
 
 
 def motion_blur(x, c, scale, g):

@@ -23,11 +23,11 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
-from scipy.stats import ttest_rel  # noqa: E402
 from sklearn.metrics import cohen_kappa_score  # noqa: E402
 
 from backbones.errors import HelpFormatter, UserError, run_cli  # noqa: E402
 from backbones.record import METRICS  # noqa: E402
+from backbones.report_robustness import robustness_section  # noqa: E402
 from backbones.runtable import (  # noqa: E402
     SETTING_DEFAULTS,
     correct_vector,
@@ -37,13 +37,19 @@ from backbones.runtable import (  # noqa: E402
     number,
     runs_table,
 )
+from backbones.statistics import (  # noqa: E402
+    ALPHA,
+    BOOTSTRAP_RESAMPLES,
+    bootstrap_p_value,
+    paired_t_p_value,
+    pooled_seed_std,
+    tie_word,
+)
 from backbones.transferability import agreement  # noqa: E402
 
 DOMAINS = ("natural", "texture", "remote sensing", "plant", "astronomy", "medical")
 SHOWN = ("top1", "balanced_accuracy", "macro_f1", "ece", "gflops", "latency_ms_batch1")  # in the terminal
 PREDICTORS = {"logme": "LogME", "knn": "kNN", "linear": "linear probe", "leep": "LEEP"}  # rank.py's scores
-ALPHA = 0.05
-BOOTSTRAP_RESAMPLES = 10_000
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -69,29 +75,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 # ------------------------------------------------------------------------------------------------ reading
-# ----------------------------------------------------------------------------------------------- statistics
-def bootstrap_p_value(correct_a: np.ndarray, correct_b: np.ndarray, resamples: int, seed: int) -> float:
-    """Two-sided p-value that a and b are equally accurate, by a paired bootstrap over the test images.
-
-    Resampling n images with replacement only changes how many of the images that a alone gets right (and b alone
-    gets right) are drawn, so the resampled accuracy difference is drawn exactly from a multinomial on those counts.
-    """
-    n = len(correct_a)
-    only_a = int(np.sum(correct_a & ~correct_b))
-    only_b = int(np.sum(correct_b & ~correct_a))
-    draws = np.random.default_rng(seed).multinomial(n, [only_a / n, only_b / n, 1 - (only_a + only_b) / n], resamples)
-    difference = draws[:, 0] - draws[:, 1]
-    return float(min(1.0, 2 * min(np.mean(difference <= 0), np.mean(difference >= 0))))
-
-
-def paired_t_p_value(top1_a: list[float], top1_b: list[float]) -> float:
-    """Two-sided paired t-test p-value over seeds; a constant difference is decided without the test."""
-    differences = np.subtract(top1_a, top1_b)
-    if np.allclose(differences, differences[0]):
-        return 1.0 if np.isclose(differences[0], 0) else 0.0
-    return float(ttest_rel(top1_a, top1_b).pvalue)
-
-
 def tie_with_best(best: pd.DataFrame, other: pd.DataFrame, seed: int) -> tuple[str, float]:
     """(how the tie was tested, p-value) between the best row's runs and another row's, paired by seed."""
     common = sorted(set(best["seed"]) & set(other["seed"]))
@@ -107,15 +90,6 @@ def tie_with_best(best: pd.DataFrame, other: pd.DataFrame, seed: int) -> tuple[s
             return f"bootstrap, {len(saved_a[0])} test images", p
         return "not tested: the seed's test outputs are missing or differ", math.nan
     return "not tested: no seed in common", math.nan
-
-
-def pooled_seed_std(top1: pd.Series, labels: pd.Series) -> float:
-    """The seed-to-seed standard deviation of top-1, pooled over every row with two or more seeds (NaN if none)."""
-    groups = [values for _, values in top1.groupby(labels) if len(values) >= 2]
-    freedom = sum(len(values) - 1 for values in groups)
-    if not freedom:
-        return math.nan
-    return math.sqrt(sum(values.var(ddof=1) * (len(values) - 1) for values in groups) / freedom)
 
 
 def leaderboard(runs: pd.DataFrame, seed: int) -> pd.DataFrame:
@@ -294,15 +268,6 @@ def leaderboard_markdown(board: pd.DataFrame, metrics: tuple = METRICS) -> str:
     return markdown_table(columns)
 
 
-def tie_word(test: str, tied: bool, p: float) -> str:
-    """'best', 'yes'/'no' with the p-value, or 'untested' where no test could be made (never read as 'no')."""
-    if test == "best":
-        return "best"
-    if math.isnan(p):
-        return "untested"
-    return f"{'yes' if tied else 'no'} (p = {p:.3f})"
-
-
 def recommendation(board: pd.DataFrame) -> str:
     best = board.iloc[0]
     tied = board[board["tied_with_best"]]
@@ -464,7 +429,8 @@ def write_setting(runs: pd.DataFrame, setting: dict, rankings: pd.DataFrame, arg
     kappa.to_csv(folder / "error_consistency.csv")
     plot_kappa(kappa, title, folder / "error_consistency.png")
     plot_training(runs, title, folder / "training.png")
-    advice = recommendation(board)
+    robustness, robust_advice = robustness_section(runs, board, folder, title)
+    advice = recommendation(board) + robust_advice
     sections.append(
         f"## {title}\n\n{markdown}\n\nMean ± sample std over seeds (their number in brackets). Ranked by mean "
         "top-1 less one standard error (the pooled seed-to-seed std over the root of the row's seed count), so "
@@ -474,7 +440,7 @@ def write_setting(runs: pd.DataFrame, setting: dict, rankings: pd.DataFrame, arg
         f"outputs) are shared.\n\n{advice}\n\n{predicted}\n\n"
         f"![accuracy against cost]({folder.name}/cost.png)\n"
         f"![error consistency]({folder.name}/error_consistency.png)\n"
-        f"![training curves]({folder.name}/training.png)"
+        f"![training curves]({folder.name}/training.png)" + (f"\n\n{robustness}" if robustness else "")
     )
     print(f"\n{title}\n{leaderboard_markdown(board, tuple(m for m in METRICS if m[0] in SHOWN))}\n{advice}")
     if predicted:

@@ -217,7 +217,7 @@ def analyse(run: dict, args: argparse.Namespace) -> dict:
     clean["reproduces_record"] = round(clean["top1"], 6) == round(run["top1"], 6)
     wanted = request(args)
     corruption_seconds, timed.seconds = 0.0, 0.0
-    corruptions = {}
+    corruptions, image_hits = {}, torch.zeros(len(labels), dtype=torch.float64)
     for name in wanted["corruptions"]:
         rows = []
         for severity in wanted["severities"]:
@@ -231,7 +231,9 @@ def analyse(run: dict, args: argparse.Namespace) -> dict:
                 corruption_seconds += time.perf_counter() - started
                 return out
 
-            rows.append({"severity": severity, **scores(*evaluate(perturb, f"{name} {severity}"))})
+            outputs, _ = evaluate(perturb, f"{name} {severity}")
+            image_hits += outputs.argmax(1) == labels
+            rows.append({"severity": severity, **scores(outputs, labels)})
         corruptions[name] = {
             "family": CORRUPTIONS[name].family,
             "parameters": [CORRUPTIONS[name].severities[s - 1] for s in wanted["severities"]],
@@ -248,8 +250,11 @@ def analyse(run: dict, args: argparse.Namespace) -> dict:
                     for amount in invariance_amounts(name, size)
                 ],
             }
-    return record(run, job, clean, corruptions, invariance, wanted, corruption_seconds, inference_seconds, logits,
-                  labels)  # fmt: skip
+    passes = len(wanted["corruptions"]) * len(wanted["severities"])
+    found = record(run, job, clean, corruptions, invariance, wanted, corruption_seconds, inference_seconds, logits,
+                   labels)  # fmt: skip
+    found["image_corruption_top1"] = (image_hits / max(passes, 1)).round(decimals=4).tolist()  # in split.csv order
+    return found
 
 
 def record(run, job, clean, corruptions, invariance, wanted, corruption_seconds, inference_seconds, logits, labels):

@@ -13,7 +13,8 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-from backbones.report import bootstrap_p_value, pareto_front
+from backbones.report import pareto_front
+from backbones.statistics import bootstrap_p_value
 from conftest import SWEEP_BACKBONES as BACKBONES
 from conftest import SWEEP_SEEDS as SEEDS
 from conftest import assert_clean_error, run_script

@@ -67,6 +67,8 @@ def test_every_corruption_and_severity_is_scored_and_summarised(analysed):
             assert row["nll"] > 0 and 0 <= row["true_class_prob"] <= 1
         means.append(np.mean([row["top1"] for row in rows]))
     assert found["mean_corruption_top1"] == pytest.approx(np.mean(means))
+    per_image = found["image_corruption_top1"]  # each image's share of its 75 corrupted copies classified right
+    assert len(per_image) == n and 100 * np.mean(per_image) == pytest.approx(np.mean(means), abs=0.01)
     clean = found["clean"]["top1"]
     assert found["relative_drop"] == pytest.approx((clean - np.mean(means)) / clean)
     families = {c.family for c in CORRUPTIONS.values()}

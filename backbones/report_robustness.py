@@ -1,0 +1,303 @@
+"""The report's robustness and mistakes, per setting: how each backbone holds up under corruption (seeds and ties
+as the accuracy leaderboard has them), accuracy against severity per corruption family, invariance curves, the
+confusions that make up each backbone's mistakes, and the classes the backbones disagree on.
+
+The robustness numbers are robustness.py's (robustness.json in each run's folder); the mistakes are read from the
+runs' own test outputs.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import textwrap
+from collections import Counter
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+from scipy.stats import ttest_rel  # noqa: E402
+
+from backbones.corruptions import CORRUPTIONS, FAMILIES  # noqa: E402
+from backbones.robustness import RESULT_FILE  # noqa: E402
+from backbones.runtable import markdown_table, number  # noqa: E402
+from backbones.statistics import ALPHA, paired_t_p_value, pooled_seed_std, tie_word  # noqa: E402
+
+CLEAN_AMOUNT = {"scale": 1.0, "shift": 0, "rotation": 0, "hflip": 0, "resolution": 1.0}  # the untransformed images
+SHOWN_CONFUSIONS = 3
+SHOWN_DISAGREEMENTS = 5
+
+
+def read_analyses(runs: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
+    """One row per run with a corruption analysis, of the request most of them share (like with like); and a
+    line for each analysis left out, and why."""
+    rows, left_out = [], []
+    for run in runs.itertuples():
+        path = Path(run.folder) / RESULT_FILE
+        if not path.exists():
+            continue
+        try:
+            found = json.loads(path.read_text())
+            rows.append(
+                {
+                    "label": run.label,
+                    "seed": run.seed,
+                    "request": json.dumps(found["request"], sort_keys=True),
+                    "clean": float(found["clean"]["top1"]),
+                    "corrupted": found["mean_corruption_top1"],
+                    "drop": None if found["relative_drop"] is None else 100 * found["relative_drop"],
+                    "analysis": found,
+                }
+            )
+        except (OSError, ValueError, KeyError, TypeError) as err:
+            left_out.append(f"{path}: cannot be read ({type(err).__name__}: {err})")
+    frame = pd.DataFrame(rows)
+    if frame.empty:
+        return frame, left_out
+    common = frame["request"].value_counts().index[0]
+    for row in frame[frame["request"] != common].itertuples():
+        left_out.append(f"{row.analysis['run']}: analysed with other corruptions, severities or seed than the rest")
+    return frame[frame["request"] == common].reset_index(drop=True), left_out
+
+
+def tie_with_most_robust(best: pd.DataFrame, other: pd.DataFrame) -> tuple[str, float]:
+    """(how the tie was tested, p-value) on mean corruption top-1: paired over seeds where two or more are shared,
+    otherwise paired over the shared seed's test images (each image's share of corrupted copies classified
+    right)."""
+    common = sorted(set(best["seed"]) & set(other["seed"]))
+    if len(common) >= 2:
+        a = best.set_index("seed").loc[common, "corrupted"].tolist()
+        b = other.set_index("seed").loc[common, "corrupted"].tolist()
+        return f"paired t-test, {len(common)} seeds", paired_t_p_value(a, b)
+    if len(common) == 1:
+        a = np.asarray(best.set_index("seed").loc[common[0], "analysis"]["image_corruption_top1"])
+        b = np.asarray(other.set_index("seed").loc[common[0], "analysis"]["image_corruption_top1"])
+        if len(a) != len(b):
+            return "not tested: different test images", math.nan
+        p = 1.0 if np.array_equal(a, b) else float(ttest_rel(a, b).pvalue)
+        return f"paired t-test, {len(a)} test images", p
+    return "not tested: no seed in common", math.nan
+
+
+def robustness_board(frame: pd.DataFrame) -> pd.DataFrame:
+    """One row per backbone: clean and mean corruption top-1 and the relative drop over seeds, ranked on mean
+    corruption top-1 less one standard error, as the accuracy leaderboard ranks on top-1."""
+    grouped = frame.groupby("label", sort=False)
+    board = pd.DataFrame({"seeds": grouped["seed"].apply(lambda s: ",".join(map(str, sorted(s))))})
+    board["n_seeds"] = grouped["seed"].nunique()
+    for column in ("clean", "corrupted", "drop"):
+        board[f"{column}_mean"] = grouped[column].mean()
+        board[f"{column}_std"] = grouped[column].std(ddof=1)
+    spread = pooled_seed_std(frame["corrupted"], frame["label"])
+    board["rank_score"] = board["corrupted_mean"] - (0 if math.isnan(spread) else spread / np.sqrt(board["n_seeds"]))
+    board = board.sort_values("rank_score", ascending=False)
+    board.insert(0, "rank", board["rank_score"].rank(method="min", ascending=False).astype(int))
+    best = board.index[0]
+    tests = {
+        label: tie_with_most_robust(grouped.get_group(best), grouped.get_group(label))
+        for label in board.index
+        if label != best
+    }
+    board["tie_test"] = ["best" if label == best else tests[label][0] for label in board.index]
+    board["p_value"] = [math.nan if label == best else tests[label][1] for label in board.index]
+    board["tied_with_best"] = [
+        label == best or p >= ALPHA for label, p in zip(board.index, board["p_value"], strict=True)
+    ]
+    return board.rename_axis("backbone").reset_index()
+
+
+def board_markdown(board: pd.DataFrame) -> str:
+    def spread(column: str, decimals: int) -> list[str]:
+        return [
+            number(m, decimals) + (f" ± {number(s, decimals)}" if s > 0 else "")
+            for m, s in zip(board[f"{column}_mean"], board[f"{column}_std"], strict=True)
+        ]
+
+    return markdown_table(
+        {
+            "rank": board["rank"].tolist(),
+            "backbone": board["backbone"].tolist(),
+            "seeds": [f"{s} ({n})" for s, n in zip(board["seeds"], board["n_seeds"], strict=True)],
+            "clean top-1 %": spread("clean", 2),
+            "mean corruption top-1 %": spread("corrupted", 2),
+            "relative drop %": spread("drop", 1),
+            "tied with most robust": [
+                tie_word(t, tied, p)
+                for t, tied, p in zip(board["tie_test"], board["tied_with_best"], board["p_value"], strict=True)
+            ],
+            "tie test": ["" if t == "best" else t for t in board["tie_test"]],
+        }
+    )
+
+
+def robustness_sentence(accuracy_board: pd.DataFrame, board: pd.DataFrame) -> str:
+    """What the recommendation adds: whether the most accurate backbone is also the most robust one."""
+    accurate = accuracy_board.iloc[0]["backbone"]
+    robust = board.iloc[0]
+    if accurate not in set(board["backbone"]):
+        return f" Under corruption, **{robust['backbone']}** holds up best ({robust['corrupted_mean']:.2f}% top-1)."
+    mine = board.set_index("backbone").loc[accurate]
+    if len(board) == 1:
+        return (
+            f" Under corruption it keeps {mine['corrupted_mean']:.2f}% top-1 on average (a relative drop of "
+            f"{mine['drop_mean']:.1f}%)."
+        )
+    if robust["backbone"] == accurate:
+        return (
+            f" It is also the most robust to corruption: {mine['corrupted_mean']:.2f}% mean corruption top-1, a "
+            f"relative drop of {mine['drop_mean']:.1f}%."
+        )
+    tied = bool(mine["tied_with_best"]) and not math.isnan(mine["p_value"])
+    return (
+        f" But it is not the most robust: under corruption **{robust['backbone']}** keeps "
+        f"{robust['corrupted_mean']:.2f}% top-1 on average (a relative drop of {robust['drop_mean']:.1f}%), against "
+        f"{mine['corrupted_mean']:.2f}% ({mine['drop_mean']:.1f}%) for {accurate}"
+        + (" (statistically tied)" if tied else "")
+        + "; if your images will be noisier, blurrier or darker than the test set's, weigh that."
+    )
+
+
+def curve(analyses: list[dict], points) -> tuple[list, list]:
+    """(x, mean over seeds of y) for the points each analysis gives (`points(analysis)`: {x: y})."""
+    values = [points(a) for a in analyses]
+    xs = sorted(set.intersection(*(set(v) for v in values)))
+    return xs, [float(np.mean([v[x] for v in values])) for x in xs]
+
+
+def family_points(analysis: dict, family: str) -> dict:
+    points = {0: analysis["clean"]["top1"]}
+    rows = [c["severities"] for c in analysis["corruptions"].values() if c["family"] == family]
+    for severity in {row["severity"] for group in rows for row in group}:
+        points[severity] = float(np.mean([r["top1"] for group in rows for r in group if r["severity"] == severity]))
+    return points
+
+
+def plot_severity(frame: pd.DataFrame, title: str, path: Path) -> None:
+    """Top-1 against severity (0: clean), averaged over each family's corruptions and over seeds."""
+    present = {CORRUPTIONS[name].family for a in frame["analysis"] for name in a["corruptions"]}
+    families = [f for f in FAMILIES if f in present]
+    figure, axes = plt.subplots(1, len(families), figsize=(3.3 * len(families) + 1, 3.6), sharey=True, squeeze=False)
+    for axis, family in zip(axes[0], families, strict=True):
+        for label, rows in frame.groupby("label", sort=False):
+            xs, ys = curve(list(rows["analysis"]), lambda a, f=family: family_points(a, f))
+            axis.plot(xs, ys, "o-", label=label, markersize=3)
+        axis.set(title=family, xlabel="severity (0: clean)", xticks=range(6))
+        axis.grid(alpha=0.3)
+    axes[0][0].set_ylabel("test top-1 (%)")
+    axes[0][-1].legend(fontsize=7)
+    figure.suptitle(textwrap.fill(title, 120), fontsize=9)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+
+
+def plot_invariance(frame: pd.DataFrame, title: str, path: Path) -> bool:
+    """Top-1 against each transformation's amount (the clean images included), one line per backbone."""
+    names = [n for n in CLEAN_AMOUNT if all(n in a["invariance"] for a in frame["analysis"])]
+    if not names:
+        return False
+    figure, axes = plt.subplots(1, len(names), figsize=(3.2 * len(names) + 1, 3.6), sharey=True, squeeze=False)
+    for axis, name in zip(axes[0], names, strict=True):
+        for label, rows in frame.groupby("label", sort=False):
+
+            def points(analysis: dict, name: str = name) -> dict:
+                found = {p["amount"]: p["top1"] for p in analysis["invariance"][name]["amounts"]}
+                return {CLEAN_AMOUNT[name]: analysis["clean"]["top1"], **found}
+
+            xs, ys = curve(list(rows["analysis"]), points)
+            axis.plot(xs, ys, "o-", label=label, markersize=3)
+        unit = frame["analysis"].iloc[0]["invariance"][name]["unit"]
+        axis.set_title(name, fontsize=9)
+        axis.set_xlabel(textwrap.fill(unit, 34), fontsize=7)
+        if name == "scale":
+            axis.set_xscale("log", base=2)
+        axis.grid(alpha=0.3)
+    axes[0][0].set_ylabel("test top-1 (%)")
+    axes[0][-1].legend(fontsize=7)
+    figure.suptitle(textwrap.fill(title, 120), fontsize=9)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+    return True
+
+
+def mistakes(runs: pd.DataFrame) -> str:
+    """Each backbone's most frequent confusions over its seeds, and the classes on which the backbones' per-class
+    accuracies differ most (read from the runs' test outputs)."""
+    confusions, per_class, classes = {}, {}, None
+    for label, rows in runs.groupby("label", sort=False):
+        counts, hits, totals = Counter(), 0, 0
+        for folder in rows["folder"]:
+            path = Path(folder) / "test_outputs.npz"
+            if not path.exists():
+                continue
+            with np.load(path) as saved:
+                labels, predicted = saved["labels"], saved["logits"].argmax(1)
+            classes = classes or json.loads((Path(folder) / "metrics.json").read_text())["classes"]
+            wrong = labels != predicted
+            counts.update(zip(labels[wrong].tolist(), predicted[wrong].tolist(), strict=True))
+            size = len(classes)
+            hits = hits + np.bincount(labels[~wrong], minlength=size)
+            totals = totals + np.bincount(labels, minlength=size)
+        if isinstance(totals, np.ndarray):
+            confusions[label] = counts
+            per_class[label] = np.where(totals > 0, 100 * hits / np.maximum(totals, 1), np.nan)
+    if not confusions:
+        return ""
+    lines = []
+    for label, counts in confusions.items():
+        total = sum(counts.values())
+        top = counts.most_common(SHOWN_CONFUSIONS)
+        pairs = ", ".join(f"{classes[t]} → {classes[p]} ({n}, {100 * n / total:.0f}%)" for (t, p), n in top)
+        lines.append(f"- **{label}**: {pairs or 'no mistakes'}")
+    text = "Most frequent confusions (true → predicted: count over seeds, share of the backbone's mistakes):\n\n"
+    text += "\n".join(lines)
+    if len(per_class) >= 2:
+        accuracy = pd.DataFrame(per_class, index=classes)
+        spread = (accuracy.max(axis=1) - accuracy.min(axis=1)).dropna().sort_values(ascending=False)
+        shown = spread[spread > 0].index[:SHOWN_DISAGREEMENTS]
+        if len(shown):
+            columns = {"class": list(shown), "spread": [number(spread[c], 1) for c in shown]}
+            columns.update({label: [number(accuracy.loc[c, label], 1) for c in shown] for label in accuracy.columns})
+            text += (
+                "\n\nClasses the backbones disagree on most (per-class test accuracy %, pooled over seeds; spread = "
+                f"best less worst):\n\n{markdown_table(columns)}"
+            )
+    return text
+
+
+def robustness_section(runs: pd.DataFrame, accuracy_board: pd.DataFrame, folder: Path, title: str) -> tuple[str, str]:
+    """(the setting's robustness and mistakes markdown, the sentence its recommendation gains); files in `folder`."""
+    parts, sentence = [], ""
+    frame, left_out = read_analyses(runs)
+    if not frame.empty and frame["corrupted"].notna().all():
+        board = robustness_board(frame)
+        board.drop(columns="rank_score").to_csv(folder / "robustness.csv", index=False)
+        request = json.loads(frame["request"].iloc[0])
+        count = len(request["corruptions"]) * len(request["severities"])
+        plot_severity(frame, title, folder / "robustness.png")
+        parts.append(
+            f"### Robustness to corruption\n\n{board_markdown(board)}\n\nrobustness.py on each run's own test split: "
+            f"{len(request['corruptions'])} ImageNet-C corruptions at severities "
+            f"{', '.join(map(str, request['severities']))} ({count} corrupted copies of every test image, seed "
+            f"{request['seed']}). Mean corruption top-1 averages them; the relative drop is (clean − corrupted) / "
+            "clean. Ranked and tied as the accuracy leaderboard is, on mean corruption top-1.\n\n"
+            f"![top-1 against severity]({folder.name}/robustness.png)"
+        )
+        sentence = robustness_sentence(accuracy_board, board)
+        if plot_invariance(frame, title, folder / "invariance.png"):
+            parts.append(
+                "### Invariance\n\nTop-1 on the test images zoomed, shifted, rotated, mirrored or seen at a lower "
+                "resolution (the clean images are the point at no change; the mean probability of the true class is "
+                f"in each run's {RESULT_FILE}).\n\n![invariance]({folder.name}/invariance.png)"
+            )
+    if left_out:
+        parts.append("Robustness analyses left out:\n\n" + "\n".join(f"- {line}" for line in left_out))
+    found = mistakes(runs)
+    if found:
+        parts.append(f"### Mistakes\n\n{found}")
+    return "\n\n".join(parts), sentence
