@@ -22,11 +22,12 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
-from matplotlib.ticker import MaxNLocator  # noqa: E402
+from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullFormatter  # noqa: E402
 from sklearn.metrics import cohen_kappa_score  # noqa: E402
 
 from backbones.errors import HelpFormatter, UserError, run_cli  # noqa: E402
 from backbones.record import METRICS  # noqa: E402
+from backbones.report_html import write_html  # noqa: E402
 from backbones.report_robustness import robustness_section  # noqa: E402
 from backbones.runtable import (  # noqa: E402
     SETTING_DEFAULTS,
@@ -255,7 +256,8 @@ def leaderboard_markdown(board: pd.DataFrame, metrics: tuple = METRICS) -> str:
         "seeds": [f"{seeds} ({n})" for seeds, n in zip(board["seeds"], board["n_seeds"], strict=True)],
     }
     for column, heading, decimals in metrics:
-        columns[heading] = mean_std(board, column, decimals)
+        if board[f"{column}_mean"].notna().any():  # top-5 with five classes or fewer has no value at all
+            columns[heading] = mean_std(board, column, decimals)
     columns["params M"] = [number(v, 1) for v in board["params_m"]]
     for column, heading in PREDICTORS.items():
         if f"{column}_predicted_rank" in board:
@@ -316,7 +318,7 @@ def plot_cost(board: pd.DataFrame, title: str, path: Path) -> None:
         for label, x, y in zip(board["backbone"], cost, accuracy, strict=True):
             axis.annotate(label, (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8)
         if cost.max() > 10 * cost.min():
-            axis.set_xscale("log")
+            readable_log_scale(axis, "x")
         axis.set_xlabel(heading)
         axis.grid(alpha=0.3)
     axes[0].set_ylabel("test top-1 (%)")
@@ -325,6 +327,16 @@ def plot_cost(board: pd.DataFrame, title: str, path: Path) -> None:
     figure.tight_layout()
     figure.savefig(path, dpi=110)
     plt.close(figure)
+
+
+def readable_log_scale(axes, which: str) -> None:
+    """A log scale on the `which` ('x' or 'y') axis of `axes`, labelled in plain numbers at 1, 2 and 5 of each
+    decade (0.05, 0.1, 0.2 ...), not as powers of ten with one label per decade."""
+    (axes.set_xscale if which == "x" else axes.set_yscale)("log")
+    axis = axes.xaxis if which == "x" else axes.yaxis
+    axis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+    axis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
+    axis.set_minor_formatter(NullFormatter())
 
 
 def learning_curves(table: pd.DataFrame, out: Path) -> list[str]:
@@ -345,7 +357,7 @@ def learning_curves(table: pd.DataFrame, out: Path) -> list[str]:
             band = points["std"].fillna(0)
             axis.plot(points["used"], points["top1"], "o-", label=label)
             axis.fill_between(points["used"], points["top1"] - band, points["top1"] + band, alpha=0.2)
-        axis.set_xscale("log")
+        readable_log_scale(axis, "x")
         axis.set_xlabel("training images (validation not counted)")
         axis.set_ylabel("test top-1 (%)")
         axis.grid(alpha=0.3)
@@ -394,7 +406,8 @@ def plot_training(runs: pd.DataFrame, title: str, path: Path) -> None:
         if not switch.empty:
             top1_axis.axvline(switch.iloc[0] - 0.5, color=colours[row.label], linestyle=":", linewidth=0.8)
         top1_axis.set_ylabel(f"{selected.removesuffix('_top1')} top-1 %")
-    loss_axis.set(xlabel="epoch", ylabel="training loss", yscale="log")
+    loss_axis.set(xlabel="epoch", ylabel="training loss")
+    readable_log_scale(loss_axis, "y")
     top1_axis.set(xlabel="epoch")
     for axis in (loss_axis, top1_axis):
         axis.xaxis.set_major_locator(MaxNLocator(integer=True))
@@ -425,10 +438,14 @@ def write_setting(runs: pd.DataFrame, setting: dict, rankings: pd.DataFrame, arg
     markdown = leaderboard_markdown(board)
     (folder / "leaderboard.md").write_text(f"# {title}\n\n{markdown}\n")
     plot_cost(board, title, folder / "cost.png")
-    kappa = error_consistency(runs, board["backbone"].tolist())
-    kappa.to_csv(folder / "error_consistency.csv")
-    plot_kappa(kappa, title, folder / "error_consistency.png")
+    plots = [("accuracy against cost", "cost.png")]
+    if len(board) > 1:  # agreement needs two backbones
+        kappa = error_consistency(runs, board["backbone"].tolist())
+        kappa.to_csv(folder / "error_consistency.csv")
+        plot_kappa(kappa, title, folder / "error_consistency.png")
+        plots.append(("error consistency", "error_consistency.png"))
     plot_training(runs, title, folder / "training.png")
+    plots.append(("training curves", "training.png"))
     robustness, robust_advice = robustness_section(runs, board, folder, title)
     advice = recommendation(board) + robust_advice
     sections.append(
@@ -437,10 +454,10 @@ def write_setting(runs: pd.DataFrame, setting: dict, rankings: pd.DataFrame, arg
         "fewer seeds rank lower at equal means. Ties with the best: a paired t-test over seeds where the two share "
         "two or more, otherwise a paired bootstrap over the shared seed's test images "
         f"({BOOTSTRAP_RESAMPLES:,} resamples); tied when p ≥ {ALPHA}; 'untested' where no seed (or no test "
-        f"outputs) are shared.\n\n{advice}\n\n{predicted}\n\n"
-        f"![accuracy against cost]({folder.name}/cost.png)\n"
-        f"![error consistency]({folder.name}/error_consistency.png)\n"
-        f"![training curves]({folder.name}/training.png)" + (f"\n\n{robustness}" if robustness else "")
+        f"outputs) are shared.\n\n{advice}\n\n"
+        + (f"{predicted}\n\n" if predicted else "")
+        + "\n".join(f"![{alt}]({folder.name}/{name})" for alt, name in plots)
+        + (f"\n\n{robustness}" if robustness else "")
     )
     print(f"\n{title}\n{leaderboard_markdown(board, tuple(m for m in METRICS if m[0] in SHOWN))}\n{advice}")
     if predicted:
@@ -490,8 +507,10 @@ def main(argv: list[str] | None = None) -> None:
         listing = "\n".join(f"- {path}: {reason}" for path, reason in skipped)
         sections.append(f"## Skipped\n\n{listing}")
         print(f"\nSkipped {len(skipped)}:\n{listing}")
-    (args.out / "report.md").write_text("\n\n".join(sections) + "\n")
-    print(f"\nReport written to {args.out / 'report.md'}")
+    markdown = "\n\n".join(sections) + "\n"
+    (args.out / "report.md").write_text(markdown)
+    page = write_html(markdown, args.out)
+    print(f"\nReport written to {args.out / 'report.md'} and {page} (one self-contained page for a browser)")
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ import io
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -137,6 +138,23 @@ def digits_sweep(tmp_path_factory) -> Path:
             )  # fmt: skip
             finished_run(result, out)
     return folder
+
+
+@pytest.fixture(scope="session")
+def robust_sweep_report(digits_sweep, tmp_path_factory):
+    """The digits sweep, analysed with three corruptions, one run again with another request; and its report."""
+    runs = tmp_path_factory.mktemp("robust-sweep") / "runs"
+    shutil.copytree(digits_sweep, runs, ignore=shutil.ignore_patterns("robustness.json"))
+    subset = ("--corruptions", "gaussian_noise", "defocus_blur", "contrast", "--severities", "1", "4")
+    result = run_script("robustness.py", "--runs", runs, *subset)
+    assert result.returncode == 0, result.stderr[-3000:]
+    odd = runs / f"{SWEEP_BACKBONES[1]}-s1"
+    again = run_inline("robustness.py", "--runs", odd, "--corruptions", "fog", "--no-invariance", "--force")
+    assert again.returncode == 0, again.stderr
+    report = runs.parent / "report"
+    result = run_script("report.py", "--runs", runs, "--out", report)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return runs, report, (report / "report.md").read_text()
 
 
 def plant_imagenet_weights(name: str, torch_home: Path) -> dict:
