@@ -33,7 +33,7 @@ from backbones.runtable import (  # noqa: E402
     SETTING_DEFAULTS,
     correct_vector,
     describe,
-    find_runs,
+    finished_runs,
     markdown_table,
     number,
     runs_table,
@@ -467,14 +467,7 @@ def write_setting(runs: pd.DataFrame, setting: dict, rankings: pd.DataFrame, arg
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    runs, skipped = find_runs(args.runs)
-    if not runs:
-        reasons = "; ".join(f"{path}: {reason}" for path, reason in skipped) or "nothing found"
-        raise UserError(
-            f"No finished runs under --runs {' '.join(map(str, args.runs))} ({reasons}). A finished run is a folder "
-            "with the metrics.json that a dataset script writes at the end; point --runs at the folders given to "
-            "--out (runs/ by default)."
-        )
+    runs, skipped = finished_runs(args.runs)
     rankings = read_rankings(args.rankings)
     prepare_out(args.out)
     table, repeats = runs_table(runs)

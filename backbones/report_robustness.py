@@ -171,6 +171,16 @@ def curve(analyses: list[dict], points) -> tuple[list, list]:
     return xs, [float(np.mean([v[x] for v in values])) for x in xs]
 
 
+def save_panels(figure, axes, title: str, path: Path) -> None:
+    """A row of top-1 panels sharing their y axis: labelled once, the legend on the last, saved and closed."""
+    axes[0][0].set_ylabel("test top-1 (%)")
+    axes[0][-1].legend(fontsize=7)
+    figure.suptitle(textwrap.fill(title, 120), fontsize=9)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+
+
 def family_points(analysis: dict, family: str) -> dict:
     points = {0: analysis["clean"]["top1"]}
     rows = [c["severities"] for c in analysis["corruptions"].values() if c["family"] == family]
@@ -190,12 +200,7 @@ def plot_severity(frame: pd.DataFrame, title: str, path: Path) -> None:
             axis.plot(xs, ys, "o-", label=label, markersize=3)
         axis.set(title=family, xlabel="severity (0: clean)", xticks=range(6))
         axis.grid(alpha=0.3)
-    axes[0][0].set_ylabel("test top-1 (%)")
-    axes[0][-1].legend(fontsize=7)
-    figure.suptitle(textwrap.fill(title, 120), fontsize=9)
-    figure.tight_layout()
-    figure.savefig(path, dpi=110)
-    plt.close(figure)
+    save_panels(figure, axes, title, path)
 
 
 def plot_invariance(frame: pd.DataFrame, title: str, path: Path) -> bool:
@@ -219,12 +224,7 @@ def plot_invariance(frame: pd.DataFrame, title: str, path: Path) -> bool:
         if name == "scale":
             axis.set_xscale("log", base=2)
         axis.grid(alpha=0.3)
-    axes[0][0].set_ylabel("test top-1 (%)")
-    axes[0][-1].legend(fontsize=7)
-    figure.suptitle(textwrap.fill(title, 120), fontsize=9)
-    figure.tight_layout()
-    figure.savefig(path, dpi=110)
-    plt.close(figure)
+    save_panels(figure, axes, title, path)
     return True
 
 

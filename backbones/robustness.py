@@ -29,7 +29,7 @@ from backbones.finetune import build_model, prepare
 from backbones.loading import image_cache, split_batches
 from backbones.options import with_saved_flags
 from backbones.runfiles import library_versions, write_json
-from backbones.runtable import find_runs
+from backbones.runtable import finished_runs
 from backbones.train_common import predict
 
 RESULT_FILE = "robustness.json"
@@ -309,13 +309,7 @@ def answered(path: Path, wanted: dict) -> bool:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    runs, skipped = find_runs(args.runs)
-    if not runs:
-        reasons = "; ".join(f"{path}: {reason}" for path, reason in skipped) or "nothing found"
-        raise UserError(
-            f"No finished runs under --runs {' '.join(map(str, args.runs))} ({reasons}). Point --runs at the folders "
-            "your dataset scripts wrote their runs to (runs/ by default)."
-        )
+    runs, skipped = finished_runs(args.runs)
     wanted = request(args)
     for run in runs:
         path = Path(run["folder"]) / RESULT_FILE

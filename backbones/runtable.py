@@ -48,6 +48,19 @@ def find_runs(folders: list[Path]) -> tuple[list[dict], list[tuple[str, str]]]:
     return runs, skipped
 
 
+def finished_runs(folders: list[Path]) -> tuple[list[dict], list[tuple[str, str]]]:
+    """`find_runs`, refusing folders that hold no finished run at all."""
+    runs, skipped = find_runs(folders)
+    if not runs:
+        reasons = "; ".join(f"{path}: {reason}" for path, reason in skipped) or "nothing found"
+        raise UserError(
+            f"No finished runs under --runs {' '.join(map(str, folders))} ({reasons}). A finished run is a folder "
+            "with the metrics.json that a dataset script writes at the end; point --runs at the folders given to "
+            "--out (runs/ by default)."
+        )
+    return runs, skipped
+
+
 def read_run(folder: Path) -> tuple[dict | None, str]:
     """One run's metrics, or None and why it cannot be used."""
     path = folder / "metrics.json"
