@@ -43,8 +43,8 @@ def corrupt(images: torch.Tensor, name: str, severity: int, generator: torch.Gen
         return images
     corruption = CORRUPTIONS[name]
     parameter = corruption.severities[severity - 1]
-    if name == "jpeg_compression":  # works on the uint8 pixels themselves
-        return v2.functional.jpeg(images, quality=parameter)
+    if name == "jpeg_compression":  # libjpeg on the uint8 pixels, on the CPU (its decoder returns CPU tensors)
+        return v2.functional.jpeg(images.cpu(), quality=parameter).to(images.device)
     scale = min(images.shape[-2:]) / REFERENCE_SIZE
     out = corruption.apply(images.float() / 255, parameter, scale, generator)
     return (out.clamp(0, 1) * 255).round().to(torch.uint8)
