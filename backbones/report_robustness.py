@@ -20,10 +20,11 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
+from matplotlib.ticker import NullLocator  # noqa: E402
 from scipy.stats import ttest_rel  # noqa: E402
 
 from backbones.corruptions import CORRUPTIONS, FAMILIES  # noqa: E402
-from backbones.robustness import RESULT_FILE  # noqa: E402
+from backbones.robustness import INVARIANCE, RESULT_FILE  # noqa: E402
 from backbones.runtable import markdown_table, number  # noqa: E402
 from backbones.statistics import ALPHA, paired_t_p_value, pooled_seed_std, tie_word  # noqa: E402
 
@@ -218,11 +219,13 @@ def plot_invariance(frame: pd.DataFrame, title: str, path: Path) -> bool:
 
             xs, ys = curve(list(rows["analysis"]), points)
             axis.plot(xs, ys, "o-", label=label, markersize=3)
-        unit = frame["analysis"].iloc[0]["invariance"][name]["unit"]
+        unit = INVARIANCE[name][0]
         axis.set_title(name, fontsize=9)
         axis.set_xlabel(textwrap.fill(unit, 34), fontsize=7)
-        if name == "scale":
+        if name == "scale":  # zooming in and out by the same factor sit symmetrically about 1
             axis.set_xscale("log", base=2)
+            axis.set_xticks(xs, [f"{x:g}" for x in xs], minor=False)
+            axis.xaxis.set_minor_locator(NullLocator())
         axis.grid(alpha=0.3)
     save_panels(figure, axes, title, path)
     return True
