@@ -23,9 +23,11 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullFormatter  # noqa: E402
+from scipy.special import softmax  # noqa: E402
 from sklearn.metrics import cohen_kappa_score  # noqa: E402
 
 from backbones.errors import HelpFormatter, UserError, run_cli  # noqa: E402
+from backbones.metrics import calibration_bins  # noqa: E402
 from backbones.record import METRICS  # noqa: E402
 from backbones.report_html import write_html  # noqa: E402
 from backbones.report_robustness import robustness_section  # noqa: E402
@@ -371,6 +373,47 @@ def learning_curves(table: pd.DataFrame, out: Path) -> list[str]:
     return sections
 
 
+def calibration_table(runs: pd.DataFrame) -> pd.DataFrame:
+    """Per backbone, the test images of all its seeds pooled into ECE's equal-width confidence bins: how many fall
+    in each, their mean confidence and their accuracy (the reliability diagram of the row)."""
+    rows = []
+    for label, group in runs.groupby("label", sort=False):
+        logits, labels = [], []
+        for folder in group["folder"]:
+            if (Path(folder) / "test_outputs.npz").exists():
+                with np.load(Path(folder) / "test_outputs.npz") as saved:
+                    logits.append(saved["logits"].astype(np.float64))
+                    labels.append(saved["labels"])
+        if not logits:
+            continue
+        logits, labels = np.concatenate(logits), np.concatenate(labels)
+        count, confidence, accuracy = calibration_bins(softmax(logits, axis=1), labels)
+        for index in np.flatnonzero(count):
+            rows.append(
+                {"backbone": label, "bin": int(index), "images": int(count[index]),
+                 "confidence": float(confidence[index]), "accuracy": float(accuracy[index])}
+            )  # fmt: skip
+    return pd.DataFrame(rows, columns=["backbone", "bin", "images", "confidence", "accuracy"])
+
+
+def plot_calibration(table: pd.DataFrame, title: str, path: Path) -> None:
+    """Accuracy against confidence per backbone, seeds pooled; below the diagonal is overconfident. Sparse bins
+    are noisy, so each marker's area shows how many images it holds."""
+    figure, axis = plt.subplots(figsize=(5.5, 5))
+    axis.plot([0, 1], [0, 1], "k--", linewidth=0.8, label="perfectly calibrated")
+    for label, rows in table.groupby("backbone", sort=False):  # a marker's area is its bin's share of images
+        (line,) = axis.plot(rows["confidence"], rows["accuracy"], "-", linewidth=0.8, label=label)
+        axis.scatter(rows["confidence"], rows["accuracy"], s=6 + 200 * rows["images"] / rows["images"].sum(),
+                     color=line.get_color())  # fmt: skip
+    axis.set(xlabel="confidence (top-1 softmax probability)", ylabel="accuracy", xlim=(0, 1), ylim=(0, 1.02))
+    axis.grid(alpha=0.3)
+    axis.legend(fontsize=7)
+    axis.set_title(textwrap.fill(title, 60), fontsize=9)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+
+
 def plot_kappa(kappa: pd.DataFrame, title: str, path: Path) -> None:
     size = 4 + 0.6 * len(kappa)
     figure, axis = plt.subplots(figsize=(size + 1, size))
@@ -439,6 +482,11 @@ def write_setting(runs: pd.DataFrame, setting: dict, rankings: pd.DataFrame, arg
     (folder / "leaderboard.md").write_text(f"# {title}\n\n{markdown}\n")
     plot_cost(board, title, folder / "cost.png")
     plots = [("accuracy against cost", "cost.png")]
+    calibration = calibration_table(runs)
+    if not calibration.empty:
+        calibration.to_csv(folder / "calibration.csv", index=False)
+        plot_calibration(calibration, title, folder / "calibration.png")
+        plots.append(("calibration", "calibration.png"))
     if len(board) > 1:  # agreement needs two backbones
         kappa = error_consistency(runs, board["backbone"].tolist())
         kappa.to_csv(folder / "error_consistency.csv")

@@ -133,6 +133,33 @@ def test_error_consistency_is_cohens_kappa_of_correctness(runs, report):
 
 
 @pytest.mark.slow
+def test_calibration_pools_each_backbones_seeds_into_confidence_bins(runs, report):
+    out, _ = report
+    table = pd.read_csv(out / SETTING / "calibration.csv")
+    for backbone in BACKBONES:
+        confidence, hit = [], []
+        for seed in SEEDS:
+            saved = np.load(runs / f"{backbone}-s{seed}" / "test_outputs.npz")
+            logits = saved["logits"].astype(np.float64)
+            probs = np.exp(logits - logits.max(1, keepdims=True))
+            probs /= probs.sum(1, keepdims=True)
+            confidence += list(probs.max(1))
+            hit += list(probs.argmax(1) == saved["labels"])
+        frame = pd.DataFrame({"confidence": confidence, "hit": hit})
+        frame["bin"] = pd.cut(frame["confidence"], np.linspace(0, 1, 16), right=False, labels=False).fillna(14)
+        expected = frame.groupby("bin").agg(
+            images=("hit", "size"), confidence=("confidence", "mean"), accuracy=("hit", "mean")
+        )
+        mine = table[table["backbone"] == backbone].set_index("bin")
+        assert mine.index.tolist() == expected.index.astype(int).tolist()
+        assert mine["images"].tolist() == expected["images"].tolist()
+        np.testing.assert_allclose(
+            mine[["confidence", "accuracy"]].to_numpy(), expected[["confidence", "accuracy"]].to_numpy()
+        )
+    assert (out / SETTING / "calibration.png").exists()
+
+
+@pytest.mark.slow
 def test_report_has_domain_table_plots_and_recommendation(report):
     out, printed = report
     domains = pd.read_csv(next(out.glob("domains-*.csv"))).set_index("backbone")
