@@ -282,18 +282,25 @@ def saturate(x, c, scale, g):
 def elastic_transform(x, c, scale, g):
     """Each pixel moved by a smooth random field (uniform noise of 0.5% of the side, blurred by a Gaussian of 1%
     of the side, times `c`), sampled bilinearly with mirrored borders. The field is drawn at the size the image
-    would have at 224 px and resized with it: the reference's field at a small size is barely smoothed."""
+    would have at 224 px and resized with it (the reference's field at a small size is barely smoothed); blur and
+    resize are one matrix product per axis."""
     b, _, h, w = x.shape
     fh, fw = round(h / scale), round(w / scale)
     reach = 0.005 * fh  # the reference uses the height for both axes
     noise = (torch.rand((b, 2, fh, fw), generator=g, device=x.device) * 2 - 1) * reach
-    field = separable_blur(noise, 0.01 * fh, 0.01 * fw, 3.0, "reflect") * c
-    if (fh, fw) != (h, w):
-        field = F.interpolate(field, size=(h, w), mode="bilinear", align_corners=False) * (h / fh)
+    rows = resize_matrix(fh, h, x.device) @ blur_matrix(fh, 0.01 * fh, 3.0, "reflect", x.device)
+    cols = resize_matrix(fw, w, x.device) @ blur_matrix(fw, 0.01 * fw, 3.0, "reflect", x.device)
+    field = rows @ noise @ cols.T * (c * h / fh)
     rows = torch.arange(h, device=x.device).view(1, h, 1) + field[:, 1]
     cols = torch.arange(w, device=x.device).view(1, 1, w) + field[:, 0]
     grid = torch.stack(((2 * cols + 1) / w - 1, (2 * rows + 1) / h - 1), -1)
     return F.grid_sample(x, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
+
+
+def resize_matrix(size_in: int, size_out: int, device) -> torch.Tensor:
+    """(size_out, size_in) weights of a linear resize (half-pixel centres), the identity at equal sizes."""
+    eye = torch.eye(size_in, device=device).view(1, 1, size_in, size_in)
+    return F.interpolate(eye, size=(size_out, size_in), mode="bilinear", align_corners=False)[0, 0]
 
 
 def pixelate(x, c, scale, g):
