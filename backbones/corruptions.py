@@ -288,9 +288,9 @@ def elastic_transform(x, c, scale, g):
     fh, fw = round(h / scale), round(w / scale)
     reach = 0.005 * fh  # the reference uses the height for both axes
     noise = (torch.rand((b, 2, fh, fw), generator=g, device=x.device) * 2 - 1) * reach
-    rows = resize_matrix(fh, h, x.device) @ blur_matrix(fh, 0.01 * fh, 3.0, "reflect", x.device)
-    cols = resize_matrix(fw, w, x.device) @ blur_matrix(fw, 0.01 * fw, 3.0, "reflect", x.device)
-    field = rows @ noise @ cols.T * (c * h / fh)
+    smooth_rows = resize_matrix(fh, h, x.device) @ blur_matrix(fh, 0.01 * fh, 3.0, "reflect", x.device)
+    smooth_cols = resize_matrix(fw, w, x.device) @ blur_matrix(fw, 0.01 * fw, 3.0, "reflect", x.device)
+    field = smooth_rows @ noise @ smooth_cols.T * (c * h / fh)
     rows = torch.arange(h, device=x.device).view(1, h, 1) + field[:, 1]
     cols = torch.arange(w, device=x.device).view(1, 1, w) + field[:, 0]
     grid = torch.stack(((2 * cols + 1) / w - 1, (2 * rows + 1) / h - 1), -1)

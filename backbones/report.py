@@ -37,16 +37,17 @@ from backbones.runtable import (  # noqa: E402
     describe,
     finished_runs,
     markdown_table,
+    mean_std,
     number,
     runs_table,
+    test_outputs,
 )
 from backbones.statistics import (  # noqa: E402
     ALPHA,
     BOOTSTRAP_RESAMPLES,
     bootstrap_p_value,
-    paired_t_p_value,
-    pooled_seed_std,
-    tie_word,
+    seed_board,
+    tie_columns,
 )
 from backbones.transferability import agreement  # noqa: E402
 
@@ -78,48 +79,26 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 # ------------------------------------------------------------------------------------------------ reading
-def tie_with_best(best: pd.DataFrame, other: pd.DataFrame, seed: int) -> tuple[str, float]:
-    """(how the tie was tested, p-value) between the best row's runs and another row's, paired by seed."""
-    common = sorted(set(best["seed"]) & set(other["seed"]))
-    if len(common) >= 2:
-        a = best.set_index("seed").loc[common, "top1"].tolist()
-        b = other.set_index("seed").loc[common, "top1"].tolist()
-        return f"paired t-test, {len(common)} seeds", paired_t_p_value(a, b)
-    if len(common) == 1:
-        saved_a = correct_vector(best.set_index("seed").loc[common[0], "folder"])
-        saved_b = correct_vector(other.set_index("seed").loc[common[0], "folder"])
+def bootstrap_one_seed(seed: int):
+    """The one-seed tie test of the accuracy leaderboard: a paired bootstrap over the shared seed's test images."""
+
+    def test(best: pd.Series, other: pd.Series) -> tuple[str, float]:
+        saved_a, saved_b = correct_vector(best["folder"]), correct_vector(other["folder"])
         if saved_a is not None and saved_b is not None and np.array_equal(saved_a[0], saved_b[0]):
             p = bootstrap_p_value(saved_a[1], saved_b[1], BOOTSTRAP_RESAMPLES, seed)
             return f"bootstrap, {len(saved_a[0])} test images", p
         return "not tested: the seed's test outputs are missing or differ", math.nan
-    return "not tested: no seed in common", math.nan
+
+    return test
 
 
 def leaderboard(runs: pd.DataFrame, seed: int) -> pd.DataFrame:
-    """One row per backbone (and configuration): mean and std over seeds, rank, tie with the best.
-
-    Rows are ranked by their mean top-1 less one standard error (the pooled seed-to-seed std over the root of the
-    row's number of seeds), so one lucky seed does not outrank the mean of three; with equal seed counts this is
-    the order of the means."""
-    grouped = runs.groupby("label", sort=False)
-    board = pd.DataFrame({"seeds": grouped["seed"].apply(lambda s: ",".join(map(str, sorted(s))))})
-    board["n_seeds"] = grouped["seed"].nunique()
-    board["params_m"] = grouped["params"].first() / 1e6
-    for column, _, _ in METRICS:
-        board[f"{column}_mean"] = grouped[column].mean()
-        board[f"{column}_std"] = grouped[column].std(ddof=1)
-    spread = pooled_seed_std(runs["top1"], runs["label"])
-    board["rank_score"] = board["top1_mean"] - (0 if math.isnan(spread) else spread / np.sqrt(board["n_seeds"]))
-    board = board.sort_values(["rank_score", "gflops_mean"], ascending=[False, True])
-    board.insert(0, "rank", board["rank_score"].rank(method="min", ascending=False).astype(int))
-    best = board.index[0]
-    tests = {label: tie_with_best(grouped.get_group(best), grouped.get_group(label), seed) for label in board.index}
-    board["tie_test"] = [("best" if label == best else tests[label][0]) for label in board.index]
-    board["p_value"] = [math.nan if label == best else tests[label][1] for label in board.index]
-    board["tied_with_best"] = [
-        label == best or p >= ALPHA for label, p in zip(board.index, board["p_value"], strict=True)
-    ]
-    return board.rename_axis("backbone").reset_index()
+    """One row per backbone (and configuration): mean and std over seeds of every metric, ranked on top-1 less one
+    standard error (fewer GFLOPs first at equal scores), tied with the best or not (`seed_board`)."""
+    board = seed_board(runs, [c for c, _, _ in METRICS], "top1", bootstrap_one_seed(seed), tiebreak="gflops")
+    params = runs.groupby("label", sort=False)["params"].first()
+    board.insert(4, "params_m", params.reindex(board["backbone"]).to_numpy() / 1e6)
+    return board
 
 
 def error_consistency(runs: pd.DataFrame, labels: list[str]) -> pd.DataFrame:
@@ -242,15 +221,6 @@ def slug(setting: dict) -> str:
     return re.sub(r"[^A-Za-z0-9.=]+", "-", text).strip("-")
 
 
-def mean_std(board: pd.DataFrame, column: str, decimals: int) -> list[str]:
-    return [
-        number(mean, decimals) + (f" ± {number(std, decimals)}" if std > 0 else "")  # NaN (one seed) is not > 0
-        if not math.isnan(mean)
-        else ""
-        for mean, std in zip(board[f"{column}_mean"], board[f"{column}_std"], strict=True)
-    ]
-
-
 def leaderboard_markdown(board: pd.DataFrame, metrics: tuple = METRICS) -> str:
     columns = {
         "rank": board["rank"].tolist(),
@@ -264,11 +234,7 @@ def leaderboard_markdown(board: pd.DataFrame, metrics: tuple = METRICS) -> str:
     for column, heading in PREDICTORS.items():
         if f"{column}_predicted_rank" in board:
             columns[f"{heading} rank"] = [number(v, 0) for v in board[f"{column}_predicted_rank"]]
-    columns["tied with best"] = [
-        tie_word(test, tied, p)
-        for test, tied, p in zip(board["tie_test"], board["tied_with_best"], board["p_value"], strict=True)
-    ]
-    columns["tie test"] = ["" if test == "best" else test for test in board["tie_test"]]
+    columns.update(tie_columns(board, "tied with best"))
     return markdown_table(columns)
 
 
@@ -378,15 +344,11 @@ def calibration_table(runs: pd.DataFrame) -> pd.DataFrame:
     in each, their mean confidence and their accuracy (the reliability diagram of the row)."""
     rows = []
     for label, group in runs.groupby("label", sort=False):
-        logits, labels = [], []
-        for folder in group["folder"]:
-            if (Path(folder) / "test_outputs.npz").exists():
-                with np.load(Path(folder) / "test_outputs.npz") as saved:
-                    logits.append(saved["logits"].astype(np.float64))
-                    labels.append(saved["labels"])
-        if not logits:
+        saved = [outputs for outputs in map(test_outputs, group["folder"]) if outputs is not None]
+        if not saved:
             continue
-        logits, labels = np.concatenate(logits), np.concatenate(labels)
+        logits = np.concatenate([logits for logits, _ in saved]).astype(np.float64)
+        labels = np.concatenate([labels for _, labels in saved])
         count, confidence, accuracy = calibration_bins(softmax(logits, axis=1), labels)
         for index in np.flatnonzero(count):
             rows.append(

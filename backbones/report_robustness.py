@@ -25,8 +25,8 @@ from scipy.stats import ttest_rel  # noqa: E402
 
 from backbones.corruptions import CORRUPTIONS, FAMILIES  # noqa: E402
 from backbones.robustness import INVARIANCE, RESULT_FILE  # noqa: E402
-from backbones.runtable import markdown_table, number  # noqa: E402
-from backbones.statistics import ALPHA, paired_t_p_value, pooled_seed_std, tie_word  # noqa: E402
+from backbones.runtable import markdown_table, mean_std, number, test_outputs  # noqa: E402
+from backbones.statistics import seed_board, tie_columns  # noqa: E402
 
 CLEAN_AMOUNT = {"scale": 1.0, "shift": 0, "rotation": 0, "hflip": 0, "resolution": 1.0}  # the untransformed images
 SHOWN_CONFUSIONS = 3
@@ -65,72 +65,33 @@ def read_analyses(runs: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
     return frame[frame["request"] == common].reset_index(drop=True), left_out
 
 
-def tie_with_most_robust(best: pd.DataFrame, other: pd.DataFrame) -> tuple[str, float]:
-    """(how the tie was tested, p-value) on mean corruption top-1: paired over seeds where two or more are shared,
-    otherwise paired over the shared seed's test images (each image's share of corrupted copies classified
-    right)."""
-    common = sorted(set(best["seed"]) & set(other["seed"]))
-    if len(common) >= 2:
-        a = best.set_index("seed").loc[common, "corrupted"].tolist()
-        b = other.set_index("seed").loc[common, "corrupted"].tolist()
-        return f"paired t-test, {len(common)} seeds", paired_t_p_value(a, b)
-    if len(common) == 1:
-        a = np.asarray(best.set_index("seed").loc[common[0], "analysis"]["image_corruption_top1"])
-        b = np.asarray(other.set_index("seed").loc[common[0], "analysis"]["image_corruption_top1"])
-        if len(a) != len(b):
-            return "not tested: different test images", math.nan
-        p = 1.0 if np.array_equal(a, b) else float(ttest_rel(a, b).pvalue)
-        return f"paired t-test, {len(a)} test images", p
-    return "not tested: no seed in common", math.nan
+def per_image_one_seed(best: pd.Series, other: pd.Series) -> tuple[str, float]:
+    """The one-seed tie test on mean corruption top-1: a paired t-test over the shared seed's test images, each
+    scored by its share of corrupted copies classified right."""
+    a = np.asarray(best["analysis"]["image_corruption_top1"])
+    b = np.asarray(other["analysis"]["image_corruption_top1"])
+    if len(a) != len(b):
+        return "not tested: different test images", math.nan
+    p = 1.0 if np.array_equal(a, b) else float(ttest_rel(a, b).pvalue)
+    return f"paired t-test, {len(a)} test images", p
 
 
 def robustness_board(frame: pd.DataFrame) -> pd.DataFrame:
-    """One row per backbone: clean and mean corruption top-1 and the relative drop over seeds, ranked on mean
-    corruption top-1 less one standard error, as the accuracy leaderboard ranks on top-1."""
-    grouped = frame.groupby("label", sort=False)
-    board = pd.DataFrame({"seeds": grouped["seed"].apply(lambda s: ",".join(map(str, sorted(s))))})
-    board["n_seeds"] = grouped["seed"].nunique()
-    for column in ("clean", "corrupted", "drop"):
-        board[f"{column}_mean"] = grouped[column].mean()
-        board[f"{column}_std"] = grouped[column].std(ddof=1)
-    spread = pooled_seed_std(frame["corrupted"], frame["label"])
-    board["rank_score"] = board["corrupted_mean"] - (0 if math.isnan(spread) else spread / np.sqrt(board["n_seeds"]))
-    board = board.sort_values("rank_score", ascending=False)
-    board.insert(0, "rank", board["rank_score"].rank(method="min", ascending=False).astype(int))
-    best = board.index[0]
-    tests = {
-        label: tie_with_most_robust(grouped.get_group(best), grouped.get_group(label))
-        for label in board.index
-        if label != best
-    }
-    board["tie_test"] = ["best" if label == best else tests[label][0] for label in board.index]
-    board["p_value"] = [math.nan if label == best else tests[label][1] for label in board.index]
-    board["tied_with_best"] = [
-        label == best or p >= ALPHA for label, p in zip(board.index, board["p_value"], strict=True)
-    ]
-    return board.rename_axis("backbone").reset_index()
+    """One row per backbone: clean and mean corruption top-1 and the relative drop over seeds, ranked and tied on
+    mean corruption top-1 as the accuracy leaderboard is on top-1 (`seed_board`)."""
+    return seed_board(frame, ["clean", "corrupted", "drop"], "corrupted", per_image_one_seed)
 
 
 def board_markdown(board: pd.DataFrame) -> str:
-    def spread(column: str, decimals: int) -> list[str]:
-        return [
-            number(m, decimals) + (f" ± {number(s, decimals)}" if s > 0 else "")
-            for m, s in zip(board[f"{column}_mean"], board[f"{column}_std"], strict=True)
-        ]
-
     return markdown_table(
         {
             "rank": board["rank"].tolist(),
             "backbone": board["backbone"].tolist(),
             "seeds": [f"{s} ({n})" for s, n in zip(board["seeds"], board["n_seeds"], strict=True)],
-            "clean top-1 %": spread("clean", 2),
-            "mean corruption top-1 %": spread("corrupted", 2),
-            "relative drop %": spread("drop", 1),
-            "tied with most robust": [
-                tie_word(t, tied, p)
-                for t, tied, p in zip(board["tie_test"], board["tied_with_best"], board["p_value"], strict=True)
-            ],
-            "tie test": ["" if t == "best" else t for t in board["tie_test"]],
+            "clean top-1 %": mean_std(board, "clean", 2),
+            "mean corruption top-1 %": mean_std(board, "corrupted", 2),
+            "relative drop %": mean_std(board, "drop", 1),
+            **tie_columns(board, "tied with most robust"),
         }
     )
 
@@ -238,11 +199,10 @@ def mistakes(runs: pd.DataFrame) -> str:
     for label, rows in runs.groupby("label", sort=False):
         counts, hits, totals = Counter(), 0, 0
         for folder in rows["folder"]:
-            path = Path(folder) / "test_outputs.npz"
-            if not path.exists():
+            saved = test_outputs(folder)
+            if saved is None:
                 continue
-            with np.load(path) as saved:
-                labels, predicted = saved["labels"], saved["logits"].argmax(1)
+            labels, predicted = saved[1], saved[0].argmax(1)
             classes = classes or json.loads((Path(folder) / "metrics.json").read_text())["classes"]
             wrong = labels != predicted
             counts.update(zip(labels[wrong].tolist(), predicted[wrong].tolist(), strict=True))

@@ -203,15 +203,23 @@ def row_label(row: pd.Series, table: pd.DataFrame) -> str:
     return f"{row['model']} ({', '.join(f'{k}={own[k]}' for k in differing)})"
 
 
-@functools.cache  # each run's outputs serve every tie test and every kappa pair it is in
-def correct_vector(folder: str) -> tuple[np.ndarray, np.ndarray] | None:
-    """(labels, whether each test image was classified correctly) from a run's saved test logits."""
+@functools.cache  # a run's outputs serve every tie test, kappa pair, calibration and mistakes table it is in
+def test_outputs(folder: str) -> tuple[np.ndarray, np.ndarray] | None:
+    """(logits, labels) a run saved for its test split (`test_outputs.npz`), read once; None where absent."""
     path = Path(folder) / "test_outputs.npz"
     if not path.exists():
         return None
     with np.load(path) as saved:
-        labels = saved["labels"]
-        return labels, saved["logits"].argmax(axis=1) == labels
+        return saved["logits"], saved["labels"]
+
+
+def correct_vector(folder: str) -> tuple[np.ndarray, np.ndarray] | None:
+    """(labels, whether each test image was classified correctly) from a run's saved test logits."""
+    saved = test_outputs(folder)
+    if saved is None:
+        return None
+    logits, labels = saved
+    return labels, logits.argmax(axis=1) == labels
 
 
 def describe(setting: dict) -> str:
@@ -220,6 +228,16 @@ def describe(setting: dict) -> str:
 
 def number(value: float, decimals: int) -> str:
     return "" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.{decimals}f}"
+
+
+def mean_std(board: pd.DataFrame, column: str, decimals: int) -> list[str]:
+    """A board's `<column>_mean` and `_std` as 'mean ± std' (the mean alone for one seed, blank where none)."""
+    return [
+        number(mean, decimals) + (f" ± {number(std, decimals)}" if std > 0 else "")  # NaN (one seed) is not > 0
+        if not math.isnan(mean)
+        else ""
+        for mean, std in zip(board[f"{column}_mean"], board[f"{column}_std"], strict=True)
+    ]
 
 
 def markdown_table(columns: dict[str, list]) -> str:
