@@ -250,16 +250,15 @@ def analyse(run: dict, args: argparse.Namespace) -> dict:
                     for amount in invariance_amounts(name, size)
                 ],
             }
-    passes = len(wanted["corruptions"]) * len(wanted["severities"])
-    found = record(run, job, clean, corruptions, invariance, wanted, corruption_seconds, inference_seconds, logits,
-                   labels)  # fmt: skip
-    found["image_corruption_top1"] = (image_hits / max(passes, 1)).round(decimals=4).tolist()  # in split.csv order
-    return found
+    return record(run, job, clean, corruptions, invariance, wanted, corruption_seconds, inference_seconds, logits,
+                  labels, image_hits)  # fmt: skip
 
 
-def record(run, job, clean, corruptions, invariance, wanted, corruption_seconds, inference_seconds, logits, labels):
+def record(run, job, clean, corruptions, invariance, wanted, corruption_seconds, inference_seconds, logits, labels,
+           image_hits):  # fmt: skip
     """robustness.json: the numbers, what was asked for, the scale of the corruptions and what they cost."""
     size = list(job.args.image_size)
+    passes = len(wanted["corruptions"]) * len(wanted["severities"])
     per_corruption = {name: np.mean([r["top1"] for r in c["severities"]]) for name, c in corruptions.items()}
     mean_top1 = float(np.mean(list(per_corruption.values()))) if per_corruption else None
     families = {
@@ -284,6 +283,8 @@ def record(run, job, clean, corruptions, invariance, wanted, corruption_seconds,
         "corruptions": corruptions,
         "invariance": invariance,
         "confusion_pairs": confusion_pairs(logits, labels, job.catalog.classes),
+        # each test image's share of its corrupted copies classified right, in split.csv order
+        "image_corruption_top1": (image_hits / max(passes, 1)).round(decimals=4).tolist(),
         "seconds": {
             "corruption": round(corruption_seconds, 3),
             "inference": round(inference_seconds, 3),
@@ -333,8 +334,9 @@ def summary(result: dict) -> str:
         )
     if result["mean_corruption_top1"] is not None:
         text += (
-            f", mean corruption top-1 {result['mean_corruption_top1']:.2f}% (relative drop "
-            f"{100 * result['relative_drop']:.1f}%); corrupting took {seconds['corruption']:.1f}s against "
+            f", mean corruption top-1 {result['mean_corruption_top1']:.2f}%"
+            + (f" (relative drop {100 * result['relative_drop']:.1f}%)" if result["relative_drop"] is not None else "")
+            + f"; corrupting took {seconds['corruption']:.1f}s against "
             f"{seconds['inference']:.1f}s of inference ({100 * seconds['corruption_over_inference']:.0f}%)"
         )
     return text

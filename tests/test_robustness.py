@@ -173,3 +173,15 @@ def test_the_transformations_move_pixels_as_named():
     checker = ((torch.arange(16).view(-1, 1) + torch.arange(16)) % 2 * 255).to(torch.uint8).expand(1, 3, 16, 16)
     blurred = TRANSFORMS["resolution"](checker.contiguous(), 0.5).float()
     assert (blurred - 127.5).abs().max() <= 3  # half the resolution cannot hold a one-pixel checkerboard
+
+
+def test_the_summary_of_a_run_with_no_clean_accuracy_has_no_relative_drop():
+    from backbones.robustness import summary
+
+    result = {
+        "run": "runs/x", "model": "m", "dataset": "d", "mean_corruption_top1": 0.0, "relative_drop": None,
+        "clean": {"top1": 0.0, "reproduces_record": True, "recorded_top1": 0.0},
+        "seconds": {"corruption": 1.0, "inference": 4.0, "corruption_over_inference": 0.25},
+    }  # fmt: skip
+    text = summary(result)
+    assert "clean top-1 0.00%, mean corruption top-1 0.00%; corrupting took 1.0s" in text and "drop" not in text
