@@ -2,12 +2,14 @@
 
 Each corruption takes a batch of uint8 images (B, 3, H, W) and returns it corrupted, as uint8 again (rounded, as a
 saved image would be), at a severity from 1 to 5 with the published parameters. Those were chosen for 224 px
-images: the ones measured in pixels (blur radii and sigmas, the snow's flake size and streaks) are scaled by the
-images' shorter side over 224, so a corruption hides the same share of an object at any resolution; the others
-(noise levels, zoom factors, pixelation and colour factors, JPEG quality) have no unit and are used as published.
-Fog's texture is relative to the image size in the reference implementation already; elastic's field is drawn
-at the 224 px size and resized with the image. Random draws come from the `generator` given, so a seeded
-generator reproduces a corruption exactly.
+images. Parameters without a unit of length (noise levels, zoom and pixelation factors, colour factors, JPEG
+quality, fog's texture, which spans the image) are used as published at every size, as the reference run on the
+image itself. Those that are lengths in pixels of a 224 px image (blur radii and sigmas, the snow's flakes and
+streaks, the elastic field) make a corruption at another size behave as the reference run at 224 px and resized
+to that size (`Corruption.small_sizes`): blur kernels are drawn on the 224 px grid and resampled onto the
+image's (`resample_kernel`); snow's flakes and the elastic field are drawn at the 224 px size and resized.
+tests/test_corruptions_reference.py checks both against the reference package itself. Random draws come from
+the `generator` given, so a seeded generator reproduces a corruption exactly.
 
 Left out: frost (it blends in photographs shipped with the reference implementation), glass blur (its local pixel
 shuffling is sequential by construction: each swap sees the previous ones), and the extra validation corruptions
@@ -35,6 +37,9 @@ class Corruption:
     family: str  # ImageNet-C's grouping: noise, blur, weather, digital
     severities: tuple  # the published parameter of severities 1..5
     apply: Callable  # (images in [0, 1], parameter, scale, generator) -> images
+    # below 224 px: 'native' (parameters without a unit of length, used as published, as the reference run on the
+    # small image) or '224' (lengths in pixels of a 224 px image: as the reference run at 224 px, resized down)
+    small_sizes: str = "native"
 
 
 def corrupt(images: torch.Tensor, name: str, severity: int, generator: torch.Generator) -> torch.Tensor:
@@ -51,19 +56,21 @@ def corrupt(images: torch.Tensor, name: str, severity: int, generator: torch.Gen
 
 
 # ------------------------------------------------------------------------------------------------- helpers
-def gaussian_kernel(sigma: float, truncate: float = 4.0, device=None) -> torch.Tensor:
-    """SciPy's 1-D Gaussian: radius round(truncate * sigma), normalised to sum 1."""
+def gaussian_kernel(sigma: float, truncate: float = 4.0, device=None, factor: int = 1) -> torch.Tensor:
+    """SciPy's 1-D Gaussian: radius round(truncate * sigma), normalised to sum 1; with `factor` > 1, drawn
+    `factor` times finer and resampled (`resample_kernel`), so a sigma under a pixel still blurs."""
+    sigma = sigma * factor
     radius = int(truncate * sigma + 0.5)
-    x = torch.arange(-radius, radius + 1, dtype=torch.float32, device=device)
+    x = torch.arange(-radius, radius + 1, dtype=torch.float64, device=device)
     kernel = torch.exp(-0.5 * (x / sigma) ** 2)
-    return kernel / kernel.sum()
+    return resample_kernel(kernel / kernel.sum(), factor).float()
 
 
-def blur_matrix(size: int, sigma: float, truncate: float, mode: str, device) -> torch.Tensor:
+def blur_matrix(size: int, sigma: float, truncate: float, mode: str, device, factor: int = 1) -> torch.Tensor:
     """(size, size) matrix M such that M @ v is v filtered by SciPy's Gaussian, the border handled as SciPy's
     'nearest' (`mode` 'replicate') or 'reflect' ('symmetric': mirrored about the edge, edge pixel included). A
     blur as two matrix products runs at BLAS speed, where a long 1-D convolution kernel does not."""
-    kernel = gaussian_kernel(sigma, truncate, device)
+    kernel = gaussian_kernel(sigma, truncate, device, factor)
     r = len(kernel) // 2
     rows = torch.arange(size, device=device).view(-1, 1).expand(size, len(kernel))
     taps = rows + torch.arange(-r, r + 1, device=device)
@@ -78,10 +85,11 @@ def blur_matrix(size: int, sigma: float, truncate: float, mode: str, device) -> 
     return matrix.index_put_((rows.reshape(-1), taps.reshape(-1)), kernel.repeat(size), accumulate=True)
 
 
-def separable_blur(x: torch.Tensor, sigma_y: float, sigma_x: float, truncate: float, mode: str) -> torch.Tensor:
+def separable_blur(x: torch.Tensor, sigma: float, truncate: float, mode: str, factor: int = 1) -> torch.Tensor:
     """A Gaussian blur of every channel of (B, C, H, W), borders as `blur_matrix` handles them."""
     h, w = x.shape[-2:]
-    return blur_matrix(h, sigma_y, truncate, mode, x.device) @ x @ blur_matrix(w, sigma_x, truncate, mode, x.device).T
+    rows = blur_matrix(h, sigma, truncate, mode, x.device, factor)
+    return rows @ x @ blur_matrix(w, sigma, truncate, mode, x.device, factor).T
 
 
 def correlate(x: torch.Tensor, kernel: torch.Tensor, mode: str) -> torch.Tensor:
@@ -96,22 +104,55 @@ def correlate(x: torch.Tensor, kernel: torch.Tensor, mode: str) -> torch.Tensor:
     return torch.fft.irfft2(spectrum, s=size)[..., k - 1 : k - 1 + h, k - 1 : k - 1 + w]
 
 
-def motion_kernel_blur(x: torch.Tensor, radius: float, sigma: float, angle: torch.Tensor) -> torch.Tensor:
-    """The reference's motion blur: copies of each image shifted along a line at `angle` (degrees, one per image),
-    edges repeated, weighted by a one-sided Gaussian of the distance travelled; as one kernel per image."""
+def motion_kernels(
+    count: int, radius: float, sigma: float, angle: torch.Tensor, reach_limit: tuple[int, int], device
+) -> torch.Tensor:
+    """The reference's motion blur as one (count, 1, k, k) float64 kernel per image: copies shifted along a line
+    at `angle` (degrees, one per image), weighted by a one-sided Gaussian of the distance travelled, stopping
+    where a shift would reach past an image of `reach_limit` (height, width) as the reference's loop does."""
     width = 2 * max(1, round(radius)) + 1
     weights = torch.exp(-(torch.arange(width, dtype=torch.float64) ** 2) / (2 * sigma**2))
-    weights = (weights / weights.sum()).to(x.device)
-    radians = torch.deg2rad(angle.double()).to(x.device).view(-1, 1)
-    steps = torch.arange(width, dtype=torch.float64, device=x.device).view(1, -1)
-    dy = -torch.ceil(steps * torch.sin(radians) - 0.5).long()  # (B, width): each copy's shift
+    weights = (weights / weights.sum()).to(device)
+    radians = torch.deg2rad(angle.double()).to(device).view(-1, 1)
+    steps = torch.arange(width, dtype=torch.float64, device=device).view(1, -1)
+    dy = -torch.ceil(steps * torch.sin(radians) - 0.5).long()  # (count, width): each copy's shift
     dx = -torch.ceil(steps * torch.cos(radians) - 0.5).long()
-    inside = ((dy.abs() < x.shape[2]) & (dx.abs() < x.shape[3])).cummin(1).values  # the reference stops at the border
+    inside = ((dy.abs() < reach_limit[0]) & (dx.abs() < reach_limit[1])).cummin(1).values
     reach = width - 1
-    kernel = torch.zeros(len(x), 2 * reach + 1, 2 * reach + 1, dtype=torch.float64, device=x.device)
-    images = torch.arange(len(x), device=x.device).view(-1, 1).expand_as(dy)
+    kernel = torch.zeros(count, 2 * reach + 1, 2 * reach + 1, dtype=torch.float64, device=device)
+    images = torch.arange(count, device=device).view(-1, 1).expand_as(dy)
     kernel.index_put_((images, reach - dy, reach - dx), weights * inside, accumulate=True)
-    return correlate(x, kernel.to(x.dtype).unsqueeze(1), "replicate")
+    return kernel.unsqueeze(1)
+
+
+def motion_kernel_blur(x: torch.Tensor, radius: float, sigma: float, angle: torch.Tensor) -> torch.Tensor:
+    """Each image of `x` streaked by its own motion kernel (`motion_kernels`), edges repeated."""
+    kernels = motion_kernels(len(x), radius, sigma, angle, x.shape[-2:], x.device)
+    return correlate(x, kernels.to(x.dtype), "replicate")
+
+
+def fine_factor(scale: float) -> int:
+    """How many pixels of the 224 px image one pixel of a smaller image stands for (rounded, at least 1)."""
+    return max(1, round(1 / scale))
+
+
+def resample_kernel(kernel: torch.Tensor, factor: int) -> torch.Tensor:
+    """A blur kernel ((k,) or (B, 1, k, k)) drawn on a grid `factor` times finer than the image, resampled onto the
+    image's grid with a Lanczos-3 window (each fine tap spread over the nearby whole-pixel offsets, weights summing
+    to 1): the band-limited resampling that keeps what the blur does to the frequencies the image still holds. A
+    blur narrower than a pixel still blurs by as much as it does to a 224 px image that is then resized down,
+    where point sampling would lose it (an unchanged image) and area sampling would double it. `factor` 1
+    returns the kernel as it is."""
+    if factor == 1:
+        return kernel
+    fine_reach = kernel.shape[-1] // 2
+    reach = math.ceil((fine_reach + 3 * factor - 1) / factor)
+    fine = torch.arange(-fine_reach, fine_reach + 1, dtype=kernel.dtype, device=kernel.device) / factor
+    coarse = torch.arange(-reach, reach + 1, dtype=kernel.dtype, device=kernel.device)
+    d = (fine.view(1, -1) - coarse.view(-1, 1)).abs()
+    weights = torch.where(d < 3, torch.sinc(d) * torch.sinc(d / 3), 0.0)
+    weights = weights / weights.sum(0, keepdim=True)
+    return weights @ kernel if kernel.dim() == 1 else weights @ kernel @ weights.T
 
 
 def clipped_zoom(x: torch.Tensor, factor: float) -> torch.Tensor:
@@ -205,29 +246,45 @@ def impulse_noise(x, c, scale, g):
 
 
 def gaussian_blur(x, c, scale, g):
-    return separable_blur(x, c * scale, c * scale, 4.0, "replicate")
+    """SciPy's Gaussian filter of sigma `c` at 224 px, borders repeated; drawn on the 224 px grid below it."""
+    factor = fine_factor(scale)
+    return separable_blur(x, c * scale, 4.0, "replicate", factor)
 
 
 def defocus_blur(x, c, scale, g):
-    """A disk of the given radius, antialiased by a small Gaussian, applied to each channel (borders mirrored)."""
-    radius, alias = c[0] * scale, c[1]
-    ksize = 3 if c[0] <= 8 else 5  # the reference's antialiasing kernel and grid, chosen on the published radius
-    reach = max(math.ceil(radius), round(max(8, c[0]) * scale))
-    grid = torch.arange(-reach, reach + 1, dtype=torch.float32, device=x.device)
-    disk = ((grid.view(-1, 1) ** 2 + grid.view(1, -1) ** 2) <= radius**2).float()
+    """The reference's disk (radius in 224 px pixels, antialiased by a small Gaussian), drawn on the 224 px grid
+    and integrated over the image's pixels (`resample_kernel`), applied to each channel (borders mirrored)."""
+    factor = fine_factor(scale)
+    disk = reference_disk(c[0] * scale * factor, c[1], published_radius=c[0], device=x.device)
+    return correlate(x, resample_kernel(disk, factor), "reflect")
+
+
+def reference_disk(radius: float, alias: float, published_radius: float, device) -> torch.Tensor:
+    """ImageNet-C's defocus kernel: a disk on a grid of at least +-8 px, normalised, blurred by a 3 x 3 (5 x 5
+    past a published radius of 8) Gaussian of sigma `alias` with mirrored borders, then normalised again (the
+    reference's blur leaves the mass a little off 1 where the disk touches the grid's edge)."""
+    ksize = 3 if published_radius <= 8 else 5
+    reach = max(8, math.ceil(radius))
+    grid = torch.arange(-reach, reach + 1, dtype=torch.float64, device=device)
+    disk = ((grid.view(-1, 1) ** 2 + grid.view(1, -1) ** 2) <= radius**2).double()
     disk = disk / disk.sum()
-    antialias = torch.exp(-((torch.arange(ksize, device=x.device) - ksize // 2) ** 2) / (2 * alias**2))
+    antialias = torch.exp(-((torch.arange(ksize, device=device) - ksize // 2) ** 2) / (2 * alias**2)).double()
     antialias = antialias / antialias.sum()
     disk = F.conv2d(
         F.pad(disk.view(1, 1, *disk.shape), (ksize // 2,) * 4, mode="reflect"),
         (antialias.view(-1, 1) * antialias.view(1, -1)).view(1, 1, ksize, ksize),
     )
-    return correlate(x, disk, "reflect")
+    return disk / disk.sum()
 
 
 def motion_blur(x, c, scale, g):
+    """The reference's streak drawn on the 224 px grid and integrated over the image's pixels."""
     angle = uniform(g, len(x), -45, 45, x.device)
-    return motion_kernel_blur(x, c[0] * scale, max(c[1] * scale, 1e-3), angle)
+    factor = fine_factor(scale)
+    reach_limit = (x.shape[-2] * factor, x.shape[-1] * factor)
+    kernels = motion_kernels(len(x), c[0] * scale * factor, max(c[1] * scale * factor, 1e-3), angle, reach_limit,
+                             x.device)  # fmt: skip
+    return correlate(x, resample_kernel(kernels, factor).to(x.dtype), "replicate")
 
 
 def zoom_blur(x, c, scale, g):
@@ -245,18 +302,22 @@ def fog(x, c, scale, g):
 
 def snow(x, c, scale, g):
     """Flakes: thresholded Gaussian noise enlarged by the flake size, streaked by a motion blur in a random
-    downward direction, added twice (the second turned 180 degrees) to the image brightened towards grey."""
+    downward direction, added twice (the second turned 180 degrees) to the image brightened towards grey. The
+    flake layer is drawn with the published parameters at the size the image would have at 224 px and resized
+    to the image (antialiased), as snow at 224 px resized down would be: drawn at a small size, flakes a pixel
+    wide keep their full brightness instead of thinning into the streak."""
     mean, std, flake, threshold, radius, sigma, keep = c
     b, _, h, w = x.shape
-    zoom = max(flake * scale, 1.0)
-    small = (math.ceil(h / zoom), math.ceil(w / zoom))
+    fine = (round(h / scale), round(w / scale))
+    small = (math.ceil(fine[0] / flake), math.ceil(fine[1] / flake))
     layer = mean + std * torch.randn((b, 1, *small), generator=g, device=x.device)
-    layer = F.interpolate(layer, size=(round(small[0] * zoom), round(small[1] * zoom)), mode="bilinear",
-                          align_corners=True)[..., :h, :w]  # fmt: skip
+    layer = F.interpolate(layer, size=(round(small[0] * flake), round(small[1] * flake)), mode="bilinear",
+                          align_corners=True)[..., : fine[0], : fine[1]]  # fmt: skip
     layer = torch.where(layer < threshold, 0.0, layer).clamp(0, 1)
     angle = uniform(g, b, -135, -45, x.device)
-    layer = motion_kernel_blur(layer, radius * scale, max(sigma * scale, 1e-3), angle)
-    layer = torch.round(layer * 255) / 255
+    layer = torch.round(motion_kernel_blur(layer, radius, sigma, angle) * 255) / 255
+    if fine != (h, w):
+        layer = F.interpolate(layer, size=(h, w), mode="bilinear", antialias=True, align_corners=False)
     gray = (x * torch.tensor(GRAY, device=x.device).view(1, 3, 1, 1)).sum(1, keepdim=True)
     x = keep * x + (1 - keep) * torch.maximum(x, gray * 1.5 + 0.5)
     return x + layer + layer.flip(-1, -2)
@@ -318,12 +379,12 @@ CORRUPTIONS = {
         Corruption("gaussian_noise", "noise", (0.08, 0.12, 0.18, 0.26, 0.38), gaussian_noise),
         Corruption("shot_noise", "noise", (60, 25, 12, 5, 3), shot_noise),
         Corruption("impulse_noise", "noise", (0.03, 0.06, 0.09, 0.17, 0.27), impulse_noise),
-        Corruption("defocus_blur", "blur", ((3, 0.1), (4, 0.5), (6, 0.5), (8, 0.5), (10, 0.5)), defocus_blur),
-        Corruption("motion_blur", "blur", ((10, 3), (15, 5), (15, 8), (15, 12), (20, 15)), motion_blur),
+        Corruption("defocus_blur", "blur", ((3, 0.1), (4, 0.5), (6, 0.5), (8, 0.5), (10, 0.5)), defocus_blur, "224"),
+        Corruption("motion_blur", "blur", ((10, 3), (15, 5), (15, 8), (15, 12), (20, 15)), motion_blur, "224"),
         Corruption(  # (step, stop) of the zoom factors np.arange(1, stop, step)
             "zoom_blur", "blur", ((0.01, 1.11), (0.01, 1.16), (0.02, 1.21), (0.02, 1.26), (0.03, 1.31)), zoom_blur
         ),
-        Corruption("gaussian_blur", "blur", (1, 2, 3, 4, 6), gaussian_blur),
+        Corruption("gaussian_blur", "blur", (1, 2, 3, 4, 6), gaussian_blur, "224"),
         Corruption(
             "snow",
             "weather",
@@ -335,12 +396,13 @@ CORRUPTIONS = {
                 (0.55, 0.3, 2.5, 0.85, 12, 12, 0.55),
             ),
             snow,
+            "224",
         ),
         Corruption("fog", "weather", ((1.5, 2), (2.0, 2), (2.5, 1.7), (2.5, 1.5), (3.0, 1.4)), fog),
         Corruption("brightness", "weather", (0.1, 0.2, 0.3, 0.4, 0.5), brightness),
         Corruption("contrast", "digital", (0.4, 0.3, 0.2, 0.1, 0.05), contrast),
         Corruption("saturate", "digital", ((0.3, 0), (0.1, 0), (2, 0), (5, 0.1), (20, 0.2)), saturate),
-        Corruption("elastic_transform", "digital", (12.5, 16.25, 21.25, 25.0, 30.0), elastic_transform),
+        Corruption("elastic_transform", "digital", (12.5, 16.25, 21.25, 25.0, 30.0), elastic_transform, "224"),
         Corruption("pixelate", "digital", (0.6, 0.5, 0.4, 0.3, 0.25), pixelate),
         Corruption("jpeg_compression", "digital", (25, 18, 15, 10, 7), None),
     )

@@ -60,7 +60,8 @@ def reference_disk(radius: float, alias: float) -> np.ndarray:
     disk /= disk.sum()
     g = np.exp(-((np.arange(ksize) - ksize // 2) ** 2) / (2 * alias**2))
     g /= g.sum()
-    return ndimage.correlate(disk, np.outer(g, g), mode="mirror")  # OpenCV's GaussianBlur, BORDER_REFLECT_101
+    kernel = ndimage.correlate(disk, np.outer(g, g), mode="mirror")  # OpenCV's GaussianBlur, BORDER_REFLECT_101
+    return kernel / kernel.sum()  # the reference's sums to 1.01 at radii 8 and 10; the tool makes it 1
 
 
 def reference_motion(x: np.ndarray, radius: int, sigma: float, angle: float) -> np.ndarray:
@@ -262,10 +263,16 @@ def test_every_corruption_is_seeded_and_keeps_the_batch_shape(photos, name):
     assert np.array_equal(corrupt(as_batch(small), name, 0, torch.Generator()), as_batch(small))
 
 
-def test_pixel_parameters_scale_with_the_image(photos):
-    """A Gaussian blur of sigma 6 px at 224 px is one of 3 px at 112 px."""
-    half = np.stack([np.asarray(Image.fromarray(p).resize((112, 112), Image.BILINEAR)) for p in photos])
-    mine = ours(half, "gaussian_blur", 5)
-    for index, image in enumerate(half):
-        blurred = ndimage.gaussian_filter(image / 255.0, sigma=(3, 3, 0), mode="nearest", truncate=4.0)
-        close(mine[index], blurred * 255)
+def test_pixel_parameters_scale_with_the_image():
+    """A Gaussian blur of sigma 6 px at 224 px is one of 3 px at 112 px (drawn at 6 px on the 224 px grid and
+    resampled: mass 1, spread sigma^2 = 9), and one of 1/7 px at 32 px still blurs, where sampling a Gaussian that
+    narrow at whole pixels would leave the image unchanged."""
+    for sigma, factor, spread_tolerance in ((3.0, 2, 0.005), (2 / 7, 7, 0.06), (1 / 7, 7, 0.2)):
+        kernel = corruptions.gaussian_kernel(sigma, 4.0, factor=factor).double().numpy()
+        offsets = np.arange(len(kernel)) - len(kernel) // 2
+        assert kernel.sum() == pytest.approx(1.0, abs=1e-6)
+        assert (kernel * offsets**2).sum() == pytest.approx(sigma**2, rel=spread_tolerance)
+    narrow = corruptions.gaussian_kernel(1 / 7, 4.0, factor=7).numpy()
+    assert narrow[len(narrow) // 2 + 1] > 0.02
+    sampled = corruptions.gaussian_kernel(1 / 7, 4.0).numpy()  # sampled at whole pixels, as it was before
+    assert sampled[len(sampled) // 2 + 1] < 1e-9
