@@ -22,6 +22,7 @@ from backbones.datasets.base import (
     DataNotFound,
     DatasetSpec,
     FileReader,
+    Normalisation,
     PaperRecipe,
     ReadOptions,
     assign_splits,
@@ -208,15 +209,25 @@ def split_batches(
         rows["sample"], rows["label"], catalog.read, config.image_size, *((None, None) if first else cache),
         augment_first_seed=config.seed if first else None,
     )  # fmt: skip
+    norm = training_normalisation(spec, paper) if train else evaluation_normalisation(spec, paper)
     if paper is None:
-        norm, flip, trivial = (spec.mean, spec.std), spec.augment != "none", spec.augment == "trivialaugment"
+        flip, trivial = spec.augment != "none", spec.augment == "trivialaugment"
         batch_size = config.batch_size
     else:  # no flips; TrivialAugmentWide where the original has it; its train and test statistics
-        norm = (paper.train_norm if train else paper.test_norm) or (spec.mean, spec.std)
         flip, trivial = False, paper.augment == "trivialaugment"
         batch_size = config.batch_size if train else config.batch_size * paper.eval_batch_multiple
     loader = make_loader(images, config, precision.device, train, batch_size)
     return DeviceBatches(loader, norm, precision, config.seed, flip and train, trivial and train)
+
+
+def training_normalisation(spec: DatasetSpec, paper: PaperRecipe | None) -> Normalisation:
+    """(mean, std) of the training images: the dataset's, or under `--protocol paper` the original's train ones."""
+    return (paper.train_norm if paper is not None else None) or (spec.mean, spec.std)
+
+
+def evaluation_normalisation(spec: DatasetSpec, paper: PaperRecipe | None) -> Normalisation:
+    """(mean, std) of evaluated images: the dataset's, or under `--protocol paper` the original's test ones."""
+    return (paper.test_norm if paper is not None else None) or (spec.mean, spec.std)
 
 
 def make_loader(dataset: Dataset, config: DataConfig, device: torch.device, train: bool, batch_size: int) -> DataLoader:

@@ -17,18 +17,14 @@ from datetime import datetime
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import torch
 from torch import nn
 from torchvision.transforms import v2
 
-from backbones import datasets
 from backbones.corruptions import CORRUPTIONS, FAMILIES, REFERENCE_SIZE, corrupt
-from backbones.errors import HelpFormatter, UserError, run_cli
-from backbones.finetune import build_model, prepare
-from backbones.loading import image_cache, split_batches
-from backbones.options import with_saved_flags
+from backbones.errors import HelpFormatter, run_cli
 from backbones.runfiles import library_versions, write_json
+from backbones.runmodel import reopen_split
 from backbones.runtable import finished_runs
 from backbones.train_common import predict
 
@@ -176,34 +172,9 @@ def corruption_seed(seed: int, run_seed: int, name: str, severity: int) -> int:
 
 
 # ------------------------------------------------------------------------------------------------ one run
-def open_run(run: dict, args: argparse.Namespace):
-    """The run's model and test batches, exactly as the run evaluated them: its flags, its best.pt, its split."""
-    folder = Path(run["folder"])
-    for needed in ("config.json", "best.pt", "split.csv"):
-        if not (folder / needed).exists():
-            raise UserError(f"{folder} has no {needed}, so its test split or weights cannot be read back.")
-    spec = datasets.spec(run["dataset"])
-    evaluation = ["--weights", str(folder / "best.pt"), "--eval-only", "--data", run["data"]]
-    argv = with_saved_flags(spec, ["--config", str(folder / "config.json"), *evaluation])
-    argv = [flag for flag in argv if flag not in ("--tensorboard", "--compile")]
-    argv += ["--device", args.device, "--workers", str(args.workers)]
-    job = prepare(spec, argv)  # refuses a split other than the one recorded in best.pt
-    saved = pd.read_csv(folder / "split.csv", dtype={"sample": str})
-    tested = job.samples.loc[job.samples["split"] == "test", ["sample", "label"]].reset_index(drop=True)
-    if not saved.loc[saved["split"] == "test", ["sample", "label"]].reset_index(drop=True).equals(tested):
-        raise UserError(
-            f"{folder}/split.csv lists other test images than the data under {run['data']} gives for this run "
-            "now; the run's test split cannot be reproduced. Was the data changed after the run?"
-        )
-    trainee, _ = build_model(job)
-    cache = image_cache(spec, job.data, job.catalog, job.samples, lambda message: None, ("test",))
-    batches = split_batches(spec, job.data, job.catalog, job.samples, "test", job.precision, False, cache)
-    return job, trainee.model, batches
-
-
 def analyse(run: dict, args: argparse.Namespace) -> dict:
     """Every corruption and transformation asked for, scored on the run's test split."""
-    job, model, batches = open_run(run, args)
+    job, model, batches = reopen_split(Path(run["folder"]), "test", args.device, args.workers)
     device, size = job.precision.device, tuple(job.args.image_size)
     timed = TimedModel(model)
 

@@ -1,0 +1,104 @@
+"""A finished run read back: its fine-tuned model and, where the data is at hand, its own splits, exactly as the
+run evaluated them. robustness.py, predict.py and export.py all start here, so none of them can feed a model
+differently from the run that trained it."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+import torch
+from torch import nn
+
+from backbones import datasets, models
+from backbones.datasets.base import Normalisation
+from backbones.errors import UserError
+from backbones.finetune import Prepared, build_model, prepare
+from backbones.loading import evaluation_normalisation, image_cache, split_batches
+from backbones.options import with_saved_flags
+from backbones.pipeline import DeviceBatches
+from backbones.runtable import read_run
+
+NEEDED = ("metrics.json", "config.json", "best.pt", "split.csv")
+
+
+@dataclass(frozen=True)
+class FinishedRun:
+    """What a finished run says about how to feed its model, from its own record."""
+
+    folder: Path
+    record: dict  # metrics.json
+    weights: models.Weights  # best.pt, read once
+    classes: list[str]
+    image_size: tuple[int, int]
+    normalisation: Normalisation  # (mean, std) per channel in [0, 1], as the run's test images were normalised
+    temperature: float | None  # fitted on the validation split; None where the run had none (--protocol paper)
+
+    @property
+    def model_name(self) -> str:
+        return self.record["model"]
+
+
+def open_finished(folder: Path) -> FinishedRun:
+    """The run in `folder`, after checking that it finished and holds what reading it back needs."""
+    if not folder.is_dir():
+        raise UserError(f"--run {folder} is not a folder. Pass the folder of a finished run (runs/<run>).")
+    missing = [name for name in NEEDED if not (folder / name).exists()]
+    if missing:
+        raise UserError(
+            f"--run {folder} has no {', '.join(missing)}: it is not a finished run written by a dataset script "
+            "(a run that was killed has no metrics.json; see its log.txt). Pass the folder of a finished run."
+        )
+    record, reason = read_run(folder)
+    if record is None:
+        raise UserError(f"--run {folder} cannot be used: {reason}.")
+    weights = models.Weights.parse(str(folder / "best.pt"))
+    classes = weights.meta.get("classes")
+    if not isinstance(classes, list) or len(classes) != record["num_classes"]:
+        raise UserError(
+            f"--run {folder}: best.pt does not record the run's {record['num_classes']} class names (written by an "
+            "older version of this tool?). Fine-tune again with this version to use the run here."
+        )
+    spec = datasets.spec(record["dataset"])
+    paper = spec.paper_recipe(record["dataset_options"]) if record["protocol"] == "paper" else None
+    return FinishedRun(
+        folder=folder,
+        record=record,
+        weights=weights,
+        classes=[str(name) for name in classes],
+        image_size=(int(record["image_size"][0]), int(record["image_size"][1])),
+        normalisation=evaluation_normalisation(spec, paper),
+        temperature=record.get("temperature"),
+    )
+
+
+def load_model(run: FinishedRun, device: torch.device) -> nn.Module:
+    """The run's fine-tuned model from its best.pt, in evaluation mode on `device`."""
+    model = models.create_model(run.model_name, len(run.classes), run.weights)
+    return model.to(device).eval()
+
+
+def reopen_split(folder: Path, split: str, device: str, workers: int) -> tuple[Prepared, nn.Module, DeviceBatches]:
+    """The run's model and the batches of one of its splits, exactly as the run evaluated them: its flags from
+    config.json, its best.pt, its split (checked against the split recorded in best.pt and, image by image,
+    against split.csv; never drawn anew). The run's data must be where it was (`--data` in its record)."""
+    record = json.loads((folder / "metrics.json").read_text())
+    spec = datasets.spec(record["dataset"])
+    evaluation = ["--weights", str(folder / "best.pt"), "--eval-only", "--data", record["data"]]
+    argv = with_saved_flags(spec, ["--config", str(folder / "config.json"), *evaluation])
+    argv = [flag for flag in argv if flag not in ("--tensorboard", "--compile")]
+    argv += ["--device", device, "--workers", str(workers)]
+    job = prepare(spec, argv)  # refuses a split other than the one recorded in best.pt
+    saved = pd.read_csv(folder / "split.csv", dtype={"sample": str})
+    now = job.samples.loc[job.samples["split"] == split, ["sample", "label"]].reset_index(drop=True)
+    if not saved.loc[saved["split"] == split, ["sample", "label"]].reset_index(drop=True).equals(now):
+        raise UserError(
+            f"{folder}/split.csv lists other {split} images than the data under {record['data']} gives for this "
+            "run now; the run's split cannot be reproduced. Was the data changed after the run?"
+        )
+    trainee, _ = build_model(job)
+    cache = image_cache(spec, job.data, job.catalog, job.samples, lambda message: None, (split,))
+    batches = split_batches(spec, job.data, job.catalog, job.samples, split, job.precision, False, cache)
+    return job, trainee.model, batches
