@@ -16,6 +16,8 @@ from urllib.parse import urlparse
 
 import pytest
 
+from formats import make_class_folders
+
 ROOT = Path(__file__).resolve().parents[1]
 FAST = [
     "-model",
@@ -155,6 +157,23 @@ def robust_sweep_report(digits_sweep, tmp_path_factory):
     result = run_script("report.py", "--runs", runs, "--out", report)
     assert result.returncode == 0, result.stderr[-3000:]
     return runs, report, (report / "report.md").read_text()
+
+
+@pytest.fixture(scope="session")
+def folder_runs(tmp_path_factory) -> tuple[Path, dict[str, Path]]:
+    """A folder of photographs' worth of class folders (PNG files on disk), and a short run of three backbones
+    of different families on it: a ConvNet, a Transformer and WaveMix's wavelets. For predict.py and export.py,
+    which read images from files."""
+    work = tmp_path_factory.mktemp("folder-runs")
+    data = make_class_folders(work / "photos", {"cat": 12, "dog": 12, "owl": 12})
+    runs = {}
+    for backbone in ("mobilenet_v3_large", "swin_t", "wavemix"):
+        out = work / "runs" / backbone
+        args = [a if a != "mobilenet_v3_large" else backbone for a in FAST]
+        result = run_script("imagefolder.py", *args, "--data", data, "--out", out, "--results", work / "r.csv")
+        finished_run(result, out)
+        runs[backbone] = out
+    return data, runs
 
 
 def plant_imagenet_weights(name: str, torch_home: Path) -> dict:
