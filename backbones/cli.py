@@ -1,7 +1,7 @@
 """The `backbones` command that `pip install .` puts on the PATH: one entry point for every tool.
 
 backbones train <dataset> [flags]     fine-tune, as `python <dataset>.py [flags]` does
-backbones rank|report|robustness|sweep|bench|split [flags]
+backbones rank|report|robustness|predict|export|sweep|bench|split [flags]
 """
 
 from __future__ import annotations
@@ -17,6 +17,8 @@ TOOLS = {
     "train": "fine-tune a backbone: backbones train <dataset> -model <backbone> ... (see train <dataset> -h)",
     "rank": "rank backbones from frozen features before fine-tuning any",
     "report": "compare finished runs: leaderboards with ties, cost, calibration, recommendations",
+    "predict": "classify new images with a finished run's model (top-k labels, calibrated probabilities)",
+    "export": "export a finished run's model as ONNX, TorchScript or safetensors, verified against PyTorch",
     "sweep": "run a grid of backbones x datasets x data sizes x seeds that survives being killed",
     "robustness": "score finished runs on corrupted and transformed copies of their own test split",
     "bench": "measure where a run's time goes: model, data pipeline, loop",

@@ -22,7 +22,8 @@ def test_the_command_reaches_training_and_every_tool():
     train = backbones("train", "digits", "--help")
     assert train.returncode == 0 and "Digits (scikit-learn)" in train.stdout and "--batch-size" in train.stdout
     for tool, phrase in (("report", "--rankings"), ("rank", "--runs"), ("sweep", "--launcher"), ("split", "--val_size"),
-                         ("bench", "--steps")):  # fmt: skip
+                         ("bench", "--steps"), ("predict", "--min-confidence"), ("export", "--format"),
+                         ("robustness", "--corruptions")):  # fmt: skip
         result = backbones(tool, "--help")
         assert result.returncode == 0 and phrase in result.stdout, (tool, result.stderr[-500:])
     assert_clean_error(backbones("report", "--runs", ROOT / "no-such-folder"), "is not a folder")
@@ -33,6 +34,9 @@ def test_the_command_reaches_training_and_every_tool():
 def test_the_installed_package_declares_its_command_and_dependencies():
     (script,) = importlib.metadata.entry_points(group="console_scripts", name="backbones")
     assert script.value == "backbones.cli:main"
-    installed = {(r.name, r.specifier) for r in map(Requirement, importlib.metadata.requires("backbones"))}
+    declared = list(map(Requirement, importlib.metadata.requires("backbones")))
+    installed = {(r.name, r.specifier) for r in declared if r.marker is None}
     lines = [line.split("#")[0].strip() for line in (ROOT / "requirements.txt").read_text().splitlines()]
     assert installed == {(r.name, r.specifier) for r in map(Requirement, filter(None, lines))}
+    export = {r.name for r in declared if r.marker is not None and r.marker.evaluate({"extra": "export"})}
+    assert export == {"onnx", "onnxscript", "onnxruntime"}  # pip install 'backbones[export]'
