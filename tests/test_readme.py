@@ -56,7 +56,9 @@ def test_every_flag_of_every_dataset_script_is_in_the_readme(script):
     assert missing_from_readme(documented_flags(options.build_parser(spec).format_help())) == []
 
 
-@pytest.mark.parametrize("script", ["split.py", "report.py", "rank.py", "sweep.py", "bench.py", "robustness.py"])
+@pytest.mark.parametrize(
+    "script", ["split.py", "report.py", "rank.py", "sweep.py", "bench.py", "robustness.py", "predict.py", "export.py"]
+)
 def test_every_flag_of_the_other_scripts_is_in_the_readme(script):
     result = run_inline(script, "--help")
     assert result.returncode == 0
