@@ -8,6 +8,7 @@ original's recipe instead, selection on the test set included, and says so.
 from __future__ import annotations
 
 import argparse
+import csv
 import dataclasses
 import importlib.util
 import json
@@ -247,7 +248,8 @@ def open_run_folder(job: Prepared, params: int, argv: list[str]) -> tuple[Path, 
             f"recipe: {describe_recipe(job.data.paper, args)}."
         )
     if is_main():
-        job.samples[["sample", "label", "split"]].to_csv(out / "split.csv", index=False)
+        split = job.samples[["sample", "label", "split"]]  # names quoted: a file name may hold a line break
+        split.to_csv(out / "split.csv", index=False, quoting=csv.QUOTE_NONNUMERIC)
     return out, log, resumed
 
 

@@ -9,9 +9,13 @@ data used); numbers are only ever averaged over seeds within one setting and one
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import math
+import os
 import re
+import shutil
+import tempfile
 import textwrap
 from collections import defaultdict
 from pathlib import Path
@@ -37,10 +41,12 @@ from backbones.runtable import (  # noqa: E402
     describe,
     finished_runs,
     markdown_table,
+    md,
     mean_std,
     number,
     runs_table,
     test_outputs,
+    write_csv,
 )
 from backbones.statistics import (  # noqa: E402
     ALPHA,
@@ -210,15 +216,18 @@ def predicted_ranking(
         if result:
             lines.append(
                 f"{heading}: Kendall's tau {result['kendall_tau']:+.2f} over {result['backbones']} backbones, first "
-                f"pick {result['pick']}, regret {result['regret']:.2f} top-1 points."
+                f"pick {md(result['pick'])}, regret {result['regret']:.2f} top-1 points."
             )
     return board, "Predicted by rank.py before fine-tuning: " + " ".join(lines) if lines else ""
 
 
 # ----------------------------------------------------------------------------------------------- writing
 def slug(setting: dict) -> str:
-    text = "-".join(str(v) for k, v in setting.items() if k != "domain")
-    return re.sub(r"[^A-Za-z0-9.=]+", "-", text).strip("-")
+    """A folder name for a setting: readable, and one to one (a short hash of the whole setting follows the text,
+    so 'my photos' and 'my_photos' never share a folder)."""
+    text = re.sub(r"[^A-Za-z0-9.=]+", "-", "-".join(str(v) for k, v in setting.items() if k != "domain")).strip("-")
+    digest = hashlib.sha1(json.dumps(setting, sort_keys=True).encode()).hexdigest()[:8]
+    return f"{text[:80]}-{digest}"
 
 
 def leaderboard_markdown(board: pd.DataFrame, metrics: tuple = METRICS) -> str:
@@ -243,14 +252,15 @@ def recommendation(board: pd.DataFrame) -> str:
     tied = board[board["tied_with_best"]]
     cheapest = tied.sort_values(["gflops_mean", "latency_ms_batch1_mean"]).iloc[0]
     calibrated = board.sort_values("ece_mean").iloc[0]
-    text = f"**{best['backbone']}** is the most accurate ({best['top1_mean']:.2f}% top-1 over seed(s) {best['seeds']})."
+    text = f"**{md(best['backbone'])}** is the most accurate ({best['top1_mean']:.2f}% top-1 over seed(s) "
+    text += f"{best['seeds']})."
     if len(tied) > 1:
-        others = ", ".join(tied["backbone"].iloc[1:])
+        others = ", ".join(map(md, tied["backbone"].iloc[1:]))
         text += f" Statistically tied with it (α = {ALPHA}): {others}."
         if cheapest["backbone"] != best["backbone"]:
             text += (
-                f" The cheapest of the tied is **{cheapest['backbone']}**: {cheapest['gflops_mean']:.3f} GFLOPs and "
-                f"{cheapest['latency_ms_batch1_mean']:.1f} ms at batch 1, against {best['gflops_mean']:.3f} GFLOPs "
+                f" The cheapest of the tied is **{md(cheapest['backbone'])}**: {cheapest['gflops_mean']:.3f} GFLOPs "
+                f"and {cheapest['latency_ms_batch1_mean']:.1f} ms at batch 1, against {best['gflops_mean']:.3f} GFLOPs "
                 f"and {best['latency_ms_batch1_mean']:.1f} ms, for {cheapest['top1_mean']:.2f}% top-1."
             )
         else:
@@ -259,9 +269,9 @@ def recommendation(board: pd.DataFrame) -> str:
         text += " No other backbone is statistically tied with it."
     untested = board.loc[board["p_value"].isna() & (board["tie_test"] != "best"), "backbone"].tolist()
     if untested:
-        text += f" Not tested against it (no seed, or no test outputs, in common): {', '.join(untested)}."
+        text += f" Not tested against it (no seed, or no test outputs, in common): {', '.join(map(md, untested))}."
     text += (
-        f" Best calibrated: **{calibrated['backbone']}** (ECE {calibrated['ece_mean']:.4f}"
+        f" Best calibrated: **{md(calibrated['backbone'])}** (ECE {calibrated['ece_mean']:.4f}"
         + (
             f", {calibrated['ece_temperature_scaled_mean']:.4f} after temperature scaling"
             if not math.isnan(calibrated["ece_temperature_scaled_mean"])
@@ -335,7 +345,7 @@ def learning_curves(table: pd.DataFrame, out: Path) -> list[str]:
         name = f"learning-curve-{slug(json.loads(key))}.png"
         figure.savefig(out / name, dpi=110)
         plt.close(figure)
-        sections.append(f"## Learning curves ({title})\n\n![learning curves]({name})")
+        sections.append(f"## Learning curves ({md(title)})\n\n![learning curves]({name})")
     return sections
 
 
@@ -423,35 +433,67 @@ def plot_training(runs: pd.DataFrame, title: str, path: Path) -> None:
     plt.close(figure)
 
 
-def prepare_out(out: Path) -> None:
-    """A new folder, or one holding an earlier report; anything else there belongs to the user and is refused."""
-    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / "report.md").exists())):
+REPORT_SUFFIXES = (".md", ".html", ".csv", ".png")  # all a report writes
+
+
+def prepare_out(out: Path) -> Path:
+    """A fresh folder beside `out` to build the report in (leftovers of a killed report there are removed), after
+    checking that `out` is new or holds an earlier report and nothing else: it is replaced whole at the end."""
+    if out.is_symlink() or (out.exists() and not out.is_dir()):
+        raise UserError(f"--out {out} is a file or a symbolic link, not a folder. Choose a new or empty folder.")
+    if out.exists():
+        foreign = [
+            Path(root, name) for root, _, names in os.walk(out) for name in names if not name.endswith(REPORT_SUFFIXES)
+        ]
+        if foreign or (any(out.iterdir()) and not (out / "report.md").exists()):
+            example = f" (e.g. {foreign[0]})" if foreign else " (no report.md)"
+            raise UserError(
+                f"--out {out} exists and does not hold only an earlier report{example}; the new report replaces the "
+                "folder whole, which would delete your files. Choose a new or empty folder for --out."
+            )
+    parent = out.absolute().parent
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+        for leftover in parent.glob(f".{out.name}.building-*"):
+            shutil.rmtree(leftover, ignore_errors=True)
+        return Path(tempfile.mkdtemp(prefix=f".{out.name}.building-", dir=parent))
+    except OSError as err:
         raise UserError(
-            f"--out {out} exists and does not hold an earlier report (no report.md); writing there could overwrite "
-            "your files. Choose a new or empty folder for --out."
-        )
-    out.mkdir(parents=True, exist_ok=True)
+            f"--out {out}: the report cannot be written in {parent} ({err.strerror or err}). Choose an --out in a "
+            "writable place."
+        ) from err
 
 
-def write_setting(runs: pd.DataFrame, setting: dict, rankings: pd.DataFrame, args, sections: list[str]) -> pd.DataFrame:
+def swap_in(building: Path, out: Path) -> None:
+    """Put the finished report at `out`, the earlier one (if any) out of the way first: a report killed at any
+    moment leaves the earlier report or none, and its leftovers are removed by the next one."""
+    earlier = building.with_name(building.name + "-earlier")  # matches prepare_out's leftovers
+    if out.exists():
+        out.rename(earlier)
+    building.rename(out)
+    shutil.rmtree(earlier, ignore_errors=True)
+
+
+def write_setting(runs: pd.DataFrame, setting: dict, rankings: pd.DataFrame, seed: int, out: Path,
+                  sections: list[str]) -> pd.DataFrame:  # fmt: skip
     """One setting's leaderboard, plots and section of report.md (appended to `sections`); returns the board."""
-    board, predicted = predicted_ranking(leaderboard(runs, args.seed), setting, runs, rankings)
-    folder = args.out / slug(setting)
-    folder.mkdir(exist_ok=True)
+    board, predicted = predicted_ranking(leaderboard(runs, seed), setting, runs, rankings)
+    folder = out / slug(setting)
+    folder.mkdir()
     title = describe(setting)
-    board.to_csv(folder / "leaderboard.csv", index=False)
+    write_csv(board, folder / "leaderboard.csv")
     markdown = leaderboard_markdown(board)
-    (folder / "leaderboard.md").write_text(f"# {title}\n\n{markdown}\n")
+    (folder / "leaderboard.md").write_text(f"# {md(title)}\n\n{markdown}\n")
     plot_cost(board, title, folder / "cost.png")
     plots = [("accuracy against cost", "cost.png")]
     calibration = calibration_table(runs)
     if not calibration.empty:
-        calibration.to_csv(folder / "calibration.csv", index=False)
+        write_csv(calibration, folder / "calibration.csv")
         plot_calibration(calibration, title, folder / "calibration.png")
         plots.append(("calibration", "calibration.png"))
     if len(board) > 1:  # agreement needs two backbones
         kappa = error_consistency(runs, board["backbone"].tolist())
-        kappa.to_csv(folder / "error_consistency.csv")
+        write_csv(kappa, folder / "error_consistency.csv", index=True)
         plot_kappa(kappa, title, folder / "error_consistency.png")
         plots.append(("error consistency", "error_consistency.png"))
     plot_training(runs, title, folder / "training.png")
@@ -459,7 +501,7 @@ def write_setting(runs: pd.DataFrame, setting: dict, rankings: pd.DataFrame, arg
     robustness, robust_advice = robustness_section(runs, board, folder, title)
     advice = recommendation(board) + robust_advice
     sections.append(
-        f"## {title}\n\n{markdown}\n\nMean ± sample std over seeds (their number in brackets). Ranked by mean "
+        f"## {md(title)}\n\n{markdown}\n\nMean ± sample std over seeds (their number in brackets). Ranked by mean "
         "top-1 less one standard error (the pooled seed-to-seed std over the root of the row's seed count), so "
         "fewer seeds rank lower at equal means. Ties with the best: a paired t-test over seeds where the two share "
         "two or more, otherwise a paired bootstrap over the shared seed's test images "
@@ -479,23 +521,35 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     runs, skipped = finished_runs(args.runs)
     rankings = read_rankings(args.rankings)
-    prepare_out(args.out)
+    building = prepare_out(args.out)
+    try:
+        write_report(runs, skipped, rankings, args, building)
+        swap_in(building, args.out)
+    finally:
+        shutil.rmtree(building, ignore_errors=True)
+    print(f"\nReport written to {args.out / 'report.md'} and {args.out / 'index.html'} (one self-contained page)")
+
+
+def printable(text: object) -> str:
+    """A name as the terminal should show it: as it is, or quoted when it holds control characters."""
+    return str(text) if str(text).isprintable() else repr(str(text))
+
+
+def write_report(runs: list[dict], skipped: list, rankings: pd.DataFrame, args, out: Path) -> None:
+    """Every file of the report, into the fresh folder `out`."""
     table, repeats = runs_table(runs)
     skipped += repeats
-    sections, boards, settings = (
-        [f"# Backbone comparison\n\n{len(table)} runs from {', '.join(map(str, args.runs))}."],
-        {},
-        {},
-    )
-    default_size = {}
+    sections = [f"# Backbone comparison\n\n{len(table)} runs from {md(', '.join(map(str, args.runs)))}."]
+    boards, settings, default_size = {}, {}, {}
     for key, runs_of_setting in table.groupby("setting", sort=True):
         setting = json.loads(key)
-        boards[key], settings[key] = write_setting(runs_of_setting, setting, rankings, args, sections), setting
+        boards[key], settings[key] = (
+            write_setting(runs_of_setting, setting, rankings, args.seed, out, sections),
+            setting,
+        )
         default_size[key] = bool(runs_of_setting["default_size"].iloc[0])
-    pd.concat(board.assign(**settings[key]) for key, board in boards.items()).to_csv(
-        args.out / "leaderboard.csv", index=False
-    )
-    sections += learning_curves(table, args.out)
+    write_csv(pd.concat(board.assign(**settings[key]) for key, board in boards.items()), out / "leaderboard.csv")
+    sections += learning_curves(table, out)
     for name, domains in domain_tables(boards, settings, default_size).items():
         columns = {"backbone": domains["backbone"].tolist()}
         columns.update(
@@ -503,17 +557,16 @@ def main(argv: list[str] | None = None) -> None:
         )
         columns["datasets"] = domains["datasets"].tolist()
         text = markdown_table(columns)
-        sections.append(f"## Average rank per domain ({name})\n\n{text}")
-        domains.to_csv(args.out / f"domains-{slug({'group': name})}.csv", index=False)
+        sections.append(f"## Average rank per domain ({md(name)})\n\n{text}")
+        write_csv(domains, out / f"domains-{slug({'group': name})}.csv")
         print(f"\nAverage rank per domain ({name})\n{text}")
     if skipped:
-        listing = "\n".join(f"- {path}: {reason}" for path, reason in skipped)
+        listing = "\n".join(f"- {md(path)}: {md(reason)}" for path, reason in skipped)
         sections.append(f"## Skipped\n\n{listing}")
-        print(f"\nSkipped {len(skipped)}:\n{listing}")
+        print(f"\nSkipped {len(skipped)}:\n" + "\n".join(f"- {printable(path)}: {reason}" for path, reason in skipped))
     markdown = "\n\n".join(sections) + "\n"
-    (args.out / "report.md").write_text(markdown)
-    page = write_html(markdown, args.out)
-    print(f"\nReport written to {args.out / 'report.md'} and {page} (one self-contained page for a browser)")
+    (out / "report.md").write_text(markdown)
+    write_html(markdown, out)
 
 
 if __name__ == "__main__":

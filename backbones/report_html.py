@@ -58,11 +58,23 @@ if (wanted) {
 """
 
 
+ESCAPED = re.compile(r"\\(.)")  # a backslash-escaped character (runtable.md): taken literally
+PLACEHOLDER = "\ue000{}\ue001"  # private-use characters stand for escaped ones while the spans are found
+
+
 def inline(text: str) -> str:
-    """Escaped text with the markdown's **bold** and `code` spans."""
-    text = html.escape(text, quote=False)
+    """HTML-escaped text with the markdown's **bold** and `code` spans; backslash-escaped characters are shown as
+    themselves and never start or end a span."""
+    literal: list[str] = []
+
+    def hide(match: re.Match) -> str:
+        literal.append(match.group(1))
+        return PLACEHOLDER.format(len(literal) - 1)
+
+    text = html.escape(ESCAPED.sub(hide, text.replace("\ue000", "").replace("\ue001", "")), quote=False)
     text = re.sub(r"\*\*(.+?)\*\*", r"<strong>\1</strong>", text)
-    return re.sub(r"`(.+?)`", r"<code>\1</code>", text)
+    text = re.sub(r"`(.+?)`", r"<code>\1</code>", text)
+    return re.sub("\ue000(\\d+)\ue001", lambda m: html.escape(literal[int(m.group(1))], quote=False), text)
 
 
 def slugify(text: str) -> str:
@@ -70,19 +82,42 @@ def slugify(text: str) -> str:
 
 
 def image(line: str, folder: Path) -> str:
-    """An image line as <img> with the PNG inside it; a missing file is said, not silently dropped."""
-    alt, path = re.fullmatch(r"!\[(.*?)\]\((.+?)\)", line.strip()).groups()
+    """An image line as <img> with the PNG inside it, for a plot report.py drew: a .png file named by a relative
+    path inside the report's folder (which report.py builds anew each time) and resolving inside it. Whatever
+    else a line names (a path outside, a folder, a link out) is said and never read."""
+    match = re.fullmatch(r"!\[([^\]]*)\]\(([^)]+)\)", line.strip())
+    if match is None:
+        return prose([line])
+    alt, path = match.groups()
     file = folder / path
-    if not file.exists():
-        return f"<p><em>{html.escape(alt)}: {html.escape(path)} is missing</em></p>"
+    ours = not Path(path).is_absolute() and ".." not in Path(path).parts and file.suffix == ".png"
+    ours = ours and folder.resolve() in file.resolve().parents
+    if not (ours and file.is_file()):
+        reason = "is missing" if ours and not file.exists() else "is not a plot of this report; not embedded"
+        return f"<p><em>{html.escape(alt)}: {html.escape(path)} {reason}</em></p>"
     data = base64.b64encode(file.read_bytes()).decode()
     return f'<img alt="{html.escape(alt)}" title="{html.escape(alt)}" src="data:image/png;base64,{data}">'
 
 
-def table(lines: list[str]) -> str:
-    def cells(line: str) -> list[str]:
-        return [cell.strip() for cell in line.strip().strip("|").split("|")]
+def cells(line: str) -> list[str]:
+    """A table row's cells: the text between its unescaped pipes (a name's own '|' is escaped as '\\|')."""
+    found, current, index, text = [], "", 0, line.strip()
+    while index < len(text):
+        if text[index] == "\\" and index + 1 < len(text):
+            current += text[index : index + 2]
+            index += 2
+            continue
+        if text[index] == "|":
+            found.append(current.strip())
+            current = ""
+        else:
+            current += text[index]
+        index += 1
+    found.append(current.strip())
+    return found[1:-1]  # the row's own first and last pipes leave nothing outside them
 
+
+def table(lines: list[str]) -> str:
     head = "".join(f"<th>{inline(cell)}</th>" for cell in cells(lines[0]))
     rows = "".join("<tr>" + "".join(f"<td>{inline(c)}</td>" for c in cells(line)) + "</tr>" for line in lines[2:])
     return f'<table class="sortable"><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>'

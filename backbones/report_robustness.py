@@ -25,7 +25,8 @@ from scipy.stats import ttest_rel  # noqa: E402
 
 from backbones.corruptions import CORRUPTIONS, FAMILIES  # noqa: E402
 from backbones.robustness import INVARIANCE, RESULT_FILE  # noqa: E402
-from backbones.runtable import markdown_table, mean_std, number, test_outputs  # noqa: E402
+from backbones.runcheck import check_analysis, read_json  # noqa: E402
+from backbones.runtable import markdown_table, md, mean_std, number, test_outputs, write_csv  # noqa: E402
 from backbones.statistics import seed_board, tie_columns  # noqa: E402
 
 CLEAN_AMOUNT = {"scale": 1.0, "shift": 0, "rotation": 0, "hflip": 0, "resolution": 1.0}  # the untransformed images
@@ -41,21 +42,22 @@ def read_analyses(runs: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
         path = Path(run.folder) / RESULT_FILE
         if not path.exists():
             continue
-        try:
-            found = json.loads(path.read_text())
-            rows.append(
-                {
-                    "label": run.label,
-                    "seed": run.seed,
-                    "request": json.dumps(found["request"], sort_keys=True),
-                    "clean": float(found["clean"]["top1"]),
-                    "corrupted": found["mean_corruption_top1"],
-                    "drop": None if found["relative_drop"] is None else 100 * found["relative_drop"],
-                    "analysis": found,
-                }
-            )
-        except (OSError, ValueError, KeyError, TypeError) as err:
-            left_out.append(f"{path}: cannot be read ({type(err).__name__}: {err})")
+        found, problem = read_json(path)
+        problem = problem or check_analysis(found, run._asdict())
+        if problem:
+            left_out.append(f"{path}: {problem}")
+            continue
+        rows.append(
+            {
+                "label": run.label,
+                "seed": run.seed,
+                "request": json.dumps(found["request"], sort_keys=True),
+                "clean": float(found["clean"]["top1"]),
+                "corrupted": found["mean_corruption_top1"],
+                "drop": None if found["relative_drop"] is None else 100 * found["relative_drop"],
+                "analysis": found,
+            }
+        )
     frame = pd.DataFrame(rows)
     if frame.empty:
         return frame, left_out
@@ -101,7 +103,7 @@ def robustness_sentence(accuracy_board: pd.DataFrame, board: pd.DataFrame) -> st
     accurate = accuracy_board.iloc[0]["backbone"]
     robust = board.iloc[0]
     if accurate not in set(board["backbone"]):
-        return f" Under corruption, **{robust['backbone']}** holds up best ({robust['corrupted_mean']:.2f}% top-1)."
+        return f" Under corruption, **{md(robust['backbone'])}** holds up best ({robust['corrupted_mean']:.2f}% top-1)."
     mine = board.set_index("backbone").loc[accurate]
     keeps = (
         f" Under corruption it keeps {mine['corrupted_mean']:.2f}% top-1 on average (a relative drop of "
@@ -118,9 +120,9 @@ def robustness_sentence(accuracy_board: pd.DataFrame, board: pd.DataFrame) -> st
         return keeps
     tied = bool(mine["tied_with_best"]) and not math.isnan(mine["p_value"])
     return (
-        f" But it is not the most robust: under corruption **{robust['backbone']}** keeps "
+        f" But it is not the most robust: under corruption **{md(robust['backbone'])}** keeps "
         f"{robust['corrupted_mean']:.2f}% top-1 on average (a relative drop of {robust['drop_mean']:.1f}%), against "
-        f"{mine['corrupted_mean']:.2f}% ({mine['drop_mean']:.1f}%) for {accurate}"
+        f"{mine['corrupted_mean']:.2f}% ({mine['drop_mean']:.1f}%) for {md(accurate)}"
         + (" (statistically tied)" if tied else "")
         + "; if your images will be noisier, blurrier or darker than the test set's, weigh that."
     )
@@ -218,8 +220,8 @@ def mistakes(runs: pd.DataFrame) -> str:
     for label, counts in confusions.items():
         total = sum(counts.values())
         top = counts.most_common(SHOWN_CONFUSIONS)
-        pairs = ", ".join(f"{classes[t]} → {classes[p]} ({n}, {100 * n / total:.0f}%)" for (t, p), n in top)
-        lines.append(f"- **{label}**: {pairs or 'no mistakes'}")
+        pairs = ", ".join(f"{md(classes[t])} → {md(classes[p])} ({n}, {100 * n / total:.0f}%)" for (t, p), n in top)
+        lines.append(f"- **{md(label)}**: {pairs or 'no mistakes'}")
     text = "Most frequent confusions (true → predicted: count over seeds, share of the backbone's mistakes):\n\n"
     text += "\n".join(lines)
     if len(per_class) >= 2:
@@ -242,7 +244,7 @@ def robustness_section(runs: pd.DataFrame, accuracy_board: pd.DataFrame, folder:
     frame, left_out = read_analyses(runs)
     if not frame.empty and frame["corrupted"].notna().all():
         board = robustness_board(frame)
-        board.drop(columns="rank_score").to_csv(folder / "robustness.csv", index=False)
+        write_csv(board.drop(columns="rank_score"), folder / "robustness.csv")
         request = json.loads(frame["request"].iloc[0])
         count = len(request["corruptions"]) * len(request["severities"])
         plot_severity(frame, title, folder / "robustness.png")
@@ -262,7 +264,7 @@ def robustness_section(runs: pd.DataFrame, accuracy_board: pd.DataFrame, folder:
                 f"in each run's {RESULT_FILE}).\n\n![invariance]({folder.name}/invariance.png)"
             )
     if left_out:
-        parts.append("Robustness analyses left out:\n\n" + "\n".join(f"- {line}" for line in left_out))
+        parts.append("Robustness analyses left out:\n\n" + "\n".join(f"- {md(line)}" for line in left_out))
     found = mistakes(runs)
     if found:
         parts.append(f"### Mistakes\n\n{found}")

@@ -240,6 +240,7 @@ def record(run, job, clean, corruptions, invariance, wanted, corruption_seconds,
     return {
         "run": run["folder"],
         "dataset": run["dataset"],
+        "dataset_fingerprint": run["dataset_fingerprint"],  # with model, seed and clean top-1: which run this is
         "model": run["model"],
         "seed": run["seed"],
         "image_size": size,

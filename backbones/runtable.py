@@ -3,10 +3,12 @@ configuration. Shared by report.py and rank.py, with the formatting both print w
 
 from __future__ import annotations
 
+import csv
 import functools
 import json
 import math
 import os
+import unicodedata
 import zipfile
 from collections import defaultdict
 from pathlib import Path
@@ -16,6 +18,7 @@ import pandas as pd
 
 from backbones.errors import UserError
 from backbones.record import METRICS, REQUIRED, WHERE_AND_HOW
+from backbones.runcheck import check_metrics, check_test_outputs, read_json
 
 # Settings: what makes two runs answer different questions. Config keys that only say where or how fast a run
 # happened are ignored; every other config difference makes a separate row.
@@ -62,14 +65,14 @@ def finished_runs(folders: list[Path]) -> tuple[list[dict], list[tuple[str, str]
 
 
 def read_run(folder: Path) -> tuple[dict | None, str]:
-    """One run's metrics, or None and why it cannot be used."""
+    """One run's metrics, or None and why it cannot be used (`runcheck`: every field of its type and range, its
+    test outputs of its shape)."""
     path = folder / "metrics.json"
     if not path.exists():
         return None, "no metrics.json: the run did not finish (killed or failed; see its log.txt)"
-    try:
-        run = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        return None, f"metrics.json cannot be read ({err})"
+    run, problem = read_json(path)
+    if problem:
+        return None, problem
     if not isinstance(run, dict):
         return None, "metrics.json does not hold a run's metrics"
     missing = [field for field in REQUIRED if field not in run]
@@ -77,37 +80,19 @@ def read_run(folder: Path) -> tuple[dict | None, str]:
         return None, f"written by an older version: metrics.json lacks {', '.join(missing)}"
     if run.get("eval_only"):
         return None, "an --eval-only evaluation of a checkpoint, not a fine-tuning run"
-    problem = malformed(run)
+    problem = check_metrics(run)
     if problem:
         return None, f"metrics.json is malformed: {problem}"
     if (folder / "test_outputs.npz").exists():
         try:
-            labels, _ = correct_vector(str(folder))
+            logits, labels = test_outputs(str(folder))
         except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as err:
             return None, f"test_outputs.npz cannot be read ({type(err).__name__}: {err})"
-        if len(labels) != run["n_test"]:
-            return None, f"test_outputs.npz holds {len(labels)} test images, metrics.json says {run['n_test']}"
+        problem = check_test_outputs(logits, labels, run)
+        if problem:
+            return None, problem
     run["folder"] = str(folder)
     return run, ""
-
-
-OPTIONAL_NUMBERS = {"top5", "ece_temperature_scaled", "peak_memory_mb"}  # None where not applicable or measurable
-
-
-def malformed(run: dict) -> str:
-    """What in a run's metrics is not of the type this report reads ('' if nothing)."""
-    for column, _, _ in METRICS:
-        value = run[column]
-        if value is None and column in OPTIONAL_NUMBERS:
-            continue
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            return f"{column} is {value!r}, not a number"
-    for field, kind in (("config", dict), ("dataset_options", dict), ("image_size", list), ("seed", int)):
-        if not isinstance(run[field], kind):
-            return f"{field} is {run[field]!r}, not a {kind.__name__}"
-    if len(run["image_size"]) != 2:
-        return f"image_size is {run['image_size']!r}, not [height, width]"
-    return ""
 
 
 def dataset_label(name: str, options: dict, domain: str, data: str | Path) -> str:
@@ -168,6 +153,7 @@ def runs_table(runs: list[dict]) -> tuple[pd.DataFrame, list[tuple[str, str]]]:
                 "params": run["params"],
                 "dataset_fingerprint": run["dataset_fingerprint"],
                 "n_train": run["n_train"],
+                "n_test": run["n_test"],
                 "image_size": tuple(run["image_size"]),  # (height, width), for code; the setting's text is for people
                 "default_size": run["image_size"] == run["default_image_size"],
                 **{column: math.nan if run[column] is None else float(run[column]) for column, _, _ in METRICS},
@@ -240,8 +226,34 @@ def mean_std(board: pd.DataFrame, column: str, decimals: int) -> list[str]:
     ]
 
 
+MARKDOWN_SPECIAL = "\\|`*[]<>"  # with [ and ] escaped, no "![x](y)" or "[x](y)" can form
+
+
+def md(value: object) -> str:
+    """Text from a run or its data (a class, model or folder name) made safe inside report.md: on one line (control
+    characters become spaces) and every character Markdown gives a meaning backslash-escaped, so a name can never
+    add a table column, a heading, a link or an image. report_html.py undoes the escapes."""
+    text = "".join(" " if unicodedata.category(c)[0] == "C" else c for c in str(value))
+    return "".join("\\" + c if c in MARKDOWN_SPECIAL else c for c in text)
+
+
+def write_csv(frame: pd.DataFrame, path: Path, index: bool = False) -> None:
+    """A table meant for spreadsheets: text cells a spreadsheet would run as a formula (=, +, -, @ first) get a
+    leading apostrophe, and every text cell is quoted, so a name holding a line break (even a lone carriage
+    return) stays one cell."""
+
+    def neutral(value: object) -> object:
+        return "'" + value if isinstance(value, str) and value[:1] in ("=", "+", "-", "@") else value
+
+    frame = frame.map(neutral)
+    if index:
+        frame.index = frame.index.map(neutral)
+    frame.to_csv(path, index=index, quoting=csv.QUOTE_NONNUMERIC)
+
+
 def markdown_table(columns: dict[str, list]) -> str:
+    """A Markdown table; every heading and cell is escaped with `md` (numbers are left as they are)."""
     headings = list(columns)
-    lines = ["| " + " | ".join(headings) + " |", "|" + "|".join(" --- " for _ in headings) + "|"]
-    lines += ["| " + " | ".join(str(v) for v in row) + " |" for row in zip(*columns.values(), strict=True)]
+    lines = ["| " + " | ".join(map(md, headings)) + " |", "|" + "|".join(" --- " for _ in headings) + "|"]
+    lines += ["| " + " | ".join(md(v) for v in row) + " |" for row in zip(*columns.values(), strict=True)]
     return "\n".join(lines)

@@ -15,6 +15,7 @@ import itertools
 import json
 import os
 import queue
+import shlex
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
@@ -112,6 +113,14 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
     malformed = [item for item in args.slurm_extra if "=" not in item]
     if malformed:
         raise UserError(f"--slurm-extra takes KEY=VALUE items, e.g. constraint=a100; got {', '.join(malformed)}.")
+    slurm_values = [args.slurm_partition, args.slurm_account, args.slurm_qos, args.slurm_mem, *args.slurm_extra]
+    unsafe = [value for value in slurm_values if value is not None and not value.isprintable()]
+    if unsafe:
+        raise UserError(
+            f"A Slurm value holds a line break or another control character ({', '.join(map(repr, unsafe))}): in the "
+            "sbatch script submitit writes, it would start a line of its own, run as a shell command. Pass each "
+            "value on one line (e.g. --slurm-extra constraint=a100)."
+        )
     if args.gpus and args.device not in (None, "cuda"):
         raise UserError(f"--gpus runs each run on one of the listed GPUs, so --device {args.device} cannot apply.")
     if args.device and not args.gpus:
@@ -282,7 +291,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     if args.dry_run:
         for job in jobs:
-            print(f"{job.status:6s} {' '.join(job.command(passthrough))}")
+            print(f"{job.status:6s} {shlex.join(job.command(passthrough))}")  # pasted into a shell: exactly this
         return
     todo = [job for job in jobs if job.status != "done"]
     if args.launcher == "local":

@@ -214,7 +214,7 @@ def test_broken_runs_are_named_and_skipped(runs, tmp_path):
     assert f"{folder / 'killed'}: no metrics.json: the run did not finish" in printed
     assert f"{folder / 'old'}: written by an older version: metrics.json lacks domain, gflops" in printed
     assert f"{folder / 'torn'}: metrics.json cannot be read" in printed
-    assert f"{folder / 'malformed'}: metrics.json is malformed: top1 is 'high', not a number" in printed
+    assert f"{folder / 'malformed'}: metrics.json is malformed: top1 is 'high', not a finite number" in printed
     assert f"{folder / 'garbled'}: test_outputs.npz cannot be read (BadZipFile" in printed
     assert f"{tmp_path / 'empty'}: holds no runs" in printed
     assert "(same setting, configuration and seed); the newer run is used" in printed
