@@ -198,8 +198,23 @@ def check_prepared(job: Prepared) -> None:
     if n_train == 0 or n_test == 0 or (args.protocol == "val" and not args.eval_only and n_val == 0):
         raise UserError(
             f"{spec.title} under {args.data} gives {n_train} training, {n_val} validation and "
-            f"{n_test} test images; every split needs at least one. Add data or raise --val-fraction."
+            f"{n_test} test images; every split needs at least one. {split_advice(job)}"
         )
+
+
+def split_advice(job: Prepared) -> str:
+    """What will actually give every split an image: a class keeps at least one training image, so a class with one
+    image left after the test split can give none to validation, whatever --val-fraction says."""
+    pool = job.samples[job.samples["split"].isin(("train", "val", "unused"))]
+    largest = int(pool["label"].value_counts().max()) if len(pool) else 0
+    if job.count("test") and job.count("val") == 0 and largest < 2:
+        return (
+            "Every class has at most one image left once its test image is held out, and a class keeps at least "
+            "one for training, so no --val-fraction can carve a validation split. Add images (three per class at "
+            "least: test, validation, training), or give the validation images yourself (imagefolder: "
+            "--data/train/, --data/val/ and --data/test/ folders)."
+        )
+    return "Add data, or raise --val-fraction (for the validation split) or --test-size where the dataset has one."
 
 
 def build_model(job: Prepared) -> tuple[Trainee, int]:

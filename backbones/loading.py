@@ -73,6 +73,12 @@ def load_splits(spec: DatasetSpec, config: DataConfig, warn=None) -> tuple[Catal
             f"{spec.title} was not found under --data {config.data}: {err}. Expected layout: {spec.layout}. "
             f"Get it from {spec.source}, or point --data at the folder it was extracted into."
         ) from err
+    if catalog.skipped:
+        counts = ", ".join(f"{n} {ext}" for ext, n in sorted(catalog.skipped.items(), key=lambda item: -item[1]))
+        warn(
+            f"{sum(catalog.skipped.values())} file(s) under {config.data} are not images this tool reads and were "
+            f"left out ({counts}); convert them (to JPEG or PNG, say) to train on them."
+        )
     samples = catalog.samples
     if config.paper is not None:  # the original split image by image, and trained on train (+ official val)
         if (samples["group"] != samples["sample"]).any():

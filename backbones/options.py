@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 from collections.abc import Callable
@@ -13,6 +12,7 @@ from backbones import datasets, models
 from backbones.datasets.base import DatasetSpec, PaperRecipe
 from backbones.errors import HelpFormatter, UserError
 from backbones.loading import DataConfig
+from backbones.runcheck import read_json
 from backbones.train_common import TrainConfig
 
 
@@ -260,10 +260,14 @@ def with_saved_flags(spec: DatasetSpec, argv: list[str]) -> list[str]:
     source = given.config or (given.out / "config.json" if given.resume and given.out else None)
     if source is None or (given.resume and not source.exists()):  # a run killed before writing it: flags as given
         return argv
+    saved, problem = read_json(source)
     try:
-        saved = json.loads(source.read_text())
+        if problem:
+            raise ValueError(problem)
         script, flags = saved["script"], [str(flag) for flag in saved["argv"]]
-    except (OSError, ValueError, KeyError, TypeError) as err:
+        if not isinstance(script, str) or not isinstance(saved["argv"], list):
+            raise TypeError("script or argv is of another type")
+    except (ValueError, KeyError, TypeError) as err:
         raise UserError(
             f"{source} cannot be read as a run's config.json ({err}). Pass the config.json a run wrote in its folder."
         ) from err

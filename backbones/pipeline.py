@@ -27,6 +27,7 @@ from backbones.datasets.base import Normalisation, atomic_write, cache_dir
 from backbones.errors import UserError
 
 AUGMENT_STREAM = 3  # beside the split streams of datasets.base: augmentation draws never move a split
+DECODING = "exif-upright"  # how images are decoded: part of the cache key, so a change never serves old pixels
 MAX_SHARE_OF_FREE_DISK = 0.5  # the cache never takes more than this share of the free space
 
 
@@ -104,7 +105,8 @@ def cached_images(
         return None, None
     ids = sorted(set(samples))
     height, width = size
-    key = hashlib.sha1(json.dumps([label, list(size), ids, read.fingerprint(ids)]).encode()).hexdigest()[:20]
+    key = [label, list(size), ids, read.fingerprint(ids), DECODING]
+    key = hashlib.sha1(json.dumps(key).encode()).hexdigest()[:20]
     folder = cache_dir() / "images"
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"{label.replace('/', '_')}-{height}x{width}-{key}.npy"

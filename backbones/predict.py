@@ -20,12 +20,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, UnidentifiedImageError
 from torch.utils.data import DataLoader, Dataset
 from torchvision.datasets.folder import IMG_EXTENSIONS
 from torchvision.transforms import v2
 
-from backbones.datasets.base import atomic_write, to_rgb8
+from backbones.datasets.base import atomic_write, open_image
 from backbones.errors import HelpFormatter, UserError, run_cli
 from backbones.runmodel import FinishedRun, load_model, open_finished, reopen_split
 from backbones.runtime import Precision, make_precision, resolve_device
@@ -114,12 +114,6 @@ def read_list(path: Path) -> list[Path]:
     return [Path(name) if Path(name).is_absolute() else path.parent / name for name in names]
 
 
-def read_image(path: Path) -> Image.Image:
-    """An image file as RGB, turned upright as its EXIF orientation says (as a photo viewer shows it)."""
-    with Image.open(path) as image:
-        return to_rgb8(ImageOps.exif_transpose(image), path)
-
-
 class ImageFiles(Dataset):
     """(uint8 image at the run's size, position, error): a file that cannot be read gives its reason instead."""
 
@@ -131,7 +125,7 @@ class ImageFiles(Dataset):
 
     def __getitem__(self, position: int) -> tuple[torch.Tensor | None, int, str | None]:
         try:
-            image = read_image(self.paths[position])
+            image = open_image(self.paths[position])
         except (OSError, UnidentifiedImageError, ValueError, Image.DecompressionBombError) as err:
             return None, position, f"{type(err).__name__}: {err}"
         # as the run's images were decoded (pipeline.decode): Pillow's antialiased resize, then uint8 CHW

@@ -15,6 +15,7 @@ import hashlib
 import json
 import math
 import time
+import zipfile
 from datetime import datetime
 from pathlib import Path
 
@@ -84,6 +85,20 @@ def parse_args(argv: list[str] | None) -> tuple[DatasetSpec, argparse.Namespace]
 
 
 # ----------------------------------------------------------------------------------------------- features
+def read_features(path: Path, count: int) -> tuple | None:
+    """(features, probabilities or None, labels) from a cache file, or None where it is absent or damaged (a
+    truncated file, another shape): such a file is extracted again, never trusted."""
+    try:
+        with np.load(path) as saved:
+            found = (saved["features"], saved.get("probabilities"), saved["labels"])
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
+        return None
+    features, probabilities, labels = found
+    if features.ndim != 2 or len(features) != count or labels.shape != (count,) or not np.isfinite(features).all():
+        return None
+    return found
+
+
 def fingerprint(*modules: torch.nn.Module | None) -> str:
     """A hash of every weight: the cache follows the weights themselves, not a file name or a date."""
     digest = hashlib.sha1()
@@ -123,11 +138,13 @@ def extract(
             ).encode()
         ).hexdigest()[:20]
         path = cache_dir() / "features" / f"{spec.name}-{split}-{name.replace(':', '_')}-{key}.npz"
-        if path.exists():
-            with np.load(path) as saved:
-                outputs[split] = (saved["features"], saved.get("probabilities"), saved["labels"])
+        cached = read_features(path, len(rows))
+        if cached is not None:
+            outputs[split] = cached
             log(f"  {name} {split}: {len(rows)} images, features reused from the cache ({path})")
             continue
+        if path.exists():
+            log(f"  {name} {split}: the cached features in {path} are damaged (truncated?); extracting them again")
         reused = False
         batches = split_batches(spec, data, catalog, samples, split, precision, False, images())
         features, labels = predict(model, batches, precision, f"{name} {split}")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -22,7 +23,7 @@ from torch import nn
 from torchvision.transforms import v2
 
 from backbones.corruptions import CORRUPTIONS, FAMILIES, REFERENCE_SIZE, corrupt
-from backbones.errors import HelpFormatter, run_cli
+from backbones.errors import HelpFormatter, UserError, run_cli
 from backbones.runfiles import library_versions, write_json
 from backbones.runmodel import reopen_split
 from backbones.runtable import finished_runs
@@ -284,6 +285,12 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     runs, skipped = finished_runs(args.runs)
     wanted = request(args)
+    unwritable = [run["folder"] for run in runs if not os.access(run["folder"], os.W_OK)]
+    if unwritable:
+        raise UserError(
+            f"robustness.py writes robustness.json into each run's folder, and {len(unwritable)} cannot be written "
+            f"(e.g. {unwritable[0]}). Make them writable (or copy the runs somewhere writable) and run again."
+        )
     for run in runs:
         path = Path(run["folder"]) / RESULT_FILE
         if path.exists() and not args.force and answered(path, wanted):

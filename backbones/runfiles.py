@@ -98,7 +98,15 @@ def tensorboard_logger(folder: Path) -> Callable[[list[dict]], None]:
 
 
 def atomic_save(obj: object, path: Path) -> None:
-    atomic_write(path, lambda file: torch.save(obj, file))
+    """torch.save through a temporary file: a full disk or a kill leaves the previous file whole."""
+    try:
+        atomic_write(path, lambda file: torch.save(obj, file))
+    except (OSError, RuntimeError) as err:  # torch.save reports a failed write as RuntimeError
+        raise UserError(
+            f"Saving {path} failed ({getattr(err, 'strerror', None) or err}). The previous {path.name} is untouched. "
+            "Free some space (or fix the folder's permissions), then continue the run with --resume --out "
+            f"{path.parent}."
+        ) from err
 
 
 def write_json(data: dict, path: Path) -> None:

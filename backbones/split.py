@@ -12,6 +12,7 @@ interrupted split never leaves a half-written output behind.
 from __future__ import annotations
 
 import argparse
+import csv
 import errno
 import os
 import shutil
@@ -71,10 +72,31 @@ def plan_split(input_dir: Path, test_size: float, val_size: float, seed: int) ->
     return table
 
 
+def check_links(plan: pd.DataFrame, input_dir: Path) -> None:
+    """Refuse images that are symbolic links to files outside --input_dir: a shared folder could otherwise have
+    split.py copy any file the user can read (a key, a document) into the output they then share."""
+    outside = [s for s in plan["sample"] if input_dir not in (input_dir / s).resolve().parents]
+    if outside:
+        raise UserError(
+            f"{len(outside)} image(s) under --input_dir are symbolic links to files outside it (e.g. "
+            f"{input_dir / outside[0]} -> {(input_dir / outside[0]).resolve()}); split.py does not follow links out "
+            "of the folder it splits. Copy those images into the folder, or remove the links."
+        )
+
+
 def materialise(plan: pd.DataFrame, input_dir: Path, output_dir: Path, mode: str) -> None:
-    """Write the split into a temporary sibling of output_dir, then move it into place."""
-    output_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.partial-", dir=output_dir.parent))
+    """Write the split into a temporary sibling of output_dir, then move it into place; the partial copy of a
+    split.py killed before that is removed first."""
+    try:
+        output_dir.parent.mkdir(parents=True, exist_ok=True)
+        for leftover in output_dir.parent.glob(f".{output_dir.name}.partial-*"):
+            shutil.rmtree(leftover, ignore_errors=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.partial-", dir=output_dir.parent))
+    except OSError as err:
+        raise UserError(
+            f"--output_dir {output_dir} cannot be created in {output_dir.parent} ({err.strerror or err}). Choose a "
+            "folder in a writable place."
+        ) from err
     try:
         for row in plan.itertuples():
             source = (input_dir / row.sample).resolve()
@@ -99,7 +121,7 @@ def materialise(plan: pd.DataFrame, input_dir: Path, output_dir: Path, mode: str
                 os.symlink(source, target)
         plan.assign(destination=plan["split"] + "/" + plan["sample"])[
             ["sample", "class", "split", "destination"]
-        ].to_csv(staging / "manifest.csv", index=False)
+        ].to_csv(staging / "manifest.csv", index=False, quoting=csv.QUOTE_NONNUMERIC)
         if output_dir.exists():
             output_dir.rmdir()  # known to be empty
         staging.rename(output_dir)
@@ -155,6 +177,7 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
             "untouched, and would then be re-scanned as a class. Choose a folder outside it."
         )
     plan = plan_split(input_dir, args.test_size, args.val_size, args.seed)
+    check_links(plan, input_dir)
     materialise(plan, input_dir, output_dir, args.mode)
 
     counts = plan.groupby(["class", "split"]).size().unstack(fill_value=0)

@@ -176,6 +176,12 @@ def folder_runs(tmp_path_factory) -> tuple[Path, dict[str, Path]]:
     return data, runs
 
 
+def setting_folder(report: Path, setting: str = "digits-val-32x32-default-none") -> Path:
+    """The folder of one setting in a report: its readable name, then a hash of the whole setting."""
+    (folder,) = [path for path in report.iterdir() if path.is_dir() and path.name.rsplit("-", 1)[0] == setting]
+    return folder
+
+
 def plant_imagenet_weights(name: str, torch_home: Path) -> dict:
     """Save a randomly initialised model where torch.hub caches `name`'s ImageNet checkpoint; return its state."""
     import torch

@@ -13,7 +13,6 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from PIL import Image
 
 from backbones.predict import predict_files
 from backbones.runmodel import open_finished
@@ -94,18 +93,6 @@ def test_an_unreadable_file_is_listed_and_skipped_and_the_rest_predicted(folder_
     for name in ("notes.jpg", "truncated.png"):
         assert re.search(rf"skipped \S*{re.escape(name)}: \w+", result.stderr), result.stderr
     assert "2 file(s) could not be read" in result.stderr
-
-
-def test_exif_orientation_is_applied(folder_runs, tmp_path):
-    """A JPEG whose EXIF says 'rotate 90 degrees' is predicted as the upright image, not as its stored pixels."""
-    from backbones.predict import read_image
-
-    upright = Image.fromarray(np.random.default_rng(0).integers(0, 255, (20, 30, 3), dtype=np.uint8))
-    stored = upright.transpose(Image.Transpose.ROTATE_90)  # what a camera writes, with orientation 8 to undo it
-    exif = Image.Exif()
-    exif[0x0112] = 8
-    stored.save(tmp_path / "tagged.jpg", exif=exif, quality=100)
-    assert read_image(tmp_path / "tagged.jpg").size == upright.size
 
 
 def test_min_confidence_marks_unsure_and_reports_what_it_keeps_on_validation(folder_runs, tmp_path):

@@ -17,9 +17,7 @@ from backbones.report import pareto_front
 from backbones.statistics import bootstrap_p_value
 from conftest import SWEEP_BACKBONES as BACKBONES
 from conftest import SWEEP_SEEDS as SEEDS
-from conftest import assert_clean_error, run_script
-
-SETTING = "digits-val-32x32-default-none"
+from conftest import assert_clean_error, run_script, setting_folder
 
 
 @pytest.fixture
@@ -60,7 +58,7 @@ def report(digits_sweep) -> tuple[Path, str]:
 @pytest.mark.slow
 def test_leaderboard_numbers_are_the_runs_own(runs, report):
     out, printed = report
-    board = pd.read_csv(out / SETTING / "leaderboard.csv").set_index("backbone")
+    board = pd.read_csv(setting_folder(out) / "leaderboard.csv").set_index("backbone")
     metrics = metrics_of(runs)
     assert sorted(board.index) == sorted(BACKBONES)
     for backbone, own in metrics.groupby("model"):
@@ -78,7 +76,7 @@ def test_leaderboard_numbers_are_the_runs_own(runs, report):
 @pytest.mark.slow
 def test_tie_with_best_is_a_paired_t_test_over_seeds(runs, report):
     out, _ = report
-    board = pd.read_csv(out / SETTING / "leaderboard.csv")
+    board = pd.read_csv(setting_folder(out) / "leaderboard.csv")
     best, other = board.iloc[0], board.iloc[1]
     top1 = metrics_of(runs).pivot(index="seed", columns="model", values="top1")
     differences = (top1[best["backbone"]] - top1[other["backbone"]]).to_numpy()
@@ -92,7 +90,7 @@ def test_tie_with_best_is_a_paired_t_test_over_seeds(runs, report):
 def test_single_seed_ties_use_a_bootstrap_over_test_images(runs, tmp_path):
     result = run_script("report.py", "--runs", *sorted(runs.glob("*-s0")), "--out", tmp_path / "report")
     assert result.returncode == 0, result.stderr
-    board = pd.read_csv(tmp_path / "report" / SETTING / "leaderboard.csv")
+    board = pd.read_csv(setting_folder(tmp_path / "report") / "leaderboard.csv")
     n_test = metrics_of(runs)["n_test"].iloc[0]
     assert board["tie_test"].iloc[1] == f"bootstrap, {n_test} test images"
     assert 0 <= board["p_value"].iloc[1] <= 1 and board["top1_std"].isna().all()
@@ -119,7 +117,7 @@ def test_pareto_front_keeps_only_undominated_backbones():
 @pytest.mark.slow
 def test_error_consistency_is_cohens_kappa_of_correctness(runs, report):
     out, _ = report
-    kappa = pd.read_csv(out / SETTING / "error_consistency.csv", index_col=0)
+    kappa = pd.read_csv(setting_folder(out) / "error_consistency.csv", index_col=0)
     values = []
     for seed in SEEDS:
         (labels_a, a), (labels_b, b) = (correct(runs / f"{backbone}-s{seed}") for backbone in BACKBONES)
@@ -135,7 +133,7 @@ def test_error_consistency_is_cohens_kappa_of_correctness(runs, report):
 @pytest.mark.slow
 def test_calibration_pools_each_backbones_seeds_into_confidence_bins(runs, report):
     out, _ = report
-    table = pd.read_csv(out / SETTING / "calibration.csv")
+    table = pd.read_csv(setting_folder(out) / "calibration.csv")
     for backbone in BACKBONES:
         confidence, hit = [], []
         for seed in SEEDS:
@@ -156,18 +154,18 @@ def test_calibration_pools_each_backbones_seeds_into_confidence_bins(runs, repor
         np.testing.assert_allclose(
             mine[["confidence", "accuracy"]].to_numpy(), expected[["confidence", "accuracy"]].to_numpy()
         )
-    assert (out / SETTING / "calibration.png").exists()
+    assert (setting_folder(out) / "calibration.png").exists()
 
 
 @pytest.mark.slow
 def test_report_has_domain_table_plots_and_recommendation(report):
     out, printed = report
     domains = pd.read_csv(next(out.glob("domains-*.csv"))).set_index("backbone")
-    board = pd.read_csv(out / SETTING / "leaderboard.csv").set_index("backbone")
+    board = pd.read_csv(setting_folder(out) / "leaderboard.csv").set_index("backbone")
     assert domains["natural"].to_dict() == board["rank"].astype(float).to_dict()
     assert domains["overall"].to_dict() == board["rank"].astype(float).to_dict()
     for plot in ("cost.png", "error_consistency.png", "training.png"):
-        assert (out / SETTING / plot).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert (setting_folder(out) / plot).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     text = (out / "report.md").read_text()
     best = board.index[board["rank"] == 1][0]
     assert f"**{best}** is the most accurate" in text and "Best calibrated: **" in text
@@ -270,7 +268,9 @@ def test_seed_counts_rank_rows_and_an_untested_row_says_so(runs, tmp_path):
     copy_run(runs / f"{b}-s0", folder / "b5", top1=91.6, seed=5)  # one seed, above a's mean 91.33, none in common
     result = run_script("report.py", "--runs", folder, "--out", tmp_path / "report")
     assert result.returncode == 0, result.stderr
-    board = pd.read_csv(tmp_path / "report" / SETTING / "leaderboard.csv", dtype={"seeds": str}).set_index("backbone")
+    board = pd.read_csv(setting_folder(tmp_path / "report") / "leaderboard.csv", dtype={"seeds": str}).set_index(
+        "backbone"
+    )
     assert sorted(board.index) == [a, b] and board.loc[a, "seeds"] == "0,1,2"
     spread = statistics.stdev([90.0, 92.0, 92.0])  # the pooled seed-to-seed std: a is the only row with two or more
     assert board.loc[a, "rank_score"] == pytest.approx(statistics.mean([90.0, 92.0, 92.0]) - spread / math.sqrt(3))

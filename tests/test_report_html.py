@@ -18,9 +18,8 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from conftest import ROOT, run_script
+from conftest import ROOT, run_script, setting_folder
 
-SETTING = "digits-val-32x32-default-none"
 ARTIFACTS = ROOT / "test-artifacts"
 
 
@@ -106,7 +105,7 @@ def test_the_page_shows_what_the_markdown_report_says(robust_sweep_report, tmp_p
 @pytest.mark.slow
 def test_a_column_heading_sorts_its_table(robust_sweep_report, tmp_path):
     _, report, _ = robust_sweep_report
-    board = pd.read_csv(report / SETTING / "leaderboard.csv")
+    board = pd.read_csv(setting_folder(report) / "leaderboard.csv")
     heading = Page(render(report / "index.html", tmp_path)).tables[0][0]
     column = heading.index("top-1 %")
     rows = Page(render(report / "index.html", tmp_path, f"#sort=0:{column}")).tables[0][1:]
@@ -147,7 +146,7 @@ def test_one_backbone_with_few_classes_reads_sensibly(digits_sweep, tmp_path):
     result = run_script("report.py", "--runs", runs, "--out", out)
     assert result.returncode == 0, result.stderr
     markdown = (out / "report.md").read_text()
-    assert "error_consistency.png" not in markdown and not (out / SETTING / "error_consistency.png").exists()
+    assert "error_consistency.png" not in markdown and not (setting_folder(out) / "error_consistency.png").exists()
     assert "No other backbone" not in markdown and "tied" not in markdown.split("is the most accurate")[1][:200]
     assert "top-5" not in markdown
     assert Page(render(out / "index.html", tmp_path)).tables[0][0][:4] == ["rank", "backbone", "seeds", "top-1 %"]

@@ -12,8 +12,7 @@ import pytest
 
 from backbones.report_robustness import robustness_board, robustness_sentence
 from conftest import SWEEP_BACKBONES as BACKBONES
-
-SETTING = "digits-val-32x32-default-none"
+from conftest import setting_folder
 
 
 def analyses(runs) -> dict:
@@ -24,7 +23,7 @@ def analyses(runs) -> dict:
 def test_the_table_holds_each_backbones_mean_over_its_comparable_seeds(robust_sweep_report):
     runs, report, text = robust_sweep_report
     found = analyses(runs)
-    board = pd.read_csv(report / SETTING / "robustness.csv").set_index("backbone")
+    board = pd.read_csv(setting_folder(report) / "robustness.csv").set_index("backbone")
     for backbone in BACKBONES:
         comparable = [a for name, a in found.items() if name.startswith(backbone) and "fog" not in a["corruptions"]]
         per_run = [np.mean([r["top1"] for c in a["corruptions"].values() for r in c["severities"]]) for a in comparable]
@@ -39,14 +38,14 @@ def test_the_table_holds_each_backbones_mean_over_its_comparable_seeds(robust_sw
         assert board.loc[backbone, "clean_mean"] == pytest.approx(clean)
         assert f"{board.loc[backbone, 'corrupted_mean']:.2f}" in text
     assert "### Robustness to corruption" in text and "analysed with other corruptions" in text
-    assert (report / SETTING / "robustness.png").exists() and (report / SETTING / "invariance.png").exists()
+    assert (setting_folder(report) / "robustness.png").exists() and (setting_folder(report) / "invariance.png").exists()
 
 
 @pytest.mark.slow
 def test_the_recommendation_says_whether_the_most_accurate_is_the_most_robust(robust_sweep_report):
     _, report, text = robust_sweep_report
-    accurate = pd.read_csv(report / SETTING / "leaderboard.csv")["backbone"].iloc[0]
-    board = pd.read_csv(report / SETTING / "robustness.csv").set_index("backbone")
+    accurate = pd.read_csv(setting_folder(report) / "leaderboard.csv")["backbone"].iloc[0]
+    board = pd.read_csv(setting_folder(report) / "robustness.csv").set_index("backbone")
     robust = board.index[0]
     if accurate == robust:
         assert "It is also the most robust to corruption" in text

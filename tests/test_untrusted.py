@@ -287,3 +287,130 @@ def test_a_dry_run_prints_commands_quoted_for_the_shell(tmp_path):
     words = shlex.split(command)
     assert words[words.index("--data") + 1] == "it's here"
     assert words[words.index("--out") + 1].startswith(str(out))
+
+
+# ------------------------------------------------------------------------------- images as users have them
+def test_a_jpeg_tagged_to_turn_is_read_upright_for_training_and_prediction(tmp_path):
+    """A phone stores a portrait photo sideways with EXIF orientation 8 ('turn 90 degrees anticlockwise to view'):
+    the training reader (FileReader, also ranking's and robustness's) returns it as a viewer shows it."""
+    from PIL import Image
+
+    from backbones.datasets.base import FileReader
+
+    upright = np.zeros((40, 60, 3), np.uint8)
+    upright[:10] = 255  # a white band along the top of the upright picture
+    stored = Image.fromarray(upright).transpose(Image.Transpose.ROTATE_270)  # as the camera wrote it
+    exif = Image.Exif()
+    exif[0x0112] = 8
+    stored.save(tmp_path / "portrait.jpg", exif=exif, quality=95)
+    read = np.asarray(FileReader(tmp_path)("portrait.jpg"), dtype=float)
+    assert read.shape == upright.shape
+    assert np.abs(read - upright).mean() < 3  # JPEG's error only
+
+
+def test_a_class_folder_named_train_beside_others_is_a_class(tmp_path):
+    """CIFAR-100 has a class 'train': in a flat folder of classes it is one, not half a split."""
+    from backbones.datasets import imagefolder
+    from backbones.datasets.base import ReadOptions
+    from formats import make_class_folders
+
+    make_class_folders(tmp_path / "flat", {"train": 3, "test": 3, "owl": 3})
+    catalog = imagefolder.catalog(tmp_path / "flat", ReadOptions(own={"test_size": 0.2}))
+    assert catalog.classes == ["owl", "test", "train"] and set(catalog.samples["split"]) == {""}
+    make_class_folders(tmp_path / "split" / "train", {"cat": 2, "dog": 2})
+    make_class_folders(tmp_path / "split" / "test", {"cat": 1, "dog": 1})
+    catalog = imagefolder.catalog(tmp_path / "split", ReadOptions(own={"test_size": 0.2}))
+    assert catalog.classes == ["cat", "dog"] and set(catalog.samples["split"]) == {"train", "test"}
+
+
+def test_files_that_are_not_images_are_counted_once_with_their_kind(tmp_path):
+    from backbones import datasets
+    from backbones.loading import DataConfig, load_splits
+    from formats import make_class_folders
+
+    data = make_class_folders(tmp_path / "photos", {"cat": 4, "dog": 4})
+    for name in ("a.gif", "b.heic", "c.heic", "notes"):
+        (data / "cat" / name).write_bytes(b"x")
+    warnings = []
+    config = DataConfig(data, 0, (32, 32), 8, own={"test_size": 0.25})
+    catalog, _ = load_splits(datasets.spec("imagefolder"), config, warnings.append)
+    assert len(catalog.samples) == 8
+    skipped = [w for w in warnings if "are not images this tool reads" in w]
+    assert len(skipped) == 1 and "4 file(s)" in skipped[0] and "2 .heic" in skipped[0] and "1 .gif" in skipped[0]
+
+
+def test_classes_too_small_for_a_validation_split_get_advice_that_works(tmp_path):
+    from formats import make_class_folders
+
+    data = make_class_folders(tmp_path / "pairs", {f"c{i}": 2 for i in range(5)})
+    flags = ("--val-fraction", "0.9", "--out", tmp_path / "run", "--results", tmp_path / "r.csv")
+    result = run_inline("imagefolder.py", "-model", "mobilenet", "--weights", "none", "--data", data, *flags)
+    assert_clean_error(result, "no --val-fraction can carve a validation split", "three per class")
+
+
+def test_a_config_file_nested_too_deeply_is_a_clear_error(tmp_path):
+    deep = tmp_path / "config.json"
+    deep.write_text("[" * 100_000 + "]" * 100_000)
+    assert_clean_error(run_inline("digits.py", "--config", deep), "cannot be read as a run's config.json", "nested")
+
+
+def test_a_failed_checkpoint_save_keeps_the_previous_one_and_says_how_to_continue(tmp_path, monkeypatch):
+    import torch
+
+    from backbones.errors import UserError
+    from backbones.runfiles import atomic_save
+
+    path = tmp_path / "checkpoint.pt"
+    atomic_save({"epoch": 1}, path)
+
+    def full_disk(obj, file):
+        file.write(b"partial")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(torch, "save", full_disk)
+    with pytest.raises(UserError, match="No space left on device.*untouched.*--resume"):
+        atomic_save({"epoch": 2}, path)
+    monkeypatch.undo()
+    assert torch.load(path) == {"epoch": 1} and list(tmp_path.iterdir()) == [path]
+
+
+def test_a_truncated_feature_cache_file_is_extracted_again(tmp_path):
+    from backbones.rank import read_features
+
+    path = tmp_path / "features.npz"
+    np.savez(path, features=np.ones((4, 3), np.float32), labels=np.arange(4))
+    assert read_features(path, 4)[0].shape == (4, 3) and read_features(path, 5) is None
+    path.write_bytes(path.read_bytes()[:100])
+    assert read_features(path, 4) is None
+
+
+# --------------------------------------------------------------------------------------------------- split.py
+def test_split_does_not_follow_a_link_out_of_the_input_folder(tmp_path):
+    from formats import make_class_folders
+
+    data = make_class_folders(tmp_path / "in", {"cat": 3, "dog": 3})
+    (tmp_path / "secret.png").write_bytes((data / "cat" / "0.png").read_bytes())
+    (data / "cat" / "key.png").symlink_to(tmp_path / "secret.png")
+    result = run_inline("split.py", "--input_dir", data, "--output_dir", tmp_path / "out")
+    assert_clean_error(result, "symbolic links to files outside it", "key.png")
+    assert not (tmp_path / "out").exists()
+
+
+def test_split_removes_the_partial_copy_a_killed_split_left(tmp_path):
+    from formats import make_class_folders
+
+    data = make_class_folders(tmp_path / "in", {"cat": 3, "dog": 3})
+    leftover = tmp_path / ".out.partial-abc123"
+    (leftover / "train").mkdir(parents=True)
+    result = run_inline("split.py", "--input_dir", data, "--output_dir", tmp_path / "out")
+    assert result.returncode == 0, result.stderr
+    assert not leftover.exists() and (tmp_path / "out" / "manifest.csv").exists()
+
+
+def test_split_into_a_place_that_cannot_hold_a_folder_is_a_clear_error(tmp_path):
+    from formats import make_class_folders
+
+    data = make_class_folders(tmp_path / "in", {"cat": 3, "dog": 3})
+    (tmp_path / "a-file").write_text("")
+    result = run_inline("split.py", "--input_dir", data, "--output_dir", tmp_path / "a-file" / "out")
+    assert_clean_error(result, "cannot be created", "writable place")

@@ -25,7 +25,7 @@ from typing import BinaryIO
 
 import numpy as np
 import pandas as pd
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 from torchvision.datasets.folder import IMG_EXTENSIONS
 
 from backbones.errors import UserError
@@ -52,6 +52,7 @@ class Catalog:
     samples: pd.DataFrame
     classes: list[str]
     read: Callable[[str], Image.Image]
+    skipped: dict[str, int] = field(default_factory=dict)  # files left out as not images, by extension
 
     @classmethod
     def from_columns(
@@ -62,11 +63,12 @@ class Catalog:
         read: Callable[[str], Image.Image],
         splits: Sequence[str] | str = "",
         groups: Sequence[str] | None = None,
+        skipped: dict[str, int] | None = None,
     ) -> Catalog:
         table = pd.DataFrame({"sample": list(samples), "label": np.asarray(labels, dtype=np.int64)})
         table["split"] = splits if isinstance(splits, str) else list(splits)
         table["group"] = table["sample"] if groups is None else list(groups)
-        return cls(table, classes, read)
+        return cls(table, classes, read, dict(skipped or {}))
 
 
 @dataclass(frozen=True)
@@ -174,14 +176,20 @@ class FileReader:
     def __call__(self, sample: str) -> Image.Image:
         path = self.root / sample
         try:
-            with Image.open(path) as image:
-                return to_rgb8(image, path)
+            return open_image(path)
         except (OSError, UnidentifiedImageError, ValueError, Image.DecompressionBombError) as err:
             raise UserError(
                 f"Cannot read image {path}: {err}. The file is missing, truncated, not an image, or (a decompression "
                 "bomb) far larger than any photograph; replace or delete it (and re-extract the dataset if many are "
                 "affected), then run again."
             ) from err
+
+
+def open_image(path: Path) -> Image.Image:
+    """An image file as 8-bit RGB, turned upright as its EXIF orientation says (as a photo viewer shows it: a
+    phone's portrait JPEG is stored sideways with a tag to turn it)."""
+    with Image.open(path) as image:
+        return to_rgb8(ImageOps.exif_transpose(image), path)
 
 
 HIGH_DEPTH_MODES = {"I;16": 16, "I;16L": 16, "I;16B": 16, "I;16N": 16}
@@ -495,21 +503,27 @@ def class_dirs(root: Path) -> list[Path]:
     return sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
 
 
-def _walk_class_folders(root: Path) -> tuple[list[tuple[str, str]], dict[str, int]]:
-    """(sample, class) for every image under root/<class>/, and the mtime of every folder walked."""
-    rows, folder_times = [], {str(root): root.stat().st_mtime_ns}
+def _walk_class_folders(root: Path) -> tuple[list[tuple[str, str]], dict[str, int], dict[str, int]]:
+    """(sample, class) for every image under root/<class>/, the mtime of every folder walked, and how many files
+    were left out as not images of a kind Pillow reads here, by extension."""
+    rows, folder_times, skipped = [], {str(root): root.stat().st_mtime_ns}, {}
     for class_dir in class_dirs(root):
         for folder, subfolders, files in os.walk(class_dir):
             subfolders[:] = sorted(name for name in subfolders if not name.startswith("."))
             folder_times[folder] = os.stat(folder).st_mtime_ns
             prefix = Path(folder).relative_to(root).as_posix()
             for name in sorted(files):
-                if not name.startswith(".") and os.path.splitext(name)[1].lower() in IMG_EXTENSIONS:
+                if name.startswith("."):
+                    continue
+                extension = os.path.splitext(name)[1].lower()
+                if extension in IMG_EXTENSIONS:
                     rows.append((f"{prefix}/{name}", class_dir.name))
-    return rows, folder_times
+                else:
+                    skipped[extension or "(none)"] = skipped.get(extension or "(none)", 0) + 1
+    return rows, folder_times, skipped
 
 
-def read_index(path: Path, root: Path) -> list[tuple[str, str]] | None:
+def read_index(path: Path, root: Path) -> tuple[list[tuple[str, str]], dict[str, int]] | None:
     """The listing saved for `root`, if it is still valid; None for a missing, stale, damaged or foreign file.
 
     The index is plain JSON, checked field by field: a file planted in the cache can at worst cost a rescan, never
@@ -523,7 +537,10 @@ def read_index(path: Path, root: Path) -> list[tuple[str, str]] | None:
             return None
         if not all(isinstance(r, list) and len(r) == 2 and all(isinstance(x, str) for x in r) for r in rows):
             return None
-        return [(sample, name) for sample, name in rows]
+        skipped = saved["skipped"]
+        if not all(isinstance(k, str) and isinstance(v, int) for k, v in skipped.items()):
+            return None
+        return [(sample, name) for sample, name in rows], skipped
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return None
 
@@ -537,16 +554,20 @@ def scan_class_folders(root: Path) -> pd.DataFrame:
     """
     root = Path(root).resolve()
     index = cache_dir() / "index" / (hashlib.sha1(str(root).encode()).hexdigest()[:20] + ".json")
-    rows = read_index(index, root)
-    if rows is None:
-        rows, folder_times = _walk_class_folders(root)
+    found = read_index(index, root)
+    if found is None:
+        rows, folder_times, skipped = _walk_class_folders(root)
         # a folder changed in the last seconds may change again unseen within its mtime's resolution: no index then
         if max(folder_times.values()) < time.time_ns() - 2_000_000_000:
             with contextlib.suppress(OSError):  # an unwritable cache only costs the next run a rescan
                 index.parent.mkdir(parents=True, exist_ok=True)
-                saved = {"root": str(root), "folders": folder_times, "rows": rows}
+                saved = {"root": str(root), "folders": folder_times, "rows": rows, "skipped": skipped}
                 atomic_write(index, lambda file: file.write(json.dumps(saved).encode()))
-    return pd.DataFrame(rows, columns=["sample", "class"])
+    else:
+        rows, skipped = found
+    table = pd.DataFrame(rows, columns=["sample", "class"])
+    table.attrs["skipped"] = skipped
+    return table
 
 
 def require_files(data: Path, samples: Sequence[str]) -> None:
@@ -580,7 +601,8 @@ def class_folder_catalog(data: Path, folder: Path, read: Callable[[str], Image.I
     if table.empty:
         raise DataNotFound(f"{folder} holds no class folders with images (a partial extraction?)")
     classes, labels = encode_classes(table["class"])
-    return Catalog.from_columns(prefix(folder, data) + table["sample"], labels, classes, read or FileReader(data))
+    samples = prefix(folder, data) + table["sample"]
+    return Catalog.from_columns(samples, labels, classes, read or FileReader(data), skipped=table.attrs["skipped"])
 
 
 def scan_nonempty(folder: Path) -> pd.DataFrame:
@@ -618,4 +640,8 @@ def split_folders_catalog(data: Path, root: Path, folders: dict[str, str]) -> Ca
     if len(classes) < 2:
         raise DataNotFound(f"found {len(classes)} class folder(s) with images under {root}; need at least 2")
     samples = table["folder"].map(lambda folder: prefix(root / folder, data)) + table["sample"]
-    return Catalog.from_columns(samples, labels, classes, FileReader(data), table["split"].tolist())
+    skipped: dict[str, int] = {}
+    for found in tables.values():
+        for extension, count in found.attrs["skipped"].items():
+            skipped[extension] = skipped.get(extension, 0) + count
+    return Catalog.from_columns(samples, labels, classes, FileReader(data), table["split"].tolist(), skipped=skipped)

@@ -12,6 +12,7 @@ from backbones.datasets.base import (
     DatasetSpec,
     FileReader,
     ReadOptions,
+    class_dirs,
     encode_classes,
     scan_nonempty,
     split_folders_catalog,
@@ -33,10 +34,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def catalog(data: Path, options: ReadOptions) -> Catalog:
     if not data.is_dir():
         raise DataNotFound(f"{data} is not a folder")
-    given = [split for split in ("train", "val", "test") if (data / split).is_dir()]
-    if given and not {"train", "test"} <= set(given):
+    folders = {folder.name for folder in class_dirs(data)}
+    given = [split for split in ("train", "val", "test") if split in folders]
+    # split folders only when they are all there is: beside other folders, 'train' is a class (CIFAR-100 has one)
+    if given and folders <= {"train", "val", "test"} and not {"train", "test"} <= set(given):
         raise DataNotFound(f"{data} has {'/, '.join(given)}/ but needs both train/ and test/")
-    if given:
+    if given and folders <= {"train", "val", "test"}:
         return split_folders_catalog(data, data, {split: split for split in given})
     if not 0 < options.own["test_size"] < 1:
         raise UserError(f"--test_size must be between 0 and 1, got {options.own['test_size']}.")
@@ -44,7 +47,7 @@ def catalog(data: Path, options: ReadOptions) -> Catalog:
     classes, labels = encode_classes(table["class"])
     if len(classes) < 2:
         raise DataNotFound(f"found {len(classes)} class folder(s) with images under {data}; need at least 2")
-    return Catalog.from_columns(table["sample"], labels, classes, FileReader(data))
+    return Catalog.from_columns(table["sample"], labels, classes, FileReader(data), skipped=table.attrs["skipped"])
 
 
 SPEC = DatasetSpec(
