@@ -26,7 +26,7 @@ import torch.distributed as dist
 from torch import nn
 
 from backbones import models
-from backbones.datasets.base import Catalog, DatasetSpec, PaperRecipe
+from backbones.datasets.base import IMAGENET_MEAN, IMAGENET_STD, Catalog, DatasetSpec, PaperRecipe
 from backbones.errors import UserError, run_cli
 from backbones.loading import (
     DataConfig,
@@ -38,7 +38,15 @@ from backbones.loading import (
     split_identity,
     warn_on_stderr,
 )
-from backbones.metrics import fit_temperature, gflops, peak_memory_mb, quality, reliability_diagram, speed
+from backbones.metrics import (
+    class_weighted_batch_accuracy,
+    fit_temperature,
+    gflops,
+    peak_memory_mb,
+    quality,
+    reliability_diagram,
+    speed,
+)
 from backbones.options import (
     apply_protocol_defaults,
     build_parser,
@@ -260,7 +268,7 @@ def open_run_folder(job: Prepared, params: int, argv: list[str]) -> tuple[Path, 
         log(
             "PROTOCOL paper: checkpoints are chosen on the TEST set, as in the original benchmark. The accuracy "
             "below is optimistically biased; use it only to compare with the original's numbers. The original's "
-            f"recipe: {describe_recipe(job.data.paper, args)}."
+            f"recipe: {describe_recipe(job.data.paper, job.spec, args)}."
         )
     if is_main():
         split = job.samples[["sample", "label", "split"]]  # names quoted: a file name may hold a line break
@@ -279,14 +287,27 @@ def describe_mode(job: Prepared) -> str:
     return mode
 
 
-def describe_recipe(paper: PaperRecipe, args: argparse.Namespace) -> str:
+def describe_normalisation(paper: PaperRecipe, spec: DatasetSpec) -> str:
+    """Which statistics the original normalised with, in words that say what they are."""
+    train = paper.train_norm or (spec.mean, spec.std)
+    test = paper.test_norm or (spec.mean, spec.std)
+    if train[0] == (0.0, 0.0, 0.0) and all(abs(s - 1 / 255) < 1e-12 for s in train[1]):
+        return "no normalisation: pixel values of 0-255 went into the model, as its ToTensor left them"
+    if train == test == (IMAGENET_MEAN, IMAGENET_STD):
+        return "ImageNet's statistics"
+    if train == test:
+        return f"the statistics mean {train[0]}, std {train[1]}"
+    return "its own statistics of the train images for training and of the test images for testing"
+
+
+def describe_recipe(paper: PaperRecipe, spec: DatasetSpec, args: argparse.Namespace) -> str:
     """The original's recipe in words, for the run's log."""
     augment = {
         "none": "no augmentation",
         "trivialaugment": "TrivialAugmentWide after the resize",
         "trivialaugment-first": "TrivialAugmentWide before the resize",
     }[paper.augment]
-    norm = "the dataset's statistics" if paper.train_norm is None else "its own train and test statistics"
+    norm = describe_normalisation(paper, spec)
     phases = f"patience {args.patience} (AdamW)" + (f" and {args.sgd_patience} (SGD)" if paper.sgd_phase else "")
     return (
         f"{augment}, no flips; {norm}; no BatchNorm re-estimation (--bn-images {args.bn_images}); {phases}; AdamW "
@@ -377,6 +398,7 @@ def run_record(job, test, scores, cost, best, history, train_seconds, params, ou
         **{k: round(v, 6) if isinstance(v, float) else v for k, v in scores.items()},
         "test_loss": round(test.loss, 6),
         "top1_batch_mean": round(test.batch_top1, 4) if paper else None,  # what the original reports
+        "paper_final_metric": final_metric(job, test),
         "paper_recipe": dataclasses.asdict(paper) if paper else None,
         "epochs": len(history),
         "best_epoch": best.get("epoch"),
@@ -395,6 +417,17 @@ def run_record(job, test, scores, cost, best, history, train_seconds, params, ou
         "finished": datetime.now().isoformat(timespec="seconds"),
         "out": str(out),
     }
+
+
+def final_metric(job: Prepared, test) -> dict | None:
+    """The figure the original's script prints last where it is not top-1 (BreakHis: class-weighted accuracy
+    averaged over test batches), under `--protocol paper`; None otherwise."""
+    paper = job.data.paper
+    if paper is None or paper.final_metric is None:
+        return None
+    batch = job.args.bs * paper.eval_batch_multiple
+    value = class_weighted_batch_accuracy(test.logits.numpy(), test.labels.numpy(), batch)
+    return {"name": paper.final_metric, "value": round(value, 4), "test_batch_size": batch}
 
 
 def write_outputs(job: Prepared, test, scores: dict, metrics: dict, out: Path) -> None:
@@ -425,6 +458,9 @@ def report(job: Prepared, test, metrics: dict, temperature: float | None, log) -
         + (f"{metrics['peak_memory_mb']:.0f} MB" if metrics["peak_memory_mb"] is not None else "not measurable here")
     )
     log(f"{metrics['epochs']} epochs in {metrics['train_seconds']:.0f}s; files in {metrics['out']}")
+    if metrics["paper_final_metric"] is not None:
+        final = metrics["paper_final_metric"]
+        log(f"The original's last figure, {final['name']} accuracy averaged over test batches: {final['value']:.2f}%")
     if job.data.paper is not None:
         log(f"Top-1 over test images: {test.top1:.2f}%; averaged over test batches as the original does:")
     log(f"Top-1 accuracy: {(test.batch_top1 if job.data.paper else test.top1):.2f}%")

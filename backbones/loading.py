@@ -236,6 +236,16 @@ def evaluation_normalisation(spec: DatasetSpec, paper: PaperRecipe | None) -> No
     return (paper.test_norm if paper is not None else None) or (spec.mean, spec.std)
 
 
+def drops_last_batch(images: int, batch_size: int, paper: bool) -> bool:
+    """Whether training drops its last, incomplete batch. The default protocol does: a handful of images gives
+    BatchNorm noisy batch statistics, and the images left out differ every epoch (the order is drawn anew), so none
+    is left out for good. The original keeps it, and so does `--protocol paper`, but for a last batch of a single
+    image, which BatchNorm cannot train on (the original would stop with an error there)."""
+    if images <= batch_size:
+        return False
+    return images % batch_size == 1 if paper else images % batch_size != 0
+
+
 def make_loader(dataset: Dataset, config: DataConfig, device: torch.device, train: bool, batch_size: int) -> DataLoader:
     """Training order is a permutation drawn from (seed, epoch) alone (`DeviceBatches.set_epoch`), so it does not
     depend on workers or on how many times a loader was iterated, and a resumed run needs no loader state; under
@@ -255,7 +265,7 @@ def make_loader(dataset: Dataset, config: DataConfig, device: torch.device, trai
         dataset,
         batch_size=batch_size,
         sampler=sampler,
-        drop_last=train and len(dataset) > batch_size,  # a batch of one breaks BatchNorm in training mode
+        drop_last=train and drops_last_batch(len(sampler), batch_size, config.paper is not None),
         num_workers=config.workers,
         pin_memory=device.type == "cuda",
         persistent_workers=config.workers > 0 and not augments_first,  # fresh workers see the new epoch

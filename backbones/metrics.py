@@ -75,6 +75,18 @@ def balanced_accuracy(labels: np.ndarray, predictions: np.ndarray) -> float:
         return balanced_accuracy_score(labels, predictions)
 
 
+def class_weighted_batch_accuracy(logits: np.ndarray, labels: np.ndarray, batch_size: int) -> float:
+    """BreakHis's last figure in the original (%): in each test batch, each image weighted by one over its class's
+    count in that batch (so every class present counts equally), then the batches' accuracies averaged."""
+    hits = (np.asarray(logits).argmax(axis=1) == labels).astype(np.float64)
+    accuracies = []
+    for start in range(0, len(labels), batch_size):
+        batch, right = labels[start : start + batch_size], hits[start : start + batch_size]
+        weights = 1.0 / np.bincount(batch)[batch]
+        accuracies.append(float((weights * right).sum() / weights.sum()))
+    return 100 * float(np.mean(accuracies))
+
+
 def quality(logits: np.ndarray, labels: np.ndarray, num_classes: int, temperature: float | None) -> dict:
     """Accuracy, per-class errors and calibration of test logits (percentages for accuracies).
 

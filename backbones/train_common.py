@@ -308,7 +308,7 @@ def run_epoch(trainee, data: FitData, optimizer, scaler, precision, config, run:
         if is_main():
             meta = {**run.meta, "epoch": epoch, "phase": phase}
             atomic_save({"model": trainee.model.state_dict(), "meta": meta}, run.out / "best.pt")
-    progress.stale = 0 if improved else progress.stale + 1
+    progress.stale = next_stale(progress.stale, improved, config.paper)
     seconds = time.perf_counter() - started
     name = data.select_name
     progress.history.append(
@@ -332,6 +332,14 @@ def run_epoch(trainee, data: FitData, optimizer, scaler, precision, config, run:
         f"epoch {epoch:3d} {phase:5s} train loss {train_loss:.4f} acc {train_top1:6.2f}% | {name} "
         f"loss {selection.loss:.4f} acc {score:6.2f}% | {seconds:5.1f}s" + ("  *best*" if improved else "")
     )
+
+
+def next_stale(stale: int, improved: bool, paper: PaperRecipe | None) -> int:
+    """The patience counter after an epoch: epochs since the last improvement (under `paper`, the original's count,
+    which on its '>' scripts includes the improving epoch itself)."""
+    if not improved:
+        return stale + 1
+    return paper.stale_after_improvement if paper is not None else 0
 
 
 def judge(selection: Evaluation, best: dict, paper: PaperRecipe | None) -> tuple[float, bool]:

@@ -257,6 +257,13 @@ def test_galaxy10_reads_the_hdf5_file_and_splits_90_10(tmp_path):
     assert split.groupby("label")["split"].apply(lambda s: (s == "test").sum()).eq(1).all()
 
 
+def test_a_galaxy10_file_with_fewer_test_images_than_classes_is_a_clear_error(tmp_path):
+    make_galaxy10(tmp_path / "data", per_class=3)  # 30 images: 3 held out for 10 classes
+    result = run_inline("galaxy10.py", "-model", "mobilenet", "--weights", "none", "--data", tmp_path / "data",
+                        "--out", tmp_path / "run", "--results", tmp_path / "r.csv")  # fmt: skip
+    assert_clean_error(result, "holds out 3 for test", "each of the 10 classes", "too few images")
+
+
 DATASET_SCRIPTS = sorted(
     path.name
     for path in ROOT.glob("*.py")

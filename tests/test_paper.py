@@ -20,7 +20,7 @@ from backbones.options import apply_protocol_defaults, build_parser, data_config
 from backbones.pipeline import sample_seeds
 from backbones.runtime import make_precision
 from backbones.train_common import evaluate
-from conftest import finished_run, run_inline, run_script
+from conftest import assert_clean_error, finished_run, run_inline, run_script
 from formats import make_breakhis, make_cifar10, make_flowers102
 
 PAPER = ["--protocol", "paper", "--no-download", "--workers", "0", "--cache", "off"]
@@ -157,3 +157,83 @@ class Batches(list):
     def __init__(self, batches: list, batch_size: int) -> None:
         super().__init__(batches)
         self.loader = SimpleNamespace(batch_size=batch_size)
+
+
+def original_epochs(scores: list[float], patience: int, ties_improve: bool) -> int:
+    """How many epochs the original's loop runs on these test scores: its '>' scripts reset the counter on an
+    improvement and then add one; its '>=' scripts add one and then reset."""
+    best, counter, epochs = [0.0], 0, 0
+    for score in scores:
+        if counter >= patience:
+            break
+        epochs += 1
+        if ties_improve:
+            best.append(score)
+            counter += 1
+            if score >= max(best):
+                counter = 0
+        else:
+            if score > max(best):
+                counter = 0
+            best.append(score)
+            counter += 1
+    return epochs
+
+
+@pytest.mark.parametrize("ties_improve", [False, True])
+@pytest.mark.parametrize("patience", [1, 3, 10])
+def test_a_phase_stops_after_as_many_epochs_as_the_originals_loop(ties_improve, patience):
+    from backbones.datasets.base import PaperRecipe
+    from backbones.train_common import Evaluation, judge, next_stale
+
+    recipe = PaperRecipe(ties_improve=ties_improve)
+    rng = np.random.default_rng(patience)
+    for _ in range(50):
+        scores = list(np.round(rng.uniform(50, 60, 40), 0))  # whole numbers: ties happen
+        best, stale, epochs = {}, 0, 0
+        for score in scores:
+            if stale >= patience:
+                break
+            epochs += 1
+            top1, improved = judge(Evaluation(1.0, score, score, None, None), best, recipe)
+            if improved:
+                best = {"epoch": epochs, "top1": top1, "loss": 1.0}
+            stale = next_stale(stale, improved, recipe)
+        assert epochs == original_epochs(scores, patience, ties_improve), scores
+
+
+def test_breakhis_final_figure_is_the_originals_class_weighted_batch_mean():
+    from backbones.metrics import class_weighted_batch_accuracy
+
+    labels = np.array([0, 0, 0, 1, 1, 0, 1])
+    logits = np.eye(2)[[0, 1, 0, 1, 0, 0, 1]]  # right: 1 0 1 1 0 1 1
+    # batch 1 (0,0,0,1): class 0 has 2/3 right, class 1 1/1 -> (2/3 + 1) / 2; batch 2 (1,0,1): class 1 1/2, class 0 1/1
+    expected = 100 * ((2 / 3 + 1) / 2 + (1 / 2 + 1) / 2) / 2
+    assert class_weighted_batch_accuracy(logits, labels, 4) == pytest.approx(expected)
+
+
+def test_the_paper_protocol_keeps_the_last_incomplete_training_batch_but_a_single_image():
+    from backbones.loading import drops_last_batch
+
+    assert not drops_last_batch(100, 32, paper=True) and drops_last_batch(97, 32, paper=True)
+    assert drops_last_batch(100, 32, paper=False) and not drops_last_batch(96, 32, paper=False)
+    assert not drops_last_batch(20, 32, paper=False)
+
+
+def test_the_recipe_log_names_the_statistics_it_used():
+    from backbones import datasets
+    from backbones.finetune import describe_normalisation
+
+    def said(name: str, options: dict | None = None) -> str:
+        spec = datasets.spec(name)
+        return describe_normalisation(spec.paper_recipe(options or {}), spec)
+
+    assert said("dtd") == "ImageNet's statistics"
+    assert said("galaxy10").startswith("no normalisation: pixel values of 0-255")
+    assert said("breakhis", {"mag": 200}).startswith("its own statistics of the train images")
+    assert said("stanforddogs") == "ImageNet's statistics"
+
+
+def test_ucmercedlanduse_is_the_originals_name_for_ucmerced(tmp_path):
+    result = run_script("ucmercedlanduse.py", "-model", "mobilenet", "--data", tmp_path, "--no-download")
+    assert_clean_error(result, "UC Merced")

@@ -94,9 +94,16 @@ class PaperRecipe:
     patience: tuple[int, int] = (10, 10)  # epochs without test improvement: AdamW phase, SGD phase
     lr: float = 1e-3  # AdamW
     ties_improve: bool = False  # True: '>=' (an epoch equal to the best replaces it), False: '>'
+    final_metric: str | None = None  # 'class-weighted': BreakHis's last figure, accuracy weighted by class per batch
     sgd_phase: bool = True  # False: the CIFAR scripts never reset their counter, so the SGD loop never runs
     eval_batch_multiple: int = 1  # test batch = this x -bs; the original averages top-1 over batches
     official_val: str = "train"  # what an official validation split becomes: 'train' or 'unused'
+
+    @property
+    def stale_after_improvement(self) -> int:
+        """The patience counter after an improving epoch. The '>' scripts reset it to 0 and then count that epoch
+        too, so they stop after patience - 1 epochs without improvement; the '>=' scripts count first, then reset."""
+        return 0 if self.ties_improve else 1
 
 
 @dataclass(frozen=True)
@@ -264,8 +271,17 @@ def stratified_holdout(
     if whole_set:
         from sklearn.model_selection import train_test_split
 
-        if groups is not None or np.unique(labels, return_counts=True)[1].min() < 2:
-            raise ValueError("a whole-set hold-out needs no groups and at least two samples per class")
+        if groups is not None:
+            raise ValueError("a whole-set hold-out takes no groups")
+        present, counts = np.unique(labels, return_counts=True)
+        held = math.ceil(fraction * len(labels))
+        if counts.min() < 2 or held < len(present) or len(labels) - held < len(present):
+            raise UserError(
+                f"A split of {len(labels)} images over the whole set holds out {held} for test, but a stratified "
+                f"split needs at least one image of each of the {len(present)} classes on each side, and at least "
+                f"two images per class (the smallest class has {counts.min()}). The file holds too few images: "
+                "use the complete dataset file."
+            )
         state = int(rng.integers(2**31 - 1))
         _, held = train_test_split(np.arange(len(labels)), test_size=fraction, stratify=labels, random_state=state)
         return np.isin(np.arange(len(labels)), held)

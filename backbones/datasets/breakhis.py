@@ -39,7 +39,7 @@ PAPER_NORMS = {
 
 def paper_recipe(options: dict) -> PaperRecipe:
     train_norm, test_norm = PAPER_NORMS[options["mag"]]
-    return PaperRecipe(train_norm=train_norm, test_norm=test_norm, eval_batch_multiple=2)
+    return PaperRecipe(train_norm=train_norm, test_norm=test_norm, eval_batch_multiple=2, final_metric="class-weighted")
 
 
 def patient_of(folder: str) -> str:
