@@ -45,6 +45,7 @@ from backbones.options import (
 )
 from backbones.pipeline import DeviceBatches
 from backbones.runfiles import git_commit, library_versions
+from backbones.runtable import check_new_file, write_csv
 from backbones.runtime import Precision, make_precision, resolve_device, seed_everything
 from backbones.train_common import train_one_epoch
 
@@ -244,8 +245,7 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
             f"{spec.title} gives {n_train} training images, fewer than a batch of {max(args.bs)}; lower -bs."
         )
     out = args.out or Path("results") / f"bench-{spec.name}-{datetime.now():%Y%m%d-%H%M%S}.csv"
-    if out.exists():
-        raise UserError(f"--out {out} already exists; this tool never overwrites a file. Choose a new --out.")
+    check_new_file(out)
     print(
         f"Benchmarking {', '.join(args.models)} on {spec.title} ({n_train} training images) on "
         f"{device} ({torch.get_num_threads()} threads), --cache {args.cache}, {args.workers} workers; "
@@ -275,7 +275,7 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
     )
     print(table.drop(columns=["dataset", "memory_kind"]).round(2).to_string(index=False))
     out.parent.mkdir(parents=True, exist_ok=True)
-    table.to_csv(out, index=False)
+    write_csv(table, out)
     print(f"Written to {out}")
     return table
 

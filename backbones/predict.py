@@ -28,6 +28,7 @@ from torchvision.transforms import v2
 from backbones.datasets.base import atomic_write, open_image
 from backbones.errors import HelpFormatter, UserError, run_cli
 from backbones.runmodel import FinishedRun, load_model, open_finished, reopen_split
+from backbones.runtable import check_new_file
 from backbones.runtime import Precision, make_precision, resolve_device
 from backbones.train_common import predict as predict_split
 from backbones.train_common import progress
@@ -241,11 +242,7 @@ def abstention_on_validation(run: FinishedRun, threshold: float, device: str, wo
 def check_out(path: Path) -> None:
     if path.suffix.lower() not in (".csv", ".jsonl"):
         raise UserError(f"--out {path} must end in .csv or .jsonl (JSON lines).")
-    if path.exists() or path.is_symlink():
-        raise UserError(f"--out {path} already exists; this tool never overwrites a file. Choose another --out.")
-    folder = path.absolute().parent
-    if not folder.is_dir() or not os.access(folder, os.W_OK):
-        raise UserError(f"--out {path}: {folder} is not a writable folder. Choose an --out in a writable place.")
+    check_new_file(path)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -35,7 +35,16 @@ from backbones.options import (
     parse_dataset_args,
     positive_int,
 )
-from backbones.runtable import dataset_label, describe, find_runs, markdown_table, number, runs_table
+from backbones.runtable import (
+    check_new_file,
+    dataset_label,
+    describe,
+    find_runs,
+    markdown_table,
+    number,
+    runs_table,
+    write_csv,
+)
 from backbones.runtime import make_precision, resolve_device, seed_everything
 from backbones.train_common import predict
 from backbones.transferability import agreement, knn_accuracy, leep, linear_probe_accuracy, logme
@@ -214,8 +223,7 @@ def measured_top1(args, fingerprint: str, log) -> tuple[pd.Series, pd.Series, st
 def out_path(args, spec: DatasetSpec) -> Path:
     if args.out is None:
         return Path("results") / f"rank-{spec.name}-{datetime.now().strftime('%Y%m%d-%H%M%S')}.csv"
-    if args.out.exists():
-        raise UserError(f"--out {args.out} already exists; this tool never overwrites a file. Choose a new name.")
+    check_new_file(args.out)
     return args.out
 
 
@@ -272,7 +280,7 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
     if args.runs:
         table["measured_top1"] = check_against_runs(args, table, fingerprint, setting["dataset"], total, log)
     out.parent.mkdir(parents=True, exist_ok=True)
-    table.reset_index().assign(**setting).to_csv(out, index=False)
+    write_csv(table.reset_index().assign(**setting), out)
     log(f"Ranking written to {out}")
     return table
 

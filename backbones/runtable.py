@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from backbones.datasets.base import atomic_write
 from backbones.errors import UserError
 from backbones.record import METRICS, REQUIRED, WHERE_AND_HOW
 from backbones.runcheck import check_metrics, check_test_outputs, read_json
@@ -237,6 +238,16 @@ def md(value: object) -> str:
     return "".join("\\" + c if c in MARKDOWN_SPECIAL else c for c in text)
 
 
+def check_new_file(path: Path, flag: str = "--out") -> None:
+    """Before any long work: `path` must be new (this tool never overwrites a file, nor writes through a link left
+    there) and its folder creatable and writable."""
+    if path.exists() or path.is_symlink():
+        raise UserError(f"{flag} {path} already exists; this tool never overwrites a file. Choose a new name.")
+    folder = next(p for p in path.absolute().parents if p.exists())
+    if not folder.is_dir() or not os.access(folder, os.W_OK):
+        raise UserError(f"{flag} {path}: {folder} is not a writable folder. Choose a path in a writable place.")
+
+
 def write_csv(frame: pd.DataFrame, path: Path, index: bool = False) -> None:
     """A table meant for spreadsheets: text cells a spreadsheet would run as a formula (=, +, -, @ first) get a
     leading apostrophe, and every text cell is quoted, so a name holding a line break (even a lone carriage
@@ -248,7 +259,8 @@ def write_csv(frame: pd.DataFrame, path: Path, index: bool = False) -> None:
     frame = frame.map(neutral)
     if index:
         frame.index = frame.index.map(neutral)
-    frame.to_csv(path, index=index, quoting=csv.QUOTE_NONNUMERIC)
+    text = frame.to_csv(index=index, quoting=csv.QUOTE_NONNUMERIC)
+    atomic_write(path, lambda file: file.write(text.encode()))  # a link planted at `path` is replaced, not followed
 
 
 def markdown_table(columns: dict[str, list]) -> str:

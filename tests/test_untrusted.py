@@ -414,3 +414,23 @@ def test_split_into_a_place_that_cannot_hold_a_folder_is_a_clear_error(tmp_path)
     (tmp_path / "a-file").write_text("")
     result = run_inline("split.py", "--input_dir", data, "--output_dir", tmp_path / "a-file" / "out")
     assert_clean_error(result, "cannot be created", "writable place")
+
+
+def test_tables_are_never_written_through_a_planted_link(tmp_path):
+    import pandas as pd
+
+    from backbones.errors import UserError
+    from backbones.runtable import check_new_file, write_csv
+
+    victim = tmp_path / "victim.txt"
+    victim.write_text("mine")
+    link = tmp_path / "rank.csv"
+    link.symlink_to(victim)
+    with pytest.raises(UserError, match="already exists"):
+        check_new_file(link)
+    dangling = tmp_path / "bench.csv"
+    dangling.symlink_to(tmp_path / "elsewhere.csv")
+    with pytest.raises(UserError, match="already exists"):
+        check_new_file(dangling)  # Path.exists() is False for it, and a plain write would create the target
+    write_csv(pd.DataFrame({"a": [1]}), link)
+    assert victim.read_text() == "mine" and not link.is_symlink()
