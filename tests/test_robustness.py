@@ -8,6 +8,7 @@ import shutil
 from collections import Counter
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
@@ -134,6 +135,22 @@ def test_an_imagefolder_run_is_analysed_on_its_own_split(tmp_path):
     found = read(out)
     assert found["clean"]["top1"] == pytest.approx(run["top1"], abs=1e-6) and found["clean"]["reproduces_record"]
     assert found["n_test"] == run["n_test"]
+
+
+@pytest.mark.slow
+def test_a_class_named_with_a_carriage_return_reads_back_as_its_own_split(tmp_path):
+    """split.csv quotes its names: a class folder 'owl\\r' once made it read back as more rows than images, and
+    robustness.py then called the unchanged data changed."""
+    data = make_class_folders(tmp_path / "mine", {"cat": 6, "dog": 6, "owl\r": 6})
+    out = tmp_path / "runs" / "folder"
+    run = finished_run(
+        run_script("imagefolder.py", *FAST, "--data", data, "--out", out, "--results", tmp_path / "r.csv"), out
+    )
+    saved = pd.read_csv(out / "split.csv", dtype={"sample": str})
+    assert len(saved) == 18 and (saved["sample"].str.startswith("owl\r/")).sum() == 6
+    result = run_inline("robustness.py", "--runs", tmp_path / "runs", *SUBSET)
+    assert result.returncode == 0, result.stderr
+    assert read(out)["clean"]["top1"] == pytest.approx(run["top1"], abs=1e-6)
 
 
 def test_no_runs_is_a_clear_error(tmp_path):
