@@ -158,6 +158,7 @@ def within(mine: float, expected: float, tolerance_db: float) -> bool:
 TOLERANCE_DB = {("elastic_transform", 32): 1.5}
 
 
+@pytest.mark.slow  # 16 draws of every family at three sizes: a sweep, not an edit-loop check
 @pytest.mark.parametrize("size", SIZES)
 @pytest.mark.parametrize("name", [n for n in CORRUPTIONS if n not in UNITLESS])
 def test_psnr_matches_the_reference_run_each_corruption_follows(reference, photos, name, size):
@@ -168,6 +169,7 @@ def test_psnr_matches_the_reference_run_each_corruption_follows(reference, photo
         assert within(mine, expected, TOLERANCE_DB.get((name, size), 1.0)), (severity, mine, expected)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("size", SIZES)
 @pytest.mark.parametrize("name", [n for n in CORRUPTIONS if n != "saturate"])
 def test_a_higher_severity_never_leaves_the_images_closer_to_the_clean_ones(photos, name, size):

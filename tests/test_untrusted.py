@@ -193,23 +193,26 @@ def test_damaged_metrics_are_skipped_with_their_reason(tmp_path):
     assert "4 runs from" in (tmp_path / "report" / "report.md").read_text()
 
 
-@pytest.mark.parametrize(
-    "logits,labels,reason",
-    [
-        (np.zeros((30, 9), np.float32), np.arange(30) % 3, "9 logit columns for 3 classes"),
-        (np.zeros((30, 3), np.float32), np.arange(30) % 3 + 5, "labels outside 0-2"),
-        (np.full((30, 3), np.nan, np.float32), np.arange(30) % 3, "not finite numbers"),
-        (np.zeros((30,), np.float32), np.arange(30) % 3, "not one row per image"),
-        (np.zeros((20, 3), np.float32), np.arange(20) % 3, "holds 20 test images, metrics.json says 30"),
-    ],
-)
-def test_damaged_test_outputs_are_skipped_with_their_reason(tmp_path, logits, labels, reason):
+DAMAGED_OUTPUTS = {
+    "columns": (np.zeros((30, 9), np.float32), np.arange(30) % 3, "9 logit columns for 3 classes"),
+    "labels": (np.zeros((30, 3), np.float32), np.arange(30) % 3 + 5, "labels outside 0-2"),
+    "nan": (np.full((30, 3), np.nan, np.float32), np.arange(30) % 3, "not finite numbers"),
+    "flat": (np.zeros((30,), np.float32), np.arange(30) % 3, "not one row per image"),
+    "short": (np.zeros((20, 3), np.float32), np.arange(20) % 3, "holds 20 test images, metrics.json says 30"),
+}
+
+
+def test_damaged_test_outputs_are_skipped_with_their_reason(tmp_path):
     runs = sweep(tmp_path)
-    write_run(runs / "damaged", seed=7)
-    np.savez_compressed(runs / "damaged" / "test_outputs.npz", logits=logits, labels=labels)
+    for name, (logits, labels, _) in DAMAGED_OUTPUTS.items():
+        write_run(runs / name, seed=7)
+        np.savez_compressed(runs / name / "test_outputs.npz", logits=logits, labels=labels)
     result = make_report(runs, tmp_path / "report")
     assert result.returncode == 0, result.stderr
-    assert reason in " ".join(result.stdout.split())
+    printed = " ".join(result.stdout.split())
+    for name, (_, _, reason) in DAMAGED_OUTPUTS.items():
+        line = rf"{re.escape(str(runs / name))}: (?:(?! - /).)*?{re.escape(reason)}"  # within the run's own line
+        assert re.search(line, printed), name
 
 
 def analysis_of(run: dict, **fields) -> dict:
