@@ -31,10 +31,10 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms import v2
 
 from backbones import datasets, models
+from backbones.cost import peak_memory_mb
 from backbones.datasets.base import DatasetSpec
 from backbones.errors import HelpFormatter, UserError, run_cli
 from backbones.loading import DataConfig, image_cache, load_splits, split_batches
-from backbones.metrics import peak_memory_mb
 from backbones.options import (
     add_data_arguments,
     data_config,

@@ -407,4 +407,3 @@ CORRUPTIONS = {
         Corruption("jpeg_compression", "digital", (25, 18, 15, 10, 7), None),
     )
 }
-FAMILIES = ("noise", "blur", "weather", "digital")

@@ -26,6 +26,7 @@ import torch.distributed as dist
 from torch import nn
 
 from backbones import models
+from backbones.cost import gflops, peak_memory_mb, speed
 from backbones.datasets.base import IMAGENET_MEAN, IMAGENET_STD, Catalog, DatasetSpec, PaperRecipe
 from backbones.errors import UserError, run_cli
 from backbones.loading import (
@@ -38,15 +39,7 @@ from backbones.loading import (
     split_identity,
     warn_on_stderr,
 )
-from backbones.metrics import (
-    class_weighted_batch_accuracy,
-    fit_temperature,
-    gflops,
-    peak_memory_mb,
-    quality,
-    reliability_diagram,
-    speed,
-)
+from backbones.metrics import class_weighted_batch_accuracy, fit_temperature, quality, reliability_diagram
 from backbones.options import (
     apply_protocol_defaults,
     build_parser,

@@ -23,8 +23,9 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from torchvision.transforms import v2
 from tqdm import tqdm
 
-from backbones.datasets.base import Normalisation, atomic_write, cache_dir
+from backbones.datasets.base import Normalisation
 from backbones.errors import UserError
+from backbones.files import atomic_write, cache_dir
 
 AUGMENT_STREAM = 3  # beside the split streams of datasets.base: augmentation draws never move a split
 DECODING = "exif-upright"  # how images are decoded: part of the cache key, so a change never serves old pixels

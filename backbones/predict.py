@@ -25,8 +25,9 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision.datasets.folder import IMG_EXTENSIONS
 from torchvision.transforms import v2
 
-from backbones.datasets.base import atomic_write, open_image
+from backbones.datasets.base import open_image
 from backbones.errors import HelpFormatter, UserError, run_cli
+from backbones.files import atomic_write
 from backbones.runmodel import FinishedRun, load_model, open_finished, reopen_split
 from backbones.runtable import check_new_file
 from backbones.runtime import Precision, make_precision, resolve_device

@@ -24,8 +24,9 @@ import pandas as pd
 import torch
 
 from backbones import datasets, models
-from backbones.datasets.base import DatasetSpec, atomic_write, cache_dir
+from backbones.datasets.base import DatasetSpec
 from backbones.errors import HelpFormatter, UserError, run_cli
+from backbones.files import atomic_write, cache_dir
 from backbones.loading import DataConfig, image_cache, load_splits, split_batches, split_identity
 from backbones.options import (
     add_data_arguments,

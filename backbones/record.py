@@ -97,3 +97,16 @@ METRICS = (
 WHERE_AND_HOW = frozenset(
     {"resume", "workers", "cache", "device", "results", "download", "data", "out", "log_every", "config", "tensorboard"}
 )
+
+# robustness.py's analysis of a run, beside its metrics.json
+ROBUSTNESS_FILE = "robustness.json"
+FAMILIES = ("noise", "blur", "weather", "digital")  # ImageNet-C's groups of corruptions, in its order
+# Invariance, after Vishniakov et al. (ICML 2024), on whole images: each transformation's unit and amounts. The
+# clean images are amount 1 (scale, resolution) or 0 (shift, rotation, hflip).
+INVARIANCE = {
+    "scale": ("zoom factor, cropped or padded (black) back to size", (0.5, 0.75, 1.25, 1.5, 2.0)),
+    "shift": ("pixels in both axes (4 to 64 at 224 px, scaled to the run's size), black fill", (4, 8, 16, 32, 64)),
+    "rotation": ("degrees anticlockwise, black corners", (5, 10, 15, 30, 45, 90)),
+    "hflip": ("0: as is, 1: mirrored left to right", (1,)),
+    "resolution": ("share of the side kept: resized down, then back up", (0.75, 0.5, 0.375, 0.25)),
+}

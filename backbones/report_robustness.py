@@ -23,8 +23,8 @@ import pandas as pd  # noqa: E402
 from matplotlib.ticker import NullLocator  # noqa: E402
 from scipy.stats import ttest_rel  # noqa: E402
 
-from backbones.corruptions import CORRUPTIONS, FAMILIES  # noqa: E402
-from backbones.robustness import INVARIANCE, RESULT_FILE  # noqa: E402
+from backbones.record import FAMILIES, INVARIANCE  # noqa: E402
+from backbones.record import ROBUSTNESS_FILE as RESULT_FILE  # noqa: E402
 from backbones.runcheck import check_analysis, read_json  # noqa: E402
 from backbones.runtable import markdown_table, md, mean_std, number, test_outputs, write_csv  # noqa: E402
 from backbones.statistics import seed_board, tie_columns  # noqa: E402
@@ -155,7 +155,7 @@ def family_points(analysis: dict, family: str) -> dict:
 
 def plot_severity(frame: pd.DataFrame, title: str, path: Path) -> None:
     """Top-1 against severity (0: clean), averaged over each family's corruptions and over seeds."""
-    present = {CORRUPTIONS[name].family for a in frame["analysis"] for name in a["corruptions"]}
+    present = {corruption["family"] for a in frame["analysis"] for corruption in a["corruptions"].values()}
     families = [f for f in FAMILIES if f in present]
     figure, axes = plt.subplots(1, len(families), figsize=(3.3 * len(families) + 1, 3.6), sharey=True, squeeze=False)
     for axis, family in zip(axes[0], families, strict=True):

@@ -22,25 +22,17 @@ import torch
 from torch import nn
 from torchvision.transforms import v2
 
-from backbones.corruptions import CORRUPTIONS, FAMILIES, REFERENCE_SIZE, corrupt
+from backbones.corruptions import CORRUPTIONS, REFERENCE_SIZE, corrupt
 from backbones.errors import HelpFormatter, UserError, run_cli
+from backbones.record import FAMILIES, INVARIANCE
+from backbones.record import ROBUSTNESS_FILE as RESULT_FILE
 from backbones.runfiles import library_versions, write_json
 from backbones.runmodel import reopen_split
 from backbones.runtable import finished_runs
 from backbones.train_common import predict
 
-RESULT_FILE = "robustness.json"
 CORRUPTION_STREAM = 11  # beside the split and augmentation streams: corruption draws never move either
 TOP_CONFUSIONS = 10
-# Invariance, after Vishniakov et al. (ICML 2024), on whole images: each transformation's amounts. The clean
-# images are amount 1 (scale, resolution) or 0 (shift, rotation, hflip).
-INVARIANCE = {
-    "scale": ("zoom factor, cropped or padded (black) back to size", (0.5, 0.75, 1.25, 1.5, 2.0)),
-    "shift": ("pixels in both axes (4 to 64 at 224 px, scaled to the run's size), black fill", (4, 8, 16, 32, 64)),
-    "rotation": ("degrees anticlockwise, black corners", (5, 10, 15, 30, 45, 90)),
-    "hflip": ("0: as is, 1: mirrored left to right", (1,)),
-    "resolution": ("share of the side kept: resized down, then back up", (0.75, 0.5, 0.375, 0.25)),
-}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -11,12 +11,12 @@ from pathlib import Path
 
 import numpy as np
 
-from backbones import datasets, models
-from backbones.record import METRICS
+from backbones import datasets
+from backbones.record import FAMILIES, METRICS
 
 PERCENT = {"top1", "top5", "balanced_accuracy", "macro_f1"}
 OPTIONAL_NUMBERS = {"top5", "ece_temperature_scaled", "peak_memory_mb"}  # None where not applicable or measurable
-TIMM_NAME = re.compile(r"timm:[A-Za-z0-9_.\-]+")
+MODEL_NAME = re.compile(r"(timm:)?[A-Za-z0-9_.\-]+")  # a registered name or timm:<name>: letters, digits, _.-
 HEX = re.compile(r"[0-9a-f]{6,64}")
 MAX_FILE_BYTES = 256 * 2**20  # no run file of this tool comes near; a larger one is not read
 
@@ -66,7 +66,7 @@ def check_metrics(run: dict) -> str:
         return f"ece {run['ece']} or brier {run['brier']} is beyond its largest possible value"
     if run["dataset"] not in datasets.NAMES:
         return f"dataset {run['dataset']!r} is not a dataset of this tool"
-    if not (run["model"] in models.BACKBONES or TIMM_NAME.fullmatch(str(run["model"]))):
+    if not (isinstance(run["model"], str) and MODEL_NAME.fullmatch(run["model"])):
         return f"model {run['model']!r} is not a backbone name"
     if run["protocol"] not in ("val", "paper"):
         return f"protocol {run['protocol']!r} is not val or paper"
@@ -158,7 +158,9 @@ def check_analysis(analysis: object, run: dict) -> str:
             is_number(v) and 0 <= v <= 1 for v in shares)):  # fmt: skip
         return "robustness.json's per-image shares are not one share in 0-1 per test image"
     for name, corruption in analysis["corruptions"].items():
-        rows = corruption.get("severities") if isinstance(corruption, dict) else None
+        if not isinstance(corruption, dict) or corruption.get("family") not in FAMILIES:
+            return f"robustness.json's {name!r} is not of an ImageNet-C family"
+        rows = corruption.get("severities")
         if not isinstance(rows, list) or not all(
             isinstance(r, dict) and is_number(r.get("top1")) and is_number(r.get("severity")) for r in rows
         ):

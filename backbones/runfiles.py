@@ -19,8 +19,8 @@ import pandas as pd
 import torch
 from filelock import FileLock
 
-from backbones.datasets.base import atomic_write, cache_dir
 from backbones.errors import UserError
+from backbones.files import atomic_write, cache_dir
 from backbones.loading import identity_differences
 from backbones.record import RESULT_COLUMNS, WHERE_AND_HOW
 from backbones.runtime import is_main

@@ -16,8 +16,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from backbones.datasets.base import atomic_write
 from backbones.errors import UserError
+from backbones.files import atomic_write
 from backbones.record import METRICS, REQUIRED, WHERE_AND_HOW
 from backbones.runcheck import check_metrics, check_test_outputs, read_json
 

@@ -40,3 +40,12 @@ def test_the_installed_package_declares_its_command_and_dependencies():
     assert installed == {(r.name, r.specifier) for r in map(Requirement, filter(None, lines))}
     export = {r.name for r in declared if r.marker is not None and r.marker.evaluate({"extra": "export"})}
     assert export == {"onnx", "onnxscript", "onnxruntime"}  # pip install 'backbones[export]'
+
+
+def test_the_report_layer_loads_no_pytorch():
+    """report.py only reads files: importing it must not pay for PyTorch (seconds of start-up on a laptop)."""
+    code = (
+        "import sys, backbones.report; print(sorted(m for m in ('torch', 'torchvision', 'timm') if m in sys.modules))"
+    )
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0 and result.stdout.strip() == "[]", result.stderr[-2000:] + result.stdout

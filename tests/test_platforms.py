@@ -27,7 +27,7 @@ assert len(names) > 40, names
 for name in sorted(names):
     importlib.import_module(name)
 import torch
-from backbones.metrics import peak_memory_mb
+from backbones.cost import peak_memory_mb
 print("imported", len(names), peak_memory_mb(torch.device("cpu")))
 """
 

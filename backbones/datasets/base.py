@@ -21,7 +21,6 @@ import zipfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO
 
 import numpy as np
 import pandas as pd
@@ -29,6 +28,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from torchvision.datasets.folder import IMG_EXTENSIONS
 
 from backbones.errors import UserError
+from backbones.files import atomic_write, cache_dir
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -382,26 +382,6 @@ def dataset_fingerprint(name: str, options: dict, catalog: Catalog, data: Path, 
     for sample, label in sorted(zip(catalog.samples["sample"], catalog.samples["label"].tolist(), strict=True)):
         digest.update(f"{sample}\t{label}\n".encode())
     return digest.hexdigest()[:16]
-
-
-def atomic_write(path: Path, write: Callable[[BinaryIO], None]) -> None:
-    """Write `path` through a temporary file and one rename, so a killed writer never leaves a file that looks
-    complete and concurrent writers never interleave."""
-    temporary = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(temporary, "wb") as file:
-            write(file)
-        os.replace(temporary, path)
-    except BaseException:  # a failed write (disk full, interrupted) leaves nothing behind
-        temporary.unlink(missing_ok=True)
-        raise
-
-
-def cache_dir() -> Path:
-    """Where the tool keeps what it can rebuild (folder indexes): $BACKBONES_CACHE, else the user's cache folder."""
-    if os.environ.get("BACKBONES_CACHE"):
-        return Path(os.environ["BACKBONES_CACHE"])
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "backbones"
 
 
 @dataclass(frozen=True)
