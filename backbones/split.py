@@ -132,16 +132,26 @@ def materialise(plan: pd.DataFrame, input_dir: Path, output_dir: Path, mode: str
 
 def main(argv: list[str] | None = None) -> pd.DataFrame:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--input_dir", type=Path, required=True, help="folder with one subfolder of images per class")
+    parser.add_argument(
+        "--input_dir", "--input-dir", dest="input_dir", type=Path, required=True,
+        help="folder with one subfolder of images per class",
+    )  # fmt: skip
     parser.add_argument(
         "--output_dir",
+        "--output-dir",
+        dest="output_dir",
         type=Path,
         required=True,
         help="new or empty folder to write train/, test/ (and val/) and manifest.csv into",
     )
-    parser.add_argument("--test_size", type=float, default=0.2, help="fraction of each class for test (default: 0.2)")
+    parser.add_argument(
+        "--test_size", "--test-size", dest="test_size", type=float, default=0.2,
+        help="fraction of each class for test (default: 0.2)",
+    )  # fmt: skip
     parser.add_argument(
         "--val_size",
+        "--val-size",
+        dest="val_size",
         type=float,
         default=0.0,
         help="fraction of each class for val/ (default: 0, "
@@ -150,6 +160,7 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
     parser.add_argument(
         "--seed",
         "--random_state",
+        "--random-state",
         dest="seed",
         type=int,
         default=0,

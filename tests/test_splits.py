@@ -257,3 +257,16 @@ def test_a_breakhis_patient_number_never_straddles_the_split(tmp_path):
         for seed in range(20):
             split = assign_splits(catalog.samples, breakhis.SPEC.test_fraction, 0.0, seed)
             assert (split.groupby("group")["split"].nunique() == 1).all(), seed
+
+
+def test_split_takes_the_kebab_case_spellings_beside_the_originals(tmp_path):
+    make_class_folders(tmp_path / "in", {"a": 5, "b": 5})
+    for name, flags in (
+        ("snake", ("--input_dir", "--output_dir", "--test_size", "--val_size", "--random_state")),
+        ("kebab", ("--input-dir", "--output-dir", "--test-size", "--val-size", "--random-state")),
+    ):
+        values = (tmp_path / "in", tmp_path / name, "0.4", "0.2", "3")
+        result = run_inline("split.py", *[item for pair in zip(flags, values, strict=True) for item in pair])
+        assert result.returncode == 0, result.stderr
+    assert (tmp_path / "snake" / "manifest.csv").read_text() == (tmp_path / "kebab" / "manifest.csv").read_text()
+    assert set(pd.read_csv(tmp_path / "kebab" / "manifest.csv")["split"]) == {"train", "val", "test"}
