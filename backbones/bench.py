@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import itertools
-import os
 import platform
 import time
 from collections.abc import Iterator
@@ -34,12 +33,12 @@ from backbones import datasets, models
 from backbones.cost import peak_memory_mb
 from backbones.datasets.base import DatasetSpec
 from backbones.errors import HelpFormatter, UserError, run_cli
+from backbones.flags import add_device, add_workers
 from backbones.loading import DataConfig, image_cache, load_splits, split_batches
 from backbones.options import (
     add_data_arguments,
     data_config,
     image_size,
-    non_negative_int,
     parse_dataset_args,
     positive_int,
 )
@@ -74,9 +73,9 @@ def build_parser(spec: DatasetSpec | None) -> argparse.ArgumentParser:
     add("--warmup", type=positive_int, default=3, help="untimed steps before each measurement")
     add("--weights", default="none", help="'none' or 'imagenet': the weights' values do not change the speed")
     add_data_arguments(parser, spec.default_data if spec else "data")
-    add("--workers", type=non_negative_int, default=min(4, os.cpu_count() or 1), help="data-loading processes (ours)")
+    add_workers(parser, "data-loading processes (ours)")
     add("--original", action=argparse.BooleanOptionalAction, default=True, help="also time the original pipeline")
-    add("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
+    add_device(parser)
     add("--seed", type=int, default=0, help="seeds the splits, init and data order")
     add("--out", type=Path, default=None, help="CSV to write (default: results/bench-<dataset>-<time>.csv)")
     if spec and spec.add_arguments:

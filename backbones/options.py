@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import argparse
 import math
-import os
 from collections.abc import Callable
 from pathlib import Path
 
 from backbones import datasets, models
 from backbones.datasets.base import DatasetSpec, PaperRecipe
 from backbones.errors import HelpFormatter, UserError
+from backbones.flags import add_device, add_workers, non_negative_int
 from backbones.loading import DataConfig
 from backbones.runcheck import read_json
 from backbones.train_common import TrainConfig
@@ -35,13 +35,6 @@ def non_negative_float(text: str) -> float:
     value = _finite(text)
     if value < 0:
         raise argparse.ArgumentTypeError(f"must be 0 or more, got {value:g}")
-    return value
-
-
-def non_negative_int(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
     return value
 
 
@@ -223,8 +216,8 @@ def add_run_arguments(group) -> None:
         help="a run's config.json: run again with the flags it was started with (flags given here win; a new "
         "--out, or a fresh folder by default)",
     )
-    add("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
-    add("--workers", type=non_negative_int, default=min(4, os.cpu_count() or 1), help="data-loading processes")
+    add_device(group)
+    add_workers(group)
     add(
         "--log-every",
         type=positive_float,

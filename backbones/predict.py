@@ -28,6 +28,7 @@ from torchvision.transforms import v2
 from backbones.datasets.base import open_image
 from backbones.errors import HelpFormatter, UserError, run_cli
 from backbones.files import atomic_write
+from backbones.flags import add_device, add_workers
 from backbones.runmodel import FinishedRun, load_model, open_finished, reopen_split
 from backbones.runtable import check_new_file
 from backbones.runtime import Precision, make_precision, resolve_device
@@ -57,11 +58,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "run's validation split (needs the run's data where it was)",
     )  # fmt: skip
     parser.add_argument("--batch-size", type=int, default=64, help="images per forward pass")
-    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
-    parser.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1), help="image-decoding processes")
+    add_device(parser)
+    add_workers(parser, "image-decoding processes")
     args = parser.parse_args(argv)
-    if args.top_k < 1 or args.batch_size < 1 or args.workers < 0:
-        parser.error("--top-k and --batch-size must be at least 1, and --workers at least 0")
+    if args.top_k < 1 or args.batch_size < 1:
+        parser.error("--top-k and --batch-size must be at least 1")
     if args.min_confidence is not None and not 0 < args.min_confidence < 1:
         parser.error(f"--min-confidence must lie between 0 and 1, got {args.min_confidence}")
     return args

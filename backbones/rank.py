@@ -27,12 +27,12 @@ from backbones import datasets, models
 from backbones.datasets.base import DatasetSpec
 from backbones.errors import HelpFormatter, UserError, run_cli
 from backbones.files import atomic_write, cache_dir
+from backbones.flags import add_device, add_workers
 from backbones.loading import DataConfig, image_cache, load_splits, split_batches, split_identity
 from backbones.options import (
     add_data_arguments,
     data_config,
     image_size,
-    non_negative_int,
     parse_dataset_args,
     positive_int,
 )
@@ -75,8 +75,8 @@ def build_parser(spec: DatasetSpec | None) -> argparse.ArgumentParser:
     add_data_arguments(parser, spec.default_data if spec else "data")
     add("--seed", type=int, default=0, help="seeds the splits (as in training), random init and the probe")
     add("-bs", "--batch-size", dest="bs", type=positive_int, default=64, help="batch size for feature extraction")
-    add("--workers", type=non_negative_int, default=2, help="data-loading processes")
-    add("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
+    add_workers(parser)
+    add_device(parser)
     add("--runs", type=Path, nargs="+", default=None, help="folders of fine-tuned runs to check the ranking against")
     add("--out", type=Path, default=None, help="CSV to write (default: results/rank-<dataset>-<time>.csv)")
     if spec and spec.add_arguments:

@@ -31,6 +31,7 @@ from scipy.special import softmax  # noqa: E402
 from sklearn.metrics import cohen_kappa_score  # noqa: E402
 
 from backbones.errors import HelpFormatter, UserError, run_cli  # noqa: E402
+from backbones.flags import add_runs  # noqa: E402
 from backbones.metrics import calibration_bins  # noqa: E402
 from backbones.record import METRICS  # noqa: E402
 from backbones.report_html import write_html  # noqa: E402
@@ -69,9 +70,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "recommendation per dataset. Unfinished or unreadable runs are listed and skipped.",
         formatter_class=HelpFormatter,
     )
-    parser.add_argument(
-        "--runs", type=Path, nargs="+", default=[Path("runs")], help="folders holding run folders (searched deeply)"
-    )
+    add_runs(parser)
     parser.add_argument("--out", type=Path, default=Path("report"), help="folder the report is written to")
     parser.add_argument("--seed", type=int, default=0, help="seed of the bootstrap used for single-seed ties")
     parser.add_argument(

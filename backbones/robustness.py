@@ -24,6 +24,7 @@ from torchvision.transforms import v2
 
 from backbones.corruptions import CORRUPTIONS, REFERENCE_SIZE, corrupt
 from backbones.errors import HelpFormatter, UserError, run_cli
+from backbones.flags import add_device, add_runs, add_workers
 from backbones.record import FAMILIES, INVARIANCE
 from backbones.record import ROBUSTNESS_FILE as RESULT_FILE
 from backbones.runfiles import library_versions, write_json
@@ -42,9 +43,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "already analysed the same way are skipped.",
         formatter_class=HelpFormatter,
     )
-    parser.add_argument(
-        "--runs", type=Path, nargs="+", default=[Path("runs")], help="folders holding run folders (searched deeply)"
-    )
+    add_runs(parser)
     parser.add_argument(
         "--corruptions",
         nargs="+",
@@ -61,8 +60,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--no-invariance", action="store_true", help="skip the scale, shift, rotation, flip and resolution part"
     )
     parser.add_argument("--seed", type=int, default=0, help="seed of the corruptions' random draws")
-    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
-    parser.add_argument("--workers", type=int, default=0, help="data-loading processes")
+    add_device(parser)
+    add_workers(parser)
     parser.add_argument("--force", action="store_true", help="redo runs whose robustness.json already answers this")
     return parser.parse_args(argv)
 
