@@ -229,7 +229,7 @@ def test_no_runs_and_a_foreign_out_folder_are_clean_errors(runs, tmp_path):
     mine.mkdir()
     (mine / "notes.txt").write_text("keep me")
     result = run_script("report.py", "--runs", runs, "--out", mine)
-    assert_clean_error(result, "does not hold an earlier report")
+    assert_clean_error(result, "does not hold only an earlier report")
     assert [p.name for p in mine.iterdir()] == ["notes.txt"] and (mine / "notes.txt").read_text() == "keep me"
 
 
