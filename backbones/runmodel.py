@@ -84,6 +84,9 @@ def reopen_split(folder: Path, split: str, device: str, workers: int) -> tuple[P
     """The run's model and the batches of one of its splits, exactly as the run evaluated them: its flags from
     config.json, its best.pt, its split (checked against the split recorded in best.pt and, image by image,
     against split.csv; never drawn anew). The run's data must be where it was (`--data` in its record)."""
+    for needed in NEEDED:
+        if not (folder / needed).exists():
+            raise UserError(f"{folder} has no {needed}, so its {split} split or weights cannot be read back.")
     record = json.loads((folder / "metrics.json").read_text())
     spec = datasets.spec(record["dataset"])
     evaluation = ["--weights", str(folder / "best.pt"), "--eval-only", "--data", record["data"]]
