@@ -182,9 +182,24 @@ def read_rankings(paths: list[Path]) -> pd.DataFrame:
                 f"--rankings {path} is not a table written by this version of rank.py (it lacks some of the columns "
                 f"{', '.join(RANKING_KEY)}); rerun rank.py to get one."
             )
+        problem = check_ranking(tables[-1])
+        if problem:
+            raise UserError(f"--rankings {path} is not a table rank.py wrote: {problem}. Rerun rank.py to get one.")
     if not tables:
         return pd.DataFrame()
     return pd.concat(tables).drop_duplicates(RANKING_KEY, keep="last")
+
+
+def check_ranking(table: pd.DataFrame) -> str:
+    """A ranking table's scores must be numbers (blank where a score does not apply), its names lines of text."""
+    for column in (*PREDICTORS, "train_fraction"):
+        values = pd.to_numeric(table[column], errors="coerce")
+        if (values.isna() & table[column].notna()).any() or np.isinf(values).any():
+            return f"its column {column} holds something other than finite numbers"
+    for column in ("dataset_fingerprint", "weights", "resolution", "backbone"):
+        if not table[column].map(lambda v: isinstance(v, str) and v.isprintable()).all():
+            return f"its column {column} holds something other than one line of text"
+    return ""
 
 
 def predicted_ranking(

@@ -288,7 +288,13 @@ def main(argv: list[str] | None = None) -> None:
             print(f"{run['folder']}: analysed already ({RESULT_FILE}; --force redoes it)")
             continue
         result = analyse(run, args)
-        write_json(result, path)
+        try:
+            write_json(result, path)
+        except OSError as err:
+            raise UserError(
+                f"{path} cannot be written ({err.strerror or err}); the analyses written so far are kept. Free some "
+                "space or make the run folder writable, then run again: finished analyses are skipped."
+            ) from err
         print(summary(result))
     for folder, reason in skipped:
         print(f"skipped {folder}: {reason}")

@@ -437,3 +437,17 @@ def test_tables_are_never_written_through_a_planted_link(tmp_path):
         check_new_file(dangling)  # Path.exists() is False for it, and a plain write would create the target
     write_csv(pd.DataFrame({"a": [1]}), link)
     assert victim.read_text() == "mine" and not link.is_symlink()
+
+
+def test_a_ranking_table_with_other_values_is_refused(tmp_path):
+    import pandas as pd
+
+    runs = sweep(tmp_path)
+    row = {"dataset_fingerprint": "0123456789abcdef", "weights": "none", "resolution": "32x32", "train_fraction": 1.0,
+           "shots": None, "backbone": "resnet50", "logme": "=cmd|' /C calc'!A0", "knn": 50.0, "linear": 50.0,
+           "leep": None}  # fmt: skip
+    pd.DataFrame([row]).to_csv(tmp_path / "rank.csv", index=False)
+    assert_clean_error(
+        make_report(runs, tmp_path / "report", "--rankings", tmp_path / "rank.csv"),
+        "is not a table rank.py wrote: its column logme holds something other than finite numbers",
+    )
