@@ -174,7 +174,8 @@ def read_rankings(paths: list[Path]) -> pd.DataFrame:
     tables = []
     for path in paths:
         try:
-            tables.append(pd.read_csv(path))
+            text_columns = ("dataset_fingerprint", "weights", "resolution", "backbone")  # a hash of digits stays text
+            tables.append(pd.read_csv(path, dtype=dict.fromkeys(text_columns, str)))
         except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError) as err:
             raise UserError(f"--rankings {path} cannot be read ({err}); pass CSVs written by rank.py.") from err
         if not {*RANKING_KEY, *PREDICTORS} <= set(tables[-1].columns):
