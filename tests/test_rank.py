@@ -11,7 +11,7 @@ import torch
 
 from backbones import models
 from backbones.transferability import agreement, logme
-from conftest import SWEEP_BACKBONES, assert_clean_error, plant_imagenet_weights, run_inline, run_script
+from conftest import SWEEP_BACKBONES, assert_clean_error, plant_imagenet_weights, run_inline, run_script, setting_folder
 
 RANK = ["--dataset", "digits", "--workers", "0", "-bs", "128"]
 
@@ -91,7 +91,7 @@ def test_checked_against_fine_tuned_runs(digits_sweep, tmp_path):
     report = tmp_path / "report"
     result = run_script("report.py", "--runs", digits_sweep, "--out", report, "--rankings", tmp_path / "rank-0.csv")
     assert result.returncode == 0, result.stderr
-    board = pd.read_csv(report / "digits-val-32x32-default-none" / "leaderboard.csv").set_index("backbone")
+    board = pd.read_csv(setting_folder(report) / "leaderboard.csv").set_index("backbone")
     assert board["logme_predicted_rank"].to_dict() == table["logme"].rank(ascending=False).to_dict()
     assert "Predicted by rank.py before fine-tuning: LogME: Kendall's tau" in result.stdout
 
