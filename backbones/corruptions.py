@@ -303,9 +303,10 @@ def fog(x, c, scale, g):
 def snow(x, c, scale, g):
     """Flakes: thresholded Gaussian noise enlarged by the flake size, streaked by a motion blur in a random
     downward direction, added twice (the second turned 180 degrees) to the image brightened towards grey. The
-    flake layer is drawn with the published parameters at the size the image would have at 224 px and resized
-    to the image (antialiased), as snow at 224 px resized down would be: drawn at a small size, flakes a pixel
-    wide keep their full brightness instead of thinning into the streak."""
+    flakes are drawn and thresholded with the published parameters at the size the image would have at 224 px and
+    resized to the image (antialiased), then streaked by the published streak resampled onto the image's grid, as
+    snow at 224 px resized down would be: drawn at a small size, flakes a pixel wide would keep their full
+    brightness instead of thinning into the streak."""
     mean, std, flake, threshold, radius, sigma, keep = c
     b, _, h, w = x.shape
     fine = (round(h / scale), round(w / scale))
@@ -314,10 +315,14 @@ def snow(x, c, scale, g):
     layer = F.interpolate(layer, size=(round(small[0] * flake), round(small[1] * flake)), mode="bilinear",
                           align_corners=True)[..., : fine[0], : fine[1]]  # fmt: skip
     layer = torch.where(layer < threshold, 0.0, layer).clamp(0, 1)
-    angle = uniform(g, b, -135, -45, x.device)
-    layer = torch.round(motion_kernel_blur(layer, radius, sigma, angle) * 255) / 255
-    if fine != (h, w):
+    if fine != (h, w):  # blurring and resizing are both linear: resize first, then streak at the image's size
         layer = F.interpolate(layer, size=(h, w), mode="bilinear", antialias=True, align_corners=False)
+    angle = uniform(g, b, -135, -45, x.device)
+    factor = fine_factor(scale)
+    reach_limit = (h * factor, w * factor)
+    kernels = motion_kernels(b, radius * scale * factor, sigma * scale * factor, angle, reach_limit, x.device)
+    layer = correlate(layer, resample_kernel(kernels, factor).to(layer.dtype), "replicate")
+    layer = torch.round(layer * 255) / 255
     gray = (x * torch.tensor(GRAY, device=x.device).view(1, 3, 1, 1)).sum(1, keepdim=True)
     x = keep * x + (1 - keep) * torch.maximum(x, gray * 1.5 + 0.5)
     return x + layer + layer.flip(-1, -2)
