@@ -23,12 +23,12 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from torch.utils.data import DataLoader, Dataset
 from torchvision.datasets.folder import IMG_EXTENSIONS
-from torchvision.transforms import v2
 
 from backbones.datasets.base import open_image
 from backbones.errors import HelpFormatter, UserError, run_cli
 from backbones.files import atomic_write
 from backbones.flags import add_device, add_workers
+from backbones.pipeline import decode
 from backbones.runmodel import FinishedRun, load_model, open_finished, reopen_split
 from backbones.runtable import check_new_file
 from backbones.runtime import Precision, make_precision, resolve_device
@@ -127,12 +127,10 @@ class ImageFiles(Dataset):
         return len(self.paths)
 
     def __getitem__(self, position: int) -> tuple[torch.Tensor | None, int, str | None]:
-        try:
-            image = open_image(self.paths[position])
+        try:  # decoded exactly as the run's images were
+            return decode(open_image, self.paths[position], self.size), position, None
         except (OSError, UnidentifiedImageError, ValueError, Image.DecompressionBombError) as err:
             return None, position, f"{type(err).__name__}: {err}"
-        # as the run's images were decoded (pipeline.decode): Pillow's antialiased resize, then uint8 CHW
-        return v2.functional.pil_to_tensor(v2.functional.resize(image, list(self.size), antialias=True)), position, None
 
 
 def keep_lists(batch: list) -> list:
