@@ -1,7 +1,7 @@
 """The `backbones` command that `pip install .` puts on the PATH: one entry point for every tool.
 
 backbones train <dataset> [flags]     fine-tune, as `python <dataset>.py [flags]` does
-backbones rank|report|robustness|predict|export|sweep|bench|split [flags]
+backbones rank|choose|report|robustness|predict|export|sweep|bench|split [flags]
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from backbones.errors import HelpFormatter, run_cli
 TOOLS = {
     "train": "fine-tune a backbone: backbones train <dataset> -model <backbone> ... (see train <dataset> -h)",
     "rank": "rank backbones from frozen features before fine-tuning any",
+    "choose": "choose a backbone within a budget: rank, race learning rates by successive halving, confirm",
     "report": "compare finished runs: leaderboards with ties, cost, calibration, recommendations",
     "predict": "classify new images with a finished run's model (top-k labels, calibrated probabilities)",
     "export": "export a finished run's model as ONNX, TorchScript or safetensors, verified against PyTorch",

@@ -114,7 +114,9 @@ def add_data_arguments(parser: argparse.ArgumentParser, default_data: str) -> No
 
 
 def parse_dataset_args(
-    build_parser: Callable[[DatasetSpec | None], argparse.ArgumentParser], argv: list[str] | None
+    build_parser: Callable[[DatasetSpec | None], argparse.ArgumentParser],
+    argv: list[str] | None,
+    known_only: bool = False,
 ) -> tuple[DatasetSpec, argparse.Namespace]:
     """For tools taking `--dataset NAME`, two passes: the dataset decides which of its own flags (BreakHis's
     -mag, ...) exist and the defaults shown by --help."""
@@ -122,7 +124,8 @@ def parse_dataset_args(
     first.add_argument("--dataset")
     known, _ = first.parse_known_args(argv)
     spec = datasets.spec(known.dataset) if known.dataset in datasets.NAMES else None
-    args = build_parser(spec).parse_args(argv)
+    parser = build_parser(spec)
+    args = parser.parse_known_args(argv)[0] if known_only else parser.parse_args(argv)
     return datasets.spec(args.dataset), args
 
 

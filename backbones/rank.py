@@ -84,8 +84,10 @@ def build_parser(spec: DatasetSpec | None) -> argparse.ArgumentParser:
     return parser
 
 
-def parse_args(argv: list[str] | None) -> tuple[DatasetSpec, argparse.Namespace]:
-    spec, args = parse_dataset_args(build_parser, argv)
+def parse_args(argv: list[str] | None, known_only: bool = False) -> tuple[DatasetSpec, argparse.Namespace]:
+    """The ranking's flags; with `known_only`, those of `argv` this parser knows, the rest ignored (`choose.py`
+    passes a fine-tuning command line)."""
+    spec, args = parse_dataset_args(build_parser, argv, known_only)
     if args.models == ["all"]:
         args.models = models.list_models()
     args.models = [models.resolve_name(name) for name in args.models]
@@ -230,7 +232,11 @@ def out_path(args, spec: DatasetSpec) -> Path:
 
 def main(argv: list[str] | None = None) -> pd.DataFrame:
     spec, args = parse_args(argv)
-    out = out_path(args, spec)
+    return rank(spec, args, out_path(args, spec))
+
+
+def rank(spec: DatasetSpec, args: argparse.Namespace, out: Path, log=print) -> pd.DataFrame:
+    """Rank `args.models` on the training and validation splits, print the table and write it to `out`."""
     data = data_config(spec, args)  # the splits are carved exactly as a default-protocol run carves them
     catalog, samples = load_splits(spec, data)
     counts = samples["split"].value_counts()
@@ -239,7 +245,6 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
             f"{spec.title} under {args.data} gives {counts.get('train', 0)} training and {counts.get('val', 0)} "
             "validation images; ranking needs both. Add data or raise --val-fraction."
         )
-    log = print
     log(
         f"Ranking {len(args.models)} backbones on {spec.title} ({counts['train']} train / {counts['val']} val "
         f"images, test split untouched) with {args.weights} weights at {args.image_size[0]}x{args.image_size[1]}"

@@ -191,6 +191,7 @@ class TrainConfig:
     max_epochs: int | None
     bn_images: int
     paper: PaperRecipe | None = None  # the original's recipe, under --protocol paper
+    sgd_phase: bool = True  # False: AdamW alone (choose.py's race, whose grid is over AdamW's learning rate)
     log_every: float = 30.0  # seconds between progress lines when the output is not a terminal
 
 
@@ -281,6 +282,8 @@ def optimizer_phases(config: TrainConfig, log) -> list[tuple[str, Callable, int]
         ("adamw", lambda p: torch.optim.AdamW(p, lr=config.lr, weight_decay=config.weight_decay), config.patience),
         ("sgd", lambda p: torch.optim.SGD(p, lr=config.sgd_lr, momentum=0.9), config.sgd_patience),
     ]
+    if not config.sgd_phase:
+        return phases[:1]
     if config.paper is not None and not config.paper.sgd_phase:
         log("The original's script for this dataset never runs its SGD phase (its patience counter is not reset), "
             "so under --protocol paper neither does this run.")  # fmt: skip

@@ -1,0 +1,492 @@
+"""Choose a backbone within a budget: rank, race, confirm, answer.
+
+Usage: python choose.py --dataset imagefolder --data ~/my_photos --budget 4h     (or --budget 300: epochs in all)
+
+1. Rank every candidate from frozen features (rank.py); with --keep K only the best K by LogME race.
+2. Race (backbone, learning rate) pairs by successive halving on the validation split (`race.py`): a few AdamW
+   epochs each, the best 1/eta go on, continuing from where they stopped, until the race's share of the budget
+   is spent.
+3. Confirm the finalists, each at its best learning rate, with several seeds under the normal protocol (both
+   phases, selection on validation, the test set evaluated once per run, at the end).
+4. Answer with the report's tie statistics: the best, the tied set and the cheapest of it, what it cost against
+   the full sweep, and where every other pair left the race.
+
+Every flag of the dataset's script is accepted too (-bs, --weights, --image-size, --data, ...) and passed to every
+run. Run the same command again to continue a killed `choose`: the race's state is an Optuna study in --out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import re
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from backbones import datasets, finetune, models, rank, report
+from backbones.datasets.base import DatasetSpec
+from backbones.errors import HelpFormatter, UserError, run_cli
+from backbones.loading import image_cache, split_batches
+from backbones.options import build_parser, positive_float, positive_int, train_config
+from backbones.race import Pair, RaceState, Rung, next_rung, survivors
+from backbones.runfiles import RESUME_FILE, RunLog, read_resume_file, write_history, write_json
+from backbones.runtable import finished_runs, markdown_table, md, number, runs_table, write_csv
+from backbones.train_common import FitData, RunOutput, fit
+
+PHASES = 2  # a confirmation run trains AdamW, then SGD: its epoch cap applies to each
+SET_PER_RUN = {  # run flags choose sets itself, and what to use instead
+    "-model": "--models",
+    "--model": "--models",
+    "--lr": "--lr-grid",
+    "--seed": "--seeds",
+    "--out": "--out (choose's own folder)",
+    "--resume": "the same command again (it continues)",
+    "--config": "the flags themselves",
+    "--eval-only": "predict.py or export.py on a chosen run",
+    "--results": "the table in --out",
+    "--protocol": "nothing: choose selects on validation (the paper protocol selects on the test set)",
+}
+
+
+@dataclass(frozen=True)
+class Budget:
+    amount: float
+    unit: str  # 'epochs' (of any backbone, over every run) or 'seconds' (wall time)
+
+    def __str__(self) -> str:
+        return f"{self.amount:g} {self.unit}"
+
+
+def budget(text: str) -> Budget:
+    """'300' (epochs in all) or a time: '90m', '4h', '3600s'."""
+    found = re.fullmatch(r"(\d+(?:\.\d+)?)([hms]?)", text.strip().lower())
+    if not found or float(found[1]) <= 0:
+        raise argparse.ArgumentTypeError(f"expected epochs (300) or a time (90m, 4h, 3600s), got '{text}'")
+    if not found[2]:
+        return Budget(float(found[1]), "epochs")
+    return Budget(float(found[1]) * {"h": 3600, "m": 60, "s": 1}[found[2]], "seconds")
+
+
+def build_own_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        description="Choose a backbone for a dataset within a budget: rank every candidate from frozen features, "
+        "race (backbone, learning rate) pairs by successive halving on the validation split, confirm the "
+        "finalists with several seeds (the test set read once per run), and recommend the best or the cheapest "
+        "of those tied with it.",
+        epilog="Every flag of the dataset's script (python <dataset>.py --help: -bs, --weights, --image-size, --data, "
+        "--max-epochs, ...) is accepted too and passed to every run, except those choose sets per run: "
+        + ", ".join(sorted({flag for flag in SET_PER_RUN if flag.startswith("--")}))
+        + ". Run the same command again to continue a killed choose.",
+        formatter_class=HelpFormatter,
+        allow_abbrev=False,  # --seed is a run flag choose refuses, not an abbreviation of --seeds
+    )
+    add = parser.add_argument
+    add("--dataset", required=True, choices=datasets.NAMES, metavar="DATASET", help="the dataset, by its script's name")
+    add("--budget", type=budget, required=True, help="epochs over every run (300), or wall time (90m, 4h, 3600s)")
+    add("--models", nargs="+", default=["all"], help="candidates: names, aliases, timm:<name>, or 'all' (the eleven)")
+    add("--keep", type=positive_int, default=None, help="race only the best K by LogME (default: every candidate)")
+    add(
+        "--lr-grid",
+        type=positive_float,
+        nargs="+",
+        default=[3e-4, 1e-3, 3e-3],
+        help="AdamW learning rates each backbone races with (default: the default 1e-3, and 3x either side)",
+    )
+    add("--eta", type=positive_int, default=3, help="successive halving's factor: the best 1/eta of a rung go on")
+    add("--min-epochs", type=positive_int, default=1, help="epochs of the first rung; each next rung is eta times")
+    add("--race-share", type=float, default=0.5, help="share of the budget for the race; the rest confirms")
+    add("--finalists", type=positive_int, default=2, help="backbones confirmed with --seeds")
+    add("--seeds", type=int, nargs="+", default=[0, 1, 2], help="seeds of the confirmation (the race uses the first)")
+    add("--out", type=Path, default=None, help="choose's folder (default: runs/choose-<dataset>)")
+    add("--storage", default=None, help="Optuna storage URL for the race (default: sqlite:///<out>/race.db)")
+    return parser
+
+
+def parse_args(argv: list[str]) -> tuple[argparse.Namespace, DatasetSpec, list[str], argparse.Namespace]:
+    """(choose's flags, the dataset, the flags for every run, those flags parsed by the dataset's parser)."""
+    own, run_flags = build_own_parser().parse_known_args(argv)
+    if not 0 < own.race_share < 1:
+        raise UserError(f"--race-share {own.race_share:g} must lie between 0 and 1 (the rest confirms).")
+    if own.eta < 2:
+        raise UserError("--eta must be at least 2: with 1 the race keeps every pair and never halves.")
+    for token in run_flags:
+        name = token.split("=", 1)[0]
+        if name in SET_PER_RUN:
+            raise UserError(f"choose sets {name} for each run itself; use {SET_PER_RUN[name]} instead.")
+    spec = datasets.spec(own.dataset)
+    run_args = build_parser(spec).parse_args([*run_flags, "-model", "placeholder"])  # its errors name the flag
+    own.models = [models.resolve_name(name) for name in (models.list_models() if own.models == ["all"] else own.models)]
+    own.models = list(dict.fromkeys(own.models))
+    own.lr_grid = sorted(set(own.lr_grid))
+    own.out = own.out or Path("runs") / f"choose-{spec.name}"
+    own.storage = own.storage or f"sqlite:///{(own.out / 'race.db').resolve()}"
+    return own, spec, run_flags, run_args
+
+
+# ----------------------------------------------------------------------------------------------- the folder
+def open_folder(own: argparse.Namespace, run_flags: list[str]) -> None:
+    """choose's folder: new, or the same choose's to continue (its flags saved in choose.json must match)."""
+    settings = {
+        "dataset": own.dataset,
+        "budget": dataclasses.asdict(own.budget),
+        **{key: getattr(own, key) for key in ("models", "keep", "lr_grid", "eta", "min_epochs", "race_share")},
+        **{key: getattr(own, key) for key in ("finalists", "seeds")},
+        "run_flags": run_flags,
+    }
+    path = own.out / "choose.json"
+    if path.exists():
+        saved = json.loads(path.read_text())
+        if saved != settings:
+            changed = [key for key in settings if saved.get(key) != settings[key]]
+            raise UserError(
+                f"{own.out} holds a choose started with other settings ({', '.join(changed)}); rerunning continues "
+                "it only with the same flags. Give those, or a new --out."
+            )
+        print(f"Continuing the choose in {own.out}")
+        return
+    if own.out.exists() and any(own.out.iterdir()):
+        raise UserError(f"--out {own.out} exists and is not a choose's folder; give a new --out.")
+    own.out.mkdir(parents=True, exist_ok=True)
+    write_json(settings, path)
+
+
+# ----------------------------------------------------------------------------------------------- 1. rank
+def ranking(own: argparse.Namespace, spec: DatasetSpec, run_flags: list[str]) -> pd.DataFrame:
+    """The candidates ranked by LogME (rank.py's table), computed once and read back when continuing."""
+    path = own.out / "ranking.csv"
+    if path.exists():
+        return pd.read_csv(path).set_index("backbone")
+    argv = ["--dataset", spec.name, "--models", *own.models, "--seed", str(own.seeds[0]), "--out", str(path)]
+    _, args = rank.parse_args([*argv, *run_flags], known_only=True)
+    args.models, args.runs = own.models, None
+    rank.rank(spec, args, path)
+    return pd.read_csv(path).set_index("backbone")
+
+
+def kept(own: argparse.Namespace, table: pd.DataFrame) -> list[str]:
+    """The backbones that race, best ranked first; says which the ranking drops (or would drop) and why."""
+    order = table.sort_values(["rank", "logme"], ascending=[True, False]).index.tolist()
+    keep = min(own.keep or len(order), len(order))
+    cut = table.loc[order[keep - 1], "logme"]
+    below = order[keep:] if own.keep else order[max(1, len(order) // 2) :]
+    if below:
+        verb = "Dropped" if own.keep else "Would drop with --keep " + str(len(order) - len(below))
+        reasons = ", ".join(f"{name} (LogME {table.loc[name, 'logme']:.3f})" for name in below)
+        print(f"{verb}: {reasons}; the last kept scores {cut:.3f}.")
+    return order[:keep]
+
+
+# ----------------------------------------------------------------------------------------------- 2. race
+def check_minimum(own: argparse.Namespace, pairs: int, per_epoch: float, backbones: int) -> None:
+    """A budget that cannot pay for the first rung and one epoch per phase of each confirmation run is refused."""
+    race = pairs * own.min_epochs * per_epoch
+    confirm = min(own.finalists, backbones) * len(own.seeds) * PHASES * per_epoch
+    minimum = max(race / own.race_share, confirm / (1 - own.race_share))
+    if own.budget.amount < minimum:
+        unit = own.budget.unit if own.budget.unit == "epochs" else "seconds (estimated from the ranking's speed)"
+        raise UserError(
+            f"--budget {own.budget} cannot pay for one rung: racing {pairs} pairs for {own.min_epochs} epoch(s) "
+            f"each costs {race:.0f} {unit}, within --race-share {own.race_share:g} of the budget, and confirming "
+            f"{min(own.finalists, backbones)} finalist(s) with {len(own.seeds)} seed(s) at least {confirm:.0f}. "
+            f"The minimum is {math.ceil(minimum)} {unit}. Raise --budget, or race fewer pairs (--keep, a shorter "
+            "--lr-grid)."
+        )
+
+
+def train_pair(spec: DatasetSpec, run_flags: list[str], pair: Pair, rung: Rung, seed: int, folder: Path) -> tuple:
+    """Train the pair's AdamW phase on the training split to `rung.epochs` epochs in all, continuing from its last
+    epoch; (best validation top-1, epochs, seconds in all). The test split is neither decoded nor read."""
+    argv = [*run_flags, "-model", pair.model, "--lr", repr(pair.lr), "--seed", str(seed), "--out", str(folder)]
+    job = finetune.prepare(spec, [*argv, "--results", str(folder / "unused.csv")])
+    trainee, _ = finetune.build_model(job)
+    folder.mkdir(parents=True, exist_ok=True)
+    log = RunLog(folder / "log.txt")
+    cache = image_cache(spec, job.data, job.catalog, job.samples, log, ("train", "val"))
+
+    def batches(split: str, train: bool = False):
+        return split_batches(spec, job.data, job.catalog, job.samples, split, job.precision, train, cache)
+
+    config = dataclasses.replace(train_config(job.args, None), max_epochs=rung.epochs, sgd_phase=False)
+    resumed = read_resume_file(folder / RESUME_FILE) if (folder / RESUME_FILE).exists() else None
+    output = RunOutput(folder, log, finetune.checkpoint_meta(job), lambda h: write_history(h, folder / "history.csv"))
+    best, history = fit(trainee, FitData(batches("train", True), batches("val"), "val"), job.precision, config, output,
+                        resumed)  # fmt: skip
+    return best["top1"], len(history), sum(h["seconds"] for h in history)
+
+
+def race(own, spec, run_flags, state: RaceState, estimate: dict[str, float]) -> list[Rung]:
+    """Successive halving until the race's share of the budget is spent; returns the rungs run."""
+    pairs, rungs, alive, rung = state.pairs, [], list(range(len(state.pairs))), None
+    share = own.race_share * own.budget.amount
+
+    def cost_per_epoch(index: int) -> float:
+        if own.budget.unit == "epochs":
+            return 1.0
+        epochs, seconds = state.spent(index)
+        return seconds / epochs if epochs else estimate.get(pairs[index].model, 0.0)
+
+    def affordable(cost: float) -> bool:  # the first rung always runs: the budget's minimum was checked
+        spent = sum(state.spent(i)[0 if own.budget.unit == "epochs" else 1] for i in range(len(pairs)))
+        return not rungs or spent + cost <= share
+
+    while (rung := next_rung(rung, len(alive), own.eta, own.min_epochs, own.finalists)) is not None:
+        cost = sum(cost_per_epoch(i) for i in alive) * (rung.epochs - (rungs[-1].epochs if rungs else 0))
+        if not state.remember(f"run rung {rung.index}", lambda cost=cost: affordable(cost)):
+            break
+        print(f"\nRung {rung.index}: {len(alive)} pairs to {rung.epochs} epoch(s) each")
+        for i in alive:
+            if state.score(i, rung) is None:
+                folder = own.out / "race" / pairs[i].name
+                state.record(i, rung, *train_pair(spec, run_flags, pairs[i], rung, own.seeds[0], folder))
+            print(f"  {pairs[i].model} lr {pairs[i].lr:g}: validation top-1 {state.score(i, rung):.2f}%")
+        rungs.append(rung)
+        alive = [alive[j] for j in survivors([state.score(i, rung) for i in alive], own.eta, own.finalists)]
+    return rungs
+
+
+def standings(state: RaceState, rungs: list[Rung], logme: pd.Series) -> pd.DataFrame:
+    """One row per pair, those that went furthest first, then by validation top-1: the last rung it trained in,
+    its validation top-1 there and at each rung, and its cost."""
+    rows = []
+    for i, pair in enumerate(state.pairs):
+        scores = {f"rung{r.index}_val_top1": state.score(i, r) for r in rungs}
+        reached = max((r.index for r in rungs if state.score(i, r) is not None), default=-1)
+        epochs, seconds = state.spent(i)
+        rows.append(
+            {
+                "backbone": pair.model, "lr": pair.lr, "logme": float(logme[pair.model]), "last_rung": reached,
+                "val_top1": state.score(i, rungs[reached]) if reached >= 0 else math.nan, **scores,
+                "epochs": epochs, "seconds": round(seconds, 2),
+            }
+        )  # fmt: skip
+    table = pd.DataFrame(rows).sort_values(["last_rung", "val_top1"], ascending=False, kind="stable")
+    return table.reset_index(drop=True)
+
+
+def finalists(own, table: pd.DataFrame) -> list[Pair]:
+    """The best `--finalists` backbones, each at its best learning rate: those that went furthest, best first."""
+    best = table.drop_duplicates("backbone")  # `table` is ordered by rung reached, then validation top-1
+    return [Pair(row.backbone, float(row.lr)) for row in best.head(own.finalists).itertuples()]
+
+
+def close_race(state: RaceState, table: pd.DataFrame, chosen: list[Pair]) -> None:
+    """In the study: the finalists' pairs complete with their last score, every other pair pruned."""
+    score = table.set_index(["backbone", "lr"])["val_top1"]
+    for index, pair in enumerate(state.pairs):
+        if pair in chosen:
+            state.finish(index, float(score[(pair.model, pair.lr)]))
+        else:
+            state.leave(index)
+
+
+def cost_per_epoch(unit: str, table: pd.DataFrame, model: str, estimate: float) -> float:
+    """One epoch of `model` in `unit`: 1 epoch, or its seconds as the race measured them (else `estimate`)."""
+    if unit == "epochs":
+        return 1.0
+    rows = table[(table["backbone"] == model) & (table["epochs"] > 0)]
+    return float(rows["seconds"].sum() / rows["epochs"].sum()) if len(rows) else estimate
+
+
+# ----------------------------------------------------------------------------------------------- 3. confirm
+def confirm_epochs(own, run_args, costs: list[float], left: float) -> int:
+    """Each confirmation run's cap on epochs per phase: what is left of the budget shared between the runs, whose
+    epochs cost `costs` (one per finalist); the run flags' --max-epochs wins where it is lower."""
+    per_epoch = len(own.seeds) * PHASES * sum(costs)
+    if left < per_epoch:
+        print(f"warning: the race left {max(left, 0):.0f} of the budget, less than one epoch per phase of each "
+              "confirmation run; they run one epoch per phase, over budget.")  # fmt: skip
+    cap = max(1, math.floor(left / per_epoch))
+    return min(cap, run_args.max_epochs) if run_args.max_epochs else cap
+
+
+def confirm(own, spec, run_flags, chosen: list[Pair], cap: int) -> Path:
+    """Each finalist with each seed under the normal protocol: the test set is read once per run, at its end."""
+    root = own.out / "confirm"
+    for pair in chosen:
+        for seed in own.seeds:
+            folder = root / f"{pair.name}-s{seed}"
+            if (folder / "metrics.json").exists():
+                continue
+            print(f"\nConfirming {pair.model} at lr {pair.lr:g}, seed {seed} (at most {cap} epochs per phase)")
+            argv = [*run_flags, "-model", pair.model, "--lr", repr(pair.lr), "--seed", str(seed), "--out", str(folder),
+                    "--max-epochs", str(cap), "--results", str(own.out / "results.csv")]  # fmt: skip
+            finetune.main(spec, argv + (["--resume"] if folder.exists() else []))
+    return root
+
+
+# ----------------------------------------------------------------------------------------------- 4. answer
+def answer(own, spec, table: pd.DataFrame, rungs: list[Rung], ranked: pd.DataFrame, root: Path) -> dict:
+    """The recommendation and its cost against the full sweep's; answer.json, choose.md, race.csv and race.png."""
+    runs, _ = finished_runs([root])
+    board = report.leaderboard(runs_table(runs)[0], seed=own.seeds[0])
+    tied = board[board["tied_with_best"]]
+    cheapest = tied.sort_values(["gflops_mean", "latency_ms_batch1_mean"]).iloc[0]
+    learning_rate = {pair.model: pair.lr for pair in finalists(own, table)}
+    result = {
+        "best": board["backbone"].iloc[0],
+        "tied": tied["backbone"].tolist(),
+        "pick": cheapest["backbone"],
+        "pick_lr": learning_rate[cheapest["backbone"]],
+        **cost(own, table, ranked, runs),
+    }
+    write_csv(table, own.out / "race.csv")
+    plot_race(table, rungs, spec, own.out / "race.png")
+    write_summary(own, spec, board, table, rungs, result)
+    write_json(result, own.out / "answer.json")
+    return result
+
+
+def cost(own, table: pd.DataFrame, ranked: pd.DataFrame, runs: list[dict]) -> dict:
+    """What choose spent (epochs, seconds, training images) and what the full sweep of every candidate with every
+    seed would, at the confirmation runs' mean length and each backbone's measured seconds per epoch."""
+    run_epochs = [len(run["history"]) for run in runs]
+    measured = {run["model"]: run["train_seconds"] / max(len(run["history"]), 1) for run in runs}
+    per_epoch = {
+        name: measured.get(name) or cost_per_epoch("seconds", table, name, estimate_epoch_seconds(row))
+        for name, row in ranked.iterrows()
+    }
+    mean_epochs = sum(run_epochs) / len(run_epochs)
+    spent = {
+        "rank_seconds": round(float((ranked["features_seconds"] + ranked["score_seconds"]).sum()), 1),
+        "race_epochs": int(table["epochs"].sum()),
+        "race_seconds": round(float(table["seconds"].sum()), 1),
+        "confirm_epochs": int(sum(run_epochs)),
+        "confirm_seconds": round(float(sum(run["train_seconds"] for run in runs)), 1),
+    }
+    spent["epochs"] = spent["race_epochs"] + spent["confirm_epochs"]
+    spent["seconds"] = round(spent["rank_seconds"] + spent["race_seconds"] + spent["confirm_seconds"], 1)
+    spent["training_images"] = spent["epochs"] * int(runs[0]["n_train"])
+    spent["sweep_epochs_estimated"] = round(len(ranked) * len(own.seeds) * mean_epochs, 1)
+    spent["sweep_seconds_estimated"] = round(len(own.seeds) * mean_epochs * sum(per_epoch.values()), 1)
+    return spent
+
+
+def estimate_epoch_seconds(row: pd.Series) -> float:
+    """A training epoch as about three forward passes over the training images plus one over the validation
+    images, from the ranking's extraction time; NaN where the ranking read its features from the cache."""
+    if str(row.get("features_cached")) == "True":
+        return math.nan
+    n_train, n_val = float(row["n_train"]), float(row["n_val"])
+    return float(row["features_seconds"]) * (3 * n_train + n_val) / (n_train + n_val)
+
+
+def plot_race(table: pd.DataFrame, rungs: list[Rung], spec: DatasetSpec, path: Path) -> None:
+    """Validation top-1 at each rung's end, one line per pair, a cross where it left the race."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(figsize=(7, 4.5))
+    colours = dict(zip(table["backbone"].unique(), plt.cm.tab20.colors, strict=False))
+    for row in table.itertuples():
+        points = [(r.epochs, getattr(row, f"rung{r.index}_val_top1")) for r in rungs]
+        xs, ys = zip(*[(x, y) for x, y in points if not pd.isna(y)], strict=True)
+        label = f"{row.backbone} lr {row.lr:g}"
+        axes.plot(xs, ys, "-o", color=colours[row.backbone], alpha=0.8, markersize=3, label=label)
+        if row.last_rung < rungs[-1].index:
+            axes.plot(xs[-1], ys[-1], "x", color=colours[row.backbone], markersize=9)
+    axes.set_xscale("log", base=2)
+    axes.set_xticks([r.epochs for r in rungs], [str(r.epochs) for r in rungs])
+    axes.set_xlabel("epochs trained, at each rung's end")
+    axes.set_ylabel("validation top-1 %")
+    axes.set_title(f"The race on {spec.title} (x: left the race)")
+    axes.legend(fontsize=6, ncol=2, loc="lower right")
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+
+
+def write_summary(own, spec, board: pd.DataFrame, table: pd.DataFrame, rungs: list[Rung], result: dict) -> None:
+    """choose.md: the answer first, then the cost, the race and the confirmation's leaderboard."""
+    chosen = {pair.model for pair in finalists(own, table)}
+    race_rows = {
+        "backbone": [md(b) for b in table["backbone"]],
+        "lr": [f"{lr:g}" for lr in table["lr"]],
+        "LogME": [f"{v:.3f}" for v in table["logme"]],
+        "left": [
+            "finalist" if (b, lr) in {(p.model, p.lr) for p in finalists(own, table)} else f"after rung {r}"
+            for b, lr, r in zip(table["backbone"], table["lr"], table["last_rung"], strict=True)
+        ],
+        **{f"val top-1 % at {r.epochs} ep": [number(v, 2) for v in table[f"rung{r.index}_val_top1"]] for r in rungs},
+        "epochs": table["epochs"].tolist(),
+        "seconds": [f"{s:.0f}" for s in table["seconds"]],
+    }
+    ratio = {unit: result[unit] / result[f"sweep_{unit}_estimated"] for unit in ("epochs", "seconds")}
+    sweep = f"{result['sweep_epochs_estimated']:.0f} | {result['sweep_seconds_estimated']:.0f}"
+    text = f"""# Choosing a backbone for {md(spec.title)}
+
+{report.recommendation(board)}
+
+**Pick: {md(result["pick"])}** at learning rate {result["pick_lr"]:g}: the cheapest (GFLOPs) of those tied with the
+best. Finalists: {md(", ".join(sorted(chosen)))}.
+
+## Cost
+
+| | epochs | seconds |
+|---|---|---|
+| ranking ({len(own.models)} candidates, {table["backbone"].nunique()} raced) | 0 | {result["rank_seconds"]:.0f} |
+| race | {result["race_epochs"]} | {result["race_seconds"]:.0f} |
+| confirmation | {result["confirm_epochs"]} | {result["confirm_seconds"]:.0f} |
+| **choose in all** | **{result["epochs"]}** | **{result["seconds"]:.0f}** |
+| the full sweep ({len(own.models)} backbones x {len(own.seeds)} seeds), estimated | {sweep} |
+| ratio | {ratio["epochs"]:.2f} | {ratio["seconds"]:.2f} |
+
+Budget {own.budget}. The full sweep is estimated at the confirmation runs' mean length, with each backbone's
+seconds per epoch as measured here (or, for a backbone that did not race, from the ranking's extraction speed).
+
+## The race
+
+Successive halving (eta {own.eta}) over {len(table)} (backbone, learning rate) pairs on the validation split:
+AdamW alone, each rung continuing from the last; a pair's score is its best validation top-1 so far.
+
+{markdown_table(race_rows)}
+
+![The race](race.png)
+
+## Confirmation: {len(own.seeds)} seeds each, the test set read once per run
+
+{report.leaderboard_markdown(board)}
+"""
+    (own.out / "choose.md").write_text(text)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    own, spec, run_flags, run_args = parse_args(sys.argv[1:] if argv is None else argv)
+    open_folder(own, run_flags)
+    racing_count = min(own.keep or len(own.models), len(own.models))
+    if own.budget.unit == "epochs":  # checked before any work; a time budget needs the ranking's speed first
+        check_minimum(own, racing_count * len(own.lr_grid), 1.0, racing_count)
+    ranked = ranking(own, spec, run_flags)
+    racing = kept(own, ranked)
+    estimate = {name: estimate_epoch_seconds(ranked.loc[name]) for name in racing}
+    rank_seconds = float((ranked["features_seconds"] + ranked["score_seconds"]).sum())
+    if own.budget.unit == "seconds" and not any(math.isnan(v) for v in estimate.values()):
+        check_minimum(own, racing_count * len(own.lr_grid), sum(estimate.values()) / len(racing), racing_count)
+    state = RaceState(own.storage, "race", [Pair(m, lr) for m in racing for lr in own.lr_grid],
+                      str(ranked["dataset_fingerprint"].iloc[0]))  # fmt: skip
+    rungs = race(own, spec, run_flags, state, estimate)
+    table = standings(state, rungs, ranked["logme"])
+    chosen = finalists(own, table)
+    close_race(state, table, chosen)
+    print("\nFinalists: " + ", ".join(f"{pair.model} (lr {pair.lr:g})" for pair in chosen))
+    spent = table["epochs"].sum() if own.budget.unit == "epochs" else rank_seconds + table["seconds"].sum()
+    costs = [cost_per_epoch(own.budget.unit, table, pair.model, estimate[pair.model]) for pair in chosen]
+    cap = state.remember("confirm epochs", lambda: confirm_epochs(own, run_args, costs, own.budget.amount - spent))
+    result = answer(own, spec, table, rungs, ranked, confirm(own, spec, run_flags, chosen, cap))
+    print(
+        f"\nPick: {result['pick']} (lr {result['pick_lr']:g}). Best: {result['best']}; tied with it: "
+        f"{', '.join(result['tied'])}. choose spent {result['epochs']} epochs and {result['seconds']:.0f} s; the "
+        f"full sweep would take about {result['sweep_epochs_estimated']:.0f} epochs and "
+        f"{result['sweep_seconds_estimated']:.0f} s. Details in {own.out / 'choose.md'}."
+    )
+    return result
+
+
+if __name__ == "__main__":
+    run_cli(main)

@@ -1,0 +1,142 @@
+"""choose.py: the race's arithmetic against schedules worked out by hand, the budget's minimum, the protocol's
+guarantee that the test split waits for the confirmation, and a killed choose resuming to the same decisions."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from backbones import choose, finetune, rank
+from backbones.race import Rung, keep_count, plan, survivors
+from conftest import ROOT, assert_clean_error, run_inline
+
+TINY = ("timm:test_resnet", "timm:test_efficientnet")  # two families, about a second an epoch at 32 px
+RUN_FLAGS = ["-bs", "64", "--weights", "none", "--image-size", "32", "--workers", "0", "--patience", "2"]
+
+
+def choose_args(out: Path, budget: str = "30", *extra: str) -> list[str]:
+    own = ["--dataset", "digits", "--budget", budget, "--models", *TINY, "--lr-grid", "1e-3", "3e-3"]
+    own += ["--seeds", "0", "1"]
+    return [*own, "--out", str(out), *extra, *RUN_FLAGS]
+
+
+def test_rungs_follow_a_schedule_worked_out_by_hand():
+    # 27 pairs, eta 3, a first rung of 1 epoch, 1 finalist: 27 x 1 epoch; the best 9 to 3 epochs (9 x 2 more); the
+    # best 3 to 9 (3 x 6 more): 27 + 18 + 18 = 63 epochs; the best 1 is the finalist, and stops there
+    assert plan(27, 3, 1, 1000, 1) == [Rung(0, 1, 27), Rung(1, 3, 9), Rung(2, 9, 3)]
+    assert plan(27, 3, 1, 62, 1) == [Rung(0, 1, 27), Rung(1, 3, 9)]  # the third rung's 18 epochs do not fit
+    # 2 finalists: 12 x 1, then 4 x 2 more = 20; the best 2 are both finalists
+    assert plan(12, 3, 1, 1000, 2) == [Rung(0, 1, 12), Rung(1, 3, 4)]
+    # eta 2 from 8 pairs of 2 epochs: 8 x 2, 4 x 2 more, 2 x 4 more = 16 + 8 + 8 = 32
+    assert plan(8, 2, 2, 1000, 1) == [Rung(0, 2, 8), Rung(1, 4, 4), Rung(2, 8, 2)]
+    assert plan(8, 2, 2, 31, 1) == [Rung(0, 2, 8), Rung(1, 4, 4)]
+    assert plan(12, 3, 1, 11, 2) == []  # not even the first rung
+
+
+def test_the_best_third_goes_on_ties_keeping_the_better_ranked_pair():
+    assert keep_count(12, 3, 2) == 4 and keep_count(5, 3, 2) == 2 and keep_count(2, 3, 2) == 2
+    assert keep_count(1, 3, 2) == 1
+    scores = [50.0, 70.0, 70.0, 10.0, 90.0, 60.0]
+    assert survivors(scores, 3, 1) == [1, 4]  # 90 and the first of the two 70s
+    assert survivors(scores, 3, 3) == [1, 2, 4]  # the floor keeps three
+    assert survivors([1.0, 2.0, 3.0], 3, 2) == [1, 2]
+
+
+@pytest.mark.parametrize(
+    ("budget", "extra", "message"),
+    [
+        # 2 backbones x 2 rates = 4 pairs x 1 epoch within half the budget: 8; confirming 2 finalists x 2 seeds
+        # x 2 phases = 8 epochs within the other half: 16
+        ("15", [], "The minimum is 16 epochs"),
+        ("7", ["--keep", "1"], "The minimum is 8 epochs"),  # 2 pairs: 4; 1 finalist x 2 seeds x 2 phases: 8
+        ("30", ["--seed", "3"], "use --seeds instead"),
+        ("30", ["--protocol", "paper"], "choose selects on validation"),
+        ("30", ["--race-share", "1"], "--race-share 1 must lie between 0 and 1"),
+        ("4x", [], "expected epochs (300) or a time"),
+    ],
+)
+def test_bad_budgets_and_flags_get_a_clear_error_before_any_work(tmp_path, budget, extra, message):
+    result = run_inline("choose.py", *choose_args(tmp_path / "choose", budget, *extra))
+    assert_clean_error(result, message)
+    assert result.returncode == 2
+    assert not (tmp_path / "choose" / "ranking.csv").exists()
+
+
+@pytest.mark.slow
+def test_the_test_split_is_read_only_by_the_confirmation_once_per_run(tmp_path, monkeypatch):
+    """Every read of a split's images (decoding into the cache, batching) is watched: the ranking and the race read
+    the training and validation splits only; each confirmation run then scores the test split once."""
+    events = []
+
+    def watch(module, name: str, split_of) -> None:
+        original = getattr(module, name)
+
+        def watched(*args, **kwargs):
+            events.extend(split_of(*args, **kwargs))
+            return original(*args, **kwargs)
+
+        monkeypatch.setattr(module, name, watched)
+
+    for module in (rank, choose, finetune):
+        watch(module, "split_batches", lambda *a, **k: [a[4]])
+        watch(module, "image_cache", lambda *a, **k: list(a[5] if len(a) > 5 else k.get("splits", ("all",))))
+    confirm = choose.confirm
+
+    def marked_confirm(*args, **kwargs):
+        events.append("CONFIRMATION")
+        return confirm(*args, **kwargs)
+
+    monkeypatch.setattr(choose, "confirm", marked_confirm)
+    result = choose.main(choose_args(tmp_path / "choose", "40"))
+    before = events[: events.index("CONFIRMATION")]
+    after = events[events.index("CONFIRMATION") + 1 :]
+    assert set(before) == {"train", "val"}
+    assert "all" not in after  # every image cache named its splits
+    assert after.count("test") == 2 * 2 * 2  # per run: decoded into the cache once, batched once
+    runs = sorted((tmp_path / "choose" / "confirm").glob("*/metrics.json"))
+    assert len(runs) == 4 and {json.loads(p.read_text())["selection"] for p in runs} == {"val"}
+    assert result["pick"] in result["tied"] and result["best"] in TINY
+
+
+def race_decisions(out: Path) -> tuple[pd.DataFrame, dict]:
+    table = pd.read_csv(out / "race.csv").drop(columns=["seconds"])
+    answer = json.loads((out / "answer.json").read_text())
+    return table, {key: answer[key] for key in ("best", "tied", "pick", "pick_lr", "race_epochs", "epochs")}
+
+
+@pytest.mark.slow
+def test_a_choose_killed_mid_race_resumes_to_the_same_decisions(tmp_path):
+    reference = tmp_path / "reference"
+    choose.main(choose_args(reference, "40"))
+    killed = tmp_path / "killed"
+    command = [sys.executable, str(ROOT / "choose.py"), *choose_args(killed, "40")]
+    process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    third_pair = killed / "race" / "timm_test_efficientnet-lr0.001" / "history.csv"  # the race's third pair
+    deadline = time.monotonic() + 600
+    while not third_pair.exists() and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    assert not (killed / "answer.json").exists()  # killed in the race, not after it
+    choose.main(choose_args(killed, "40"))
+    table, answer = race_decisions(killed)
+    expected_table, expected_answer = race_decisions(reference)
+    pd.testing.assert_frame_equal(table, expected_table)
+    assert answer == expected_answer
+
+
+def test_rerunning_with_other_flags_is_refused_and_nothing_is_lost(tmp_path):
+    out = tmp_path / "choose"
+    out.mkdir()
+    (out / "choose.json").write_text(json.dumps({"dataset": "digits", "budget": {"amount": 99, "unit": "epochs"}}))
+    result = run_inline("choose.py", *choose_args(out, "40"))
+    assert_clean_error(result, "other settings (budget", "a new --out")
+    assert sorted(p.name for p in out.iterdir()) == ["choose.json"]
