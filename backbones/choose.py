@@ -34,8 +34,9 @@ from backbones.errors import HelpFormatter, UserError, run_cli
 from backbones.loading import image_cache, split_batches
 from backbones.options import build_parser, positive_float, positive_int, train_config
 from backbones.race import Pair, RaceState, Rung, next_rung, survivors
+from backbones.report_race import RACE_FILE, plot_race, race_markdown, rung_column
 from backbones.runfiles import RESUME_FILE, RunLog, read_resume_file, write_history, write_json
-from backbones.runtable import finished_runs, markdown_table, md, number, runs_table, write_csv
+from backbones.runtable import finished_runs, md, runs_table, write_csv
 from backbones.train_common import FitData, RunOutput, fit
 
 PHASES = 2  # a confirmation run trains AdamW, then SGD: its epoch cap applies to each
@@ -249,12 +250,13 @@ def race(own, spec, run_flags, state: RaceState, estimate: dict[str, float]) -> 
     return rungs
 
 
-def standings(state: RaceState, rungs: list[Rung], logme: pd.Series) -> pd.DataFrame:
+def standings(state: RaceState, rungs: list[Rung], logme: pd.Series, finalists: int) -> pd.DataFrame:
     """One row per pair, those that went furthest first, then by validation top-1: the last rung it trained in,
-    its validation top-1 there and at each rung, and its cost."""
+    its validation top-1 there and at each rung, its cost, and whether it is a finalist: the best pair of each of
+    the best `finalists` backbones."""
     rows = []
     for i, pair in enumerate(state.pairs):
-        scores = {f"rung{r.index}_val_top1": state.score(i, r) for r in rungs}
+        scores = {rung_column(r.index, r.epochs): state.score(i, r) for r in rungs}
         reached = max((r.index for r in rungs if state.score(i, r) is not None), default=-1)
         epochs, seconds = state.spent(i)
         rows.append(
@@ -265,13 +267,14 @@ def standings(state: RaceState, rungs: list[Rung], logme: pd.Series) -> pd.DataF
             }
         )  # fmt: skip
     table = pd.DataFrame(rows).sort_values(["last_rung", "val_top1"], ascending=False, kind="stable")
-    return table.reset_index(drop=True)
+    table = table.reset_index(drop=True)
+    table.insert(2, "finalist", table.index.isin(table.drop_duplicates("backbone").index[:finalists]))
+    return table
 
 
-def finalists(own, table: pd.DataFrame) -> list[Pair]:
-    """The best `--finalists` backbones, each at its best learning rate: those that went furthest, best first."""
-    best = table.drop_duplicates("backbone")  # `table` is ordered by rung reached, then validation top-1
-    return [Pair(row.backbone, float(row.lr)) for row in best.head(own.finalists).itertuples()]
+def chosen_pairs(table: pd.DataFrame) -> list[Pair]:
+    """The finalists: the best backbones, each at its best learning rate (those that went furthest, best first)."""
+    return [Pair(row.backbone, float(row.lr)) for row in table[table["finalist"]].itertuples()]
 
 
 def close_race(state: RaceState, table: pd.DataFrame, chosen: list[Pair]) -> None:
@@ -326,7 +329,7 @@ def answer(own, spec, table: pd.DataFrame, rungs: list[Rung], ranked: pd.DataFra
     board = report.leaderboard(runs_table(runs)[0], seed=own.seeds[0])
     tied = board[board["tied_with_best"]]
     cheapest = tied.sort_values(["gflops_mean", "latency_ms_batch1_mean"]).iloc[0]
-    learning_rate = {pair.model: pair.lr for pair in finalists(own, table)}
+    learning_rate = {pair.model: pair.lr for pair in chosen_pairs(table)}
     result = {
         "best": board["backbone"].iloc[0],
         "tied": tied["backbone"].tolist(),
@@ -334,9 +337,9 @@ def answer(own, spec, table: pd.DataFrame, rungs: list[Rung], ranked: pd.DataFra
         "pick_lr": learning_rate[cheapest["backbone"]],
         **cost(own, table, ranked, runs),
     }
-    write_csv(table, own.out / "race.csv")
-    plot_race(table, rungs, spec, own.out / "race.png")
-    write_summary(own, spec, board, table, rungs, result)
+    write_csv(table, own.out / RACE_FILE)
+    plot_race(table, f"The race on {spec.title}", own.out / "race.png")
+    write_summary(own, spec, board, table, result)
     write_json(result, own.out / "answer.json")
     return result
 
@@ -375,48 +378,8 @@ def estimate_epoch_seconds(row: pd.Series) -> float:
     return float(row["features_seconds"]) * (3 * n_train + n_val) / (n_train + n_val)
 
 
-def plot_race(table: pd.DataFrame, rungs: list[Rung], spec: DatasetSpec, path: Path) -> None:
-    """Validation top-1 at each rung's end, one line per pair, a cross where it left the race."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    figure, axes = plt.subplots(figsize=(7, 4.5))
-    colours = dict(zip(table["backbone"].unique(), plt.cm.tab20.colors, strict=False))
-    for row in table.itertuples():
-        points = [(r.epochs, getattr(row, f"rung{r.index}_val_top1")) for r in rungs]
-        xs, ys = zip(*[(x, y) for x, y in points if not pd.isna(y)], strict=True)
-        label = f"{row.backbone} lr {row.lr:g}"
-        axes.plot(xs, ys, "-o", color=colours[row.backbone], alpha=0.8, markersize=3, label=label)
-        if row.last_rung < rungs[-1].index:
-            axes.plot(xs[-1], ys[-1], "x", color=colours[row.backbone], markersize=9)
-    axes.set_xscale("log", base=2)
-    axes.set_xticks([r.epochs for r in rungs], [str(r.epochs) for r in rungs])
-    axes.set_xlabel("epochs trained, at each rung's end")
-    axes.set_ylabel("validation top-1 %")
-    axes.set_title(f"The race on {spec.title} (x: left the race)")
-    axes.legend(fontsize=6, ncol=2, loc="lower right")
-    figure.tight_layout()
-    figure.savefig(path, dpi=120)
-    plt.close(figure)
-
-
-def write_summary(own, spec, board: pd.DataFrame, table: pd.DataFrame, rungs: list[Rung], result: dict) -> None:
+def write_summary(own, spec, board: pd.DataFrame, table: pd.DataFrame, result: dict) -> None:
     """choose.md: the answer first, then the cost, the race and the confirmation's leaderboard."""
-    chosen = {pair.model for pair in finalists(own, table)}
-    race_rows = {
-        "backbone": [md(b) for b in table["backbone"]],
-        "lr": [f"{lr:g}" for lr in table["lr"]],
-        "LogME": [f"{v:.3f}" for v in table["logme"]],
-        "left": [
-            "finalist" if (b, lr) in {(p.model, p.lr) for p in finalists(own, table)} else f"after rung {r}"
-            for b, lr, r in zip(table["backbone"], table["lr"], table["last_rung"], strict=True)
-        ],
-        **{f"val top-1 % at {r.epochs} ep": [number(v, 2) for v in table[f"rung{r.index}_val_top1"]] for r in rungs},
-        "epochs": table["epochs"].tolist(),
-        "seconds": [f"{s:.0f}" for s in table["seconds"]],
-    }
     ratio = {unit: result[unit] / result[f"sweep_{unit}_estimated"] for unit in ("epochs", "seconds")}
     sweep = f"{result['sweep_epochs_estimated']:.0f} | {result['sweep_seconds_estimated']:.0f}"
     text = f"""# Choosing a backbone for {md(spec.title)}
@@ -424,7 +387,7 @@ def write_summary(own, spec, board: pd.DataFrame, table: pd.DataFrame, rungs: li
 {report.recommendation(board)}
 
 **Pick: {md(result["pick"])}** at learning rate {result["pick_lr"]:g}: the cheapest (GFLOPs) of those tied with the
-best. Finalists: {md(", ".join(sorted(chosen)))}.
+best. Finalists: {md(", ".join(pair.model for pair in chosen_pairs(table)))}.
 
 ## Cost
 
@@ -445,7 +408,7 @@ seconds per epoch as measured here (or, for a backbone that did not race, from t
 Successive halving (eta {own.eta}) over {len(table)} (backbone, learning rate) pairs on the validation split:
 AdamW alone, each rung continuing from the last; a pair's score is its best validation top-1 so far.
 
-{markdown_table(race_rows)}
+{race_markdown(table)}
 
 ![The race](race.png)
 
@@ -471,8 +434,8 @@ def main(argv: list[str] | None = None) -> dict:
     state = RaceState(own.storage, "race", [Pair(m, lr) for m in racing for lr in own.lr_grid],
                       str(ranked["dataset_fingerprint"].iloc[0]))  # fmt: skip
     rungs = race(own, spec, run_flags, state, estimate)
-    table = standings(state, rungs, ranked["logme"])
-    chosen = finalists(own, table)
+    table = standings(state, rungs, ranked["logme"], own.finalists)
+    chosen = chosen_pairs(table)
     close_race(state, table, chosen)
     print("\nFinalists: " + ", ".join(f"{pair.model} (lr {pair.lr:g})" for pair in chosen))
     spent = table["epochs"].sum() if own.budget.unit == "epochs" else rank_seconds + table["seconds"].sum()

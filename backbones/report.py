@@ -35,6 +35,7 @@ from backbones.flags import add_runs  # noqa: E402
 from backbones.metrics import calibration_bins  # noqa: E402
 from backbones.record import METRICS  # noqa: E402
 from backbones.report_html import write_html  # noqa: E402
+from backbones.report_race import race_sections  # noqa: E402
 from backbones.report_robustness import robustness_section  # noqa: E402
 from backbones.runtable import (  # noqa: E402
     SETTING_DEFAULTS,
@@ -45,6 +46,7 @@ from backbones.runtable import (  # noqa: E402
     md,
     mean_std,
     number,
+    row_label,
     runs_table,
     test_outputs,
     write_csv,
@@ -550,9 +552,31 @@ def printable(text: object) -> str:
     return str(text) if str(text).isprintable() else repr(str(text))
 
 
+def at_best_learning_rate(table: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
+    """Where a backbone ran at several learning rates and otherwise one configuration (sweep.py --lr-grid), only
+    the rate with the best mean validation top-1 stays: each backbone is compared at its own best rate, chosen
+    on the validation split. Under --protocol paper runs select on the test set, so nothing is chosen there."""
+    kept, notes = [], []
+    for (_, model), rows in table.groupby(["setting", "model"], sort=False):
+        settings = {c: json.loads(c) for c in rows["configuration"].unique()}
+        others = {json.dumps({k: v for k, v in c.items() if k != "lr"}, sort_keys=True) for c in settings.values()}
+        chosen_on_validation = rows["protocol"].iloc[0] == "val" and rows["selection_top1"].notna().all()
+        if len(settings) < 2 or len(others) > 1 or not chosen_on_validation:
+            kept.append(rows)
+            continue
+        means = rows.groupby("configuration")["selection_top1"].mean().sort_values(ascending=False)
+        kept.append(rows[rows["configuration"] == means.index[0]])
+        rates = [f"{settings[c]['lr']:g} ({means[c]:.2f}%)" for c in means.index]
+        notes.append(f"{md(model)} ({md(rows['dataset'].iloc[0])}): lr {rates[0]}, over {', '.join(rates[1:])}")
+    table = pd.concat(kept).reset_index(drop=True) if kept else table
+    table["label"] = table.apply(lambda row: row_label(row, table), axis=1)
+    return table, notes
+
+
 def write_report(runs: list[dict], skipped: list, rankings: pd.DataFrame, args, out: Path) -> None:
     """Every file of the report, into the fresh folder `out`."""
     table, repeats = runs_table(runs)
+    table, rates = at_best_learning_rate(table)
     skipped += repeats
     sections = [f"# Backbone comparison\n\n{len(table)} runs from {md(', '.join(map(str, args.runs)))}."]
     boards, settings, default_size = {}, {}, {}
@@ -575,6 +599,13 @@ def write_report(runs: list[dict], skipped: list, rankings: pd.DataFrame, args, 
         sections.append(f"## Average rank per domain ({md(name)})\n\n{text}")
         write_csv(domains, out / f"domains-{slug({'group': name})}.csv")
         print(f"\nAverage rank per domain ({name})\n{text}")
+    if rates:
+        sections.append(
+            "## Learning rates chosen on validation\n\nEach backbone below ran at several learning rates; it is "
+            "compared at the one with the best mean validation top-1 (in brackets, each rate's):\n\n"
+            + "\n".join(f"- {note}" for note in rates)
+        )
+    sections += race_sections(args.runs, out)
     if skipped:
         listing = "\n".join(f"- {md(path)}: {md(reason)}" for path, reason in skipped)
         sections.append(f"## Skipped\n\n{listing}")

@@ -62,6 +62,9 @@ def check_metrics(run: dict) -> str:
             return f"{column} is {value}, outside 0-100%"
         if value < 0:
             return f"{column} is {value}, below 0"
+    selected = run.get("best_selection_top1")  # absent from older runs, None for --eval-only
+    if selected is not None and not (is_number(selected) and 0 <= selected <= 100):
+        return f"best_selection_top1 is {selected!r}, not a top-1 in 0-100%"
     if run["ece"] > 1 or run["brier"] > 2:
         return f"ece {run['ece']} or brier {run['brier']} is beyond its largest possible value"
     if run["dataset"] not in datasets.NAMES:

@@ -28,6 +28,7 @@ NOT_CONFIGURATION = {*WHERE_AND_HOW, "seed", "compile", "eval_only", "model", "w
 NOT_CONFIGURATION |= set(SETTING_DEFAULTS)
 
 RUN_FILES = ("metrics.json", "log.txt", "split.csv", "best.pt")
+CHOOSE_FILE = "choose.json"  # marks a choose.py folder
 
 
 def find_runs(folders: list[Path]) -> tuple[list[dict], list[tuple[str, str]]]:
@@ -38,6 +39,8 @@ def find_runs(folders: list[Path]) -> tuple[list[dict], list[tuple[str, str]]]:
             raise UserError(f"--runs {folder} is not a folder. Pass the folders your runs were written to.")
         found = 0
         for path, subfolders, files in os.walk(folder):
+            if CHOOSE_FILE in files and "race" in subfolders:  # a choose's race: training state, not finished runs
+                subfolders.remove("race")
             if not any(name in files for name in RUN_FILES):
                 continue
             subfolders.clear()  # a run folder holds no other runs
@@ -158,6 +161,7 @@ def runs_table(runs: list[dict]) -> tuple[pd.DataFrame, list[tuple[str, str]]]:
                 "image_size": tuple(run["image_size"]),  # (height, width), for code; the setting's text is for people
                 "default_size": run["image_size"] == run["default_image_size"],
                 **{column: math.nan if run[column] is None else float(run[column]) for column, _, _ in METRICS},
+                "selection_top1": float(run.get("best_selection_top1") or math.nan),  # what the run selected on
                 "finished": run["finished"],
                 "folder": run["folder"],
             }

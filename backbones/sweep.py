@@ -39,6 +39,7 @@ class Job:
     size: str  # 'full', 'fraction<F>' or 'shots<K>': the folder's name
     seed: int
     folder: Path
+    lr: float | None = None  # one of --lr-grid; None: the runs' own --lr
 
     def command(self, passthrough: list[str]) -> list[str]:
         """`python -m backbones train <dataset> <the run's flags>`: the dataset's flags start at index 5."""
@@ -48,6 +49,7 @@ class Job:
                 size = [flag, self.size.removeprefix(prefix)]
         command = [sys.executable, "-m", "backbones", "train", self.dataset, "-model", self.model]
         command += ["--seed", str(self.seed), *size, *passthrough, "--out", str(self.folder)]
+        command += ["--lr", repr(self.lr)] if self.lr is not None else []
         return command + (["--resume"] if self.status == "resume" else [])
 
     @property
@@ -72,6 +74,14 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
     add("--fractions", nargs="+", type=float, default=[], help="--train-fraction values (with --shots: both)")
     add("--shots", nargs="+", type=int, default=[], help="--shots values (images per class)")
     add("--seeds", nargs="+", type=int, default=[0], help="seeds; each seeds the split, init and data order")
+    add(
+        "--lr-grid",
+        nargs="+",
+        type=options.positive_float,
+        default=[],
+        help="AdamW learning rates: every run with each, in <size>/lr<LR>/s<seed>; the report then compares each "
+        "backbone at the rate with its best validation top-1 (default: the runs' one --lr)",
+    )
     add("--out", type=Path, default=Path("runs/sweep"), help="the sweep's folder: one subfolder per run")
     add("--gpus", default=None, help="comma-separated GPU ids: one run per GPU at a time (default: one at a time)")
     add("--device", default=None, help="every run's --device (auto, cpu, cuda, cuda:N, mps; default: the runs' auto)")
@@ -100,12 +110,12 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
     add("--dry-run", action="store_true", help="print the plan (and what is done already) without running")
     args = parser.parse_args(own)
     for dataset in args.datasets:
-        clash = sorted(given_settings(dataset, passthrough) & OWN_SETTINGS)
+        clash = sorted(given_settings(dataset, passthrough) & (OWN_SETTINGS | ({"lr"} if args.lr_grid else set())))
         if clash:
             raise UserError(
                 f"The flags after -- set {', '.join(clash)}, which the sweep sets for each run itself (backbone, seed, "
-                "data size, folder, device): two run folders would then hold the same run. Use --models, --seeds, "
-                "--fractions/--shots, --out and --gpus instead."
+                "data size, folder, device, learning rate with --lr-grid): two run folders would then hold the same "
+                "run. Use --models, --seeds, --fractions/--shots, --out, --gpus and --lr-grid instead."
             )
     bad = [f for f in args.fractions if not 0 < f <= 1] + [k for k in args.shots if k < 1]
     if bad:
@@ -202,10 +212,13 @@ def plan(args: argparse.Namespace) -> list[Job]:
     names = models.list_models() if args.models == ["all"] else [models.resolve_name(m) for m in args.models]
     sizes = [f"fraction{f:g}" if f < 1 else "full" for f in args.fractions] + [f"shots{k}" for k in args.shots]
     sizes = sizes or ["full"]
-    return [
-        Job(dataset, model, size, seed, args.out / dataset / model.replace(":", "_") / size / f"s{seed}")
-        for dataset, model, size, seed in itertools.product(args.datasets, names, dict.fromkeys(sizes), args.seeds)
-    ]
+    rates = dict.fromkeys(args.lr_grid) or [None]
+    jobs = []
+    grid = itertools.product(args.datasets, names, dict.fromkeys(sizes), rates, args.seeds)
+    for dataset, model, size, lr, seed in grid:
+        folder = args.out / dataset / model.replace(":", "_") / size / ("" if lr is None else f"lr{lr:g}") / f"s{seed}"
+        jobs.append(Job(dataset, model, size, seed, folder, lr))
+    return jobs
 
 
 def run_job(command: list[str], folder: str, gpu: str | None = None) -> int:

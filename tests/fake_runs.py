@@ -19,6 +19,8 @@ def write_run(
     n_test: int = 30,
     dataset: str = "imagefolder",
     data: str = "/data/photos",
+    lr: float = 0.001,
+    selection_top1: float = 60.0,
     **fields,
 ) -> dict:
     """A run whose test logits classify a share `accuracy` of its `n_test` images right (seeded by model and
@@ -33,7 +35,7 @@ def write_run(
     np.savez_compressed(folder / "test_outputs.npz", logits=logits, labels=labels)
     top1 = 100 * float(np.mean(logits.argmax(1) == labels))
     config = {"model": model, "bs": 8, "weights": "none", "image_size": [32, 32], "finetune": "full",
-              "protocol": "val", "max_epochs": 1, "patience": 1, "lr": 0.001, "seed": seed, "data": data,
+              "protocol": "val", "max_epochs": 1, "patience": 1, "lr": lr, "seed": seed, "data": data,
               "val_fraction": 0.1, "train_fraction": 1.0, "shots": None, "out": str(folder)}  # fmt: skip
     record = {
         "dataset": dataset, "dataset_options": {}, "dataset_fingerprint": "0123456789abcdef",
@@ -47,7 +49,8 @@ def write_run(
             {"epoch": 1, "phase": "adamw", "train_loss": 1.0, "train_top1": 50.0, "val_loss": 1.0, "val_top1": 60.0,
              "lr": 0.001, "seconds": 1.0},
         ],
-        "config": config, "finished": f"2026-11-28T10:00:{seed:02d}", "out": str(folder),
+        "best_selection_top1": selection_top1, "config": config, "finished": f"2026-11-28T10:00:{seed:02d}",
+        "out": str(folder),
     }  # fmt: skip
     record.update(fields)
     (folder / "metrics.json").write_text(json.dumps(record))

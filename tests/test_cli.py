@@ -23,7 +23,7 @@ def test_the_command_reaches_training_and_every_tool():
     assert train.returncode == 0 and "Digits (scikit-learn)" in train.stdout and "--batch-size" in train.stdout
     for tool, phrase in (("report", "--rankings"), ("rank", "--runs"), ("sweep", "--launcher"), ("split", "--val_size"),
                          ("bench", "--steps"), ("predict", "--min-confidence"), ("export", "--format"),
-                         ("robustness", "--corruptions")):  # fmt: skip
+                         ("robustness", "--corruptions"), ("choose", "--lr-grid")):  # fmt: skip
         result = backbones(tool, "--help")
         assert result.returncode == 0 and phrase in result.stdout, (tool, result.stderr[-500:])
     assert_clean_error(backbones("report", "--runs", ROOT / "no-such-folder"), "is not a folder")

@@ -57,7 +57,18 @@ def test_every_flag_of_every_dataset_script_is_in_the_readme(script):
 
 
 @pytest.mark.parametrize(
-    "script", ["split.py", "report.py", "rank.py", "sweep.py", "bench.py", "robustness.py", "predict.py", "export.py"]
+    "script",
+    [
+        "split.py",
+        "report.py",
+        "rank.py",
+        "choose.py",
+        "sweep.py",
+        "bench.py",
+        "robustness.py",
+        "predict.py",
+        "export.py",
+    ],
 )
 def test_every_flag_of_the_other_scripts_is_in_the_readme(script):
     result = run_inline(script, "--help")

@@ -106,6 +106,18 @@ def test_sweep_flags_that_would_clash_are_refused(tmp_path):
     assert not (tmp_path / "s").exists()
 
 
+def test_a_learning_rate_grid_gives_each_rate_its_folders_and_owns_the_lr_flag(tmp_path):
+    common = ["--models", "mobilenet", "--datasets", "digits", "--seeds", "0", "1", "--out", tmp_path / "s"]
+    result = run_inline("sweep.py", *common, "--lr-grid", "3e-4", "1e-3", "--dry-run", "--", "-bs", "64")
+    assert result.returncode == 0, result.stderr
+    commands = [line.split() for line in result.stdout.splitlines() if line.startswith("new")]
+    planned = {(c[c.index("--out") + 1], c[c.index("--lr") + 1], c[c.index("--seed") + 1]) for c in commands}
+    folder = str(tmp_path / "s" / "digits" / "mobilenet_v3_large" / "full")
+    assert planned == {(f"{folder}/lr{lr:g}/s{seed}", repr(lr), str(seed)) for lr in (3e-4, 1e-3) for seed in (0, 1)}
+    clash = run_inline("sweep.py", *common, "--lr-grid", "1e-3", "--dry-run", "--", "--lr", "0.1")
+    assert_clean_error(clash, "--lr-grid instead", "which the sweep sets for each run itself")
+
+
 @pytest.mark.slow
 def test_a_run_folder_of_another_configuration_is_never_reused(tmp_path):
     from backbones.datasets import digits
