@@ -33,7 +33,7 @@ from backbones import datasets, models
 from backbones.cost import peak_memory_mb
 from backbones.datasets.base import DatasetSpec
 from backbones.errors import HelpFormatter, UserError, run_cli
-from backbones.flags import add_device, add_workers
+from backbones.flags import add_device, add_models, add_workers
 from backbones.loading import DataConfig, image_cache, load_splits, split_batches
 from backbones.options import (
     add_data_arguments,
@@ -59,13 +59,7 @@ def build_parser(spec: DatasetSpec | None) -> argparse.ArgumentParser:
     )
     add = parser.add_argument
     add("--dataset", default="digits", choices=datasets.NAMES, help="the dataset, by its script's name")
-    add(
-        "--models",
-        "-models",
-        nargs="+",
-        default=["mobilenet_v3_large"],
-        help="backbones ('all': the eleven), names or aliases",
-    )
+    add_models(parser, ["mobilenet_v3_large"], "backbones to measure")
     default_size = "x".join(map(str, spec.image_size)) if spec else "the dataset's"
     add("--image-size", type=image_size, nargs="+", default=[default_size], help="resolutions, S or HxW each")
     add("-bs", "--batch-size", dest="bs", type=positive_int, nargs="+", default=[64], help="batch sizes")
@@ -231,7 +225,7 @@ def measure(spec, args, data: DataConfig, catalog, samples, name: str, device, c
 
 def main(argv: list[str] | None = None) -> pd.DataFrame:
     spec, args = parse_dataset_args(build_parser, argv)
-    args.models = models.list_models() if args.models == ["all"] else [models.resolve_name(m) for m in args.models]
+    args.models = models.resolve_names(args.models)
     for size, name in itertools.product(args.image_size, args.models):
         models.check_input_size(name, size)
     seed_everything(args.seed)

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import math
 import re
 import sys
@@ -31,11 +30,14 @@ import pandas as pd
 from backbones import datasets, finetune, models, rank, report
 from backbones.datasets.base import DatasetSpec
 from backbones.errors import HelpFormatter, UserError, run_cli
+from backbones.flags import add_models
 from backbones.loading import image_cache, split_batches
 from backbones.options import build_parser, positive_float, positive_int, train_config
 from backbones.race import Pair, RaceState, Rung, next_rung, survivors
-from backbones.report_race import RACE_FILE, plot_race, race_markdown, rung_column
-from backbones.runfiles import RESUME_FILE, RunLog, read_resume_file, write_history, write_json
+from backbones.report_race import plot_race, race_markdown, rung_column
+from backbones.runcheck import read_json
+from backbones.runfiles import RunLog, read_resume_file, write_history, write_json
+from backbones.runfolder import ChooseFolder, RunFolder
 from backbones.runtable import finished_runs, md, runs_table, write_csv
 from backbones.train_common import FitData, RunOutput, fit
 
@@ -89,7 +91,7 @@ def build_own_parser() -> argparse.ArgumentParser:
     add = parser.add_argument
     add("--dataset", required=True, choices=datasets.NAMES, metavar="DATASET", help="the dataset, by its script's name")
     add("--budget", type=budget, required=True, help="epochs over every run (300), or wall time (90m, 4h, 3600s)")
-    add("--models", nargs="+", default=["all"], help="candidates: names, aliases, timm:<name>, or 'all' (the eleven)")
+    add_models(parser, ["all"], "candidates")
     add("--keep", type=positive_int, default=None, help="race only the best K by LogME (default: every candidate)")
     add(
         "--lr-grid",
@@ -121,11 +123,11 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, DatasetSpec, list[s
             raise UserError(f"choose sets {name} for each run itself; use {SET_PER_RUN[name]} instead.")
     spec = datasets.spec(own.dataset)
     run_args = build_parser(spec).parse_args([*run_flags, "-model", "placeholder"])  # its errors name the flag
-    own.models = [models.resolve_name(name) for name in (models.list_models() if own.models == ["all"] else own.models)]
-    own.models = list(dict.fromkeys(own.models))
+    own.models = models.resolve_names(own.models)
     own.lr_grid = sorted(set(own.lr_grid))
     own.out = own.out or Path("runs") / f"choose-{spec.name}"
-    own.storage = own.storage or f"sqlite:///{(own.out / 'race.db').resolve()}"
+    own.folder = ChooseFolder(own.out)
+    own.storage = own.storage or f"sqlite:///{own.folder.study.resolve()}"
     return own, spec, run_flags, run_args
 
 
@@ -139,9 +141,14 @@ def open_folder(own: argparse.Namespace, run_flags: list[str]) -> None:
         **{key: getattr(own, key) for key in ("finalists", "seeds")},
         "run_flags": run_flags,
     }
-    path = own.out / "choose.json"
+    path = own.folder.settings
     if path.exists():
-        saved = json.loads(path.read_text())
+        saved, problem = read_json(path)
+        if problem or not isinstance(saved, dict):
+            raise UserError(
+                f"{path} cannot be read ({problem or 'not a JSON object'}), so what this choose was started with is "
+                "unknown. Give a new --out."
+            )
         if saved != settings:
             changed = [key for key in settings if saved.get(key) != settings[key]]
             raise UserError(
@@ -159,7 +166,7 @@ def open_folder(own: argparse.Namespace, run_flags: list[str]) -> None:
 # ----------------------------------------------------------------------------------------------- 1. rank
 def ranking(own: argparse.Namespace, spec: DatasetSpec, run_flags: list[str]) -> pd.DataFrame:
     """The candidates ranked by LogME (rank.py's table), computed once and read back when continuing."""
-    path = own.out / "ranking.csv"
+    path = own.folder.ranking
     if path.exists():
         return pd.read_csv(path).set_index("backbone")
     argv = ["--dataset", spec.name, "--models", *own.models, "--seed", str(own.seeds[0]), "--out", str(path)]
@@ -199,22 +206,24 @@ def check_minimum(own: argparse.Namespace, pairs: int, per_epoch: float, backbon
         )
 
 
-def train_pair(spec: DatasetSpec, run_flags: list[str], pair: Pair, rung: Rung, seed: int, folder: Path) -> tuple:
+def train_pair(spec: DatasetSpec, run_flags: list[str], pair: Pair, rung: Rung, seed: int, own) -> tuple:
     """Train the pair's AdamW phase on the training split to `rung.epochs` epochs in all, continuing from its last
     epoch; (best validation top-1, epochs, seconds in all). The test split is neither decoded nor read."""
+    folder = own.folder.pairs / pair.name
     argv = [*run_flags, "-model", pair.model, "--lr", repr(pair.lr), "--seed", str(seed), "--out", str(folder)]
-    job = finetune.prepare(spec, [*argv, "--results", str(folder / "unused.csv")])
+    job = finetune.prepare(spec, [*argv, "--results", str(own.folder.results)])  # the race writes no result
     trainee, _ = finetune.build_model(job)
     folder.mkdir(parents=True, exist_ok=True)
-    log = RunLog(folder / "log.txt")
+    files = RunFolder(folder)
+    log = RunLog(files.log)
     cache = image_cache(spec, job.data, job.catalog, job.samples, log, ("train", "val"))
 
     def batches(split: str, train: bool = False):
         return split_batches(spec, job.data, job.catalog, job.samples, split, job.precision, train, cache)
 
     config = dataclasses.replace(train_config(job.args, None), max_epochs=rung.epochs, sgd_phase=False)
-    resumed = read_resume_file(folder / RESUME_FILE) if (folder / RESUME_FILE).exists() else None
-    output = RunOutput(folder, log, finetune.checkpoint_meta(job), lambda h: write_history(h, folder / "history.csv"))
+    resumed = read_resume_file(files.resume) if files.resume.exists() else None
+    output = RunOutput(folder, log, finetune.checkpoint_meta(job), lambda h: write_history(h, files.history))
     best, history = fit(trainee, FitData(batches("train", True), batches("val"), "val"), job.precision, config, output,
                         resumed)  # fmt: skip
     return best["top1"], len(history), sum(h["seconds"] for h in history)
@@ -225,7 +234,7 @@ def race(own, spec, run_flags, state: RaceState, estimate: dict[str, float]) -> 
     pairs, rungs, alive, rung = state.pairs, [], list(range(len(state.pairs))), None
     share = own.race_share * own.budget.amount
 
-    def cost_per_epoch(index: int) -> float:
+    def epoch_cost(index: int) -> float:  # in budget units: measured once the pair has trained
         if own.budget.unit == "epochs":
             return 1.0
         epochs, seconds = state.spent(index)
@@ -236,14 +245,13 @@ def race(own, spec, run_flags, state: RaceState, estimate: dict[str, float]) -> 
         return not rungs or spent + cost <= share
 
     while (rung := next_rung(rung, len(alive), own.eta, own.min_epochs, own.finalists)) is not None:
-        cost = sum(cost_per_epoch(i) for i in alive) * (rung.epochs - (rungs[-1].epochs if rungs else 0))
+        cost = sum(epoch_cost(i) for i in alive) * (rung.epochs - (rungs[-1].epochs if rungs else 0))
         if not state.remember(f"run rung {rung.index}", lambda cost=cost: affordable(cost)):
             break
         print(f"\nRung {rung.index}: {len(alive)} pairs to {rung.epochs} epoch(s) each")
         for i in alive:
             if state.score(i, rung) is None:
-                folder = own.out / "race" / pairs[i].name
-                state.record(i, rung, *train_pair(spec, run_flags, pairs[i], rung, own.seeds[0], folder))
+                state.record(i, rung, *train_pair(spec, run_flags, pairs[i], rung, own.seeds[0], own))
             print(f"  {pairs[i].model} lr {pairs[i].lr:g}: validation top-1 {state.score(i, rung):.2f}%")
         rungs.append(rung)
         alive = [alive[j] for j in survivors([state.score(i, rung) for i in alive], own.eta, own.finalists)]
@@ -309,15 +317,15 @@ def confirm_epochs(own, run_args, costs: list[float], left: float) -> int:
 
 def confirm(own, spec, run_flags, chosen: list[Pair], cap: int) -> Path:
     """Each finalist with each seed under the normal protocol: the test set is read once per run, at its end."""
-    root = own.out / "confirm"
+    root = own.folder.confirmation
     for pair in chosen:
         for seed in own.seeds:
             folder = root / f"{pair.name}-s{seed}"
-            if (folder / "metrics.json").exists():
+            if RunFolder(folder).finished:
                 continue
             print(f"\nConfirming {pair.model} at lr {pair.lr:g}, seed {seed} (at most {cap} epochs per phase)")
             argv = [*run_flags, "-model", pair.model, "--lr", repr(pair.lr), "--seed", str(seed), "--out", str(folder),
-                    "--max-epochs", str(cap), "--results", str(own.out / "results.csv")]  # fmt: skip
+                    "--max-epochs", str(cap), "--results", str(own.folder.results)]  # fmt: skip
             finetune.main(spec, argv + (["--resume"] if folder.exists() else []))
     return root
 
@@ -337,10 +345,10 @@ def answer(own, spec, table: pd.DataFrame, rungs: list[Rung], ranked: pd.DataFra
         "pick_lr": learning_rate[cheapest["backbone"]],
         **cost(own, table, ranked, runs),
     }
-    write_csv(table, own.out / RACE_FILE)
-    plot_race(table, f"The race on {spec.title}", own.out / "race.png")
+    write_csv(table, own.folder.race)
+    plot_race(table, f"The race on {spec.title}", own.folder.race_plot)
     write_summary(own, spec, board, table, result)
-    write_json(result, own.out / "answer.json")
+    write_json(result, own.folder.answer)
     return result
 
 
@@ -410,13 +418,13 @@ AdamW alone, each rung continuing from the last; a pair's score is its best vali
 
 {race_markdown(table)}
 
-![The race](race.png)
+![The race]({own.folder.race_plot.name})
 
 ## Confirmation: {len(own.seeds)} seeds each, the test set read once per run
 
 {report.leaderboard_markdown(board)}
 """
-    (own.out / "choose.md").write_text(text)
+    own.folder.summary.write_text(text)
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -446,7 +454,7 @@ def main(argv: list[str] | None = None) -> dict:
         f"\nPick: {result['pick']} (lr {result['pick_lr']:g}). Best: {result['best']}; tied with it: "
         f"{', '.join(result['tied'])}. choose spent {result['epochs']} epochs and {result['seconds']:.0f} s; the "
         f"full sweep would take about {result['sweep_epochs_estimated']:.0f} epochs and "
-        f"{result['sweep_seconds_estimated']:.0f} s. Details in {own.out / 'choose.md'}."
+        f"{result['sweep_seconds_estimated']:.0f} s. Details in {own.folder.summary}."
     )
     return result
 

@@ -50,7 +50,6 @@ from backbones.options import (
 )
 from backbones.pipeline import DeviceBatches
 from backbones.runfiles import (
-    RESUME_FILE,
     RunLog,
     append_result,
     check_evaluation_split,
@@ -64,6 +63,7 @@ from backbones.runfiles import (
     write_history,
     write_json,
 )
+from backbones.runfolder import RunFolder
 from backbones.runtime import (
     Precision,
     check_memory,
@@ -245,10 +245,11 @@ def open_run_folder(job: Prepared, params: int, argv: list[str]) -> tuple[Path, 
     if world()[1] > 1:
         dist.broadcast_object_list(out)  # the folder the first process made
     out = out[0]
-    if is_main() and not (out / "config.json").exists():  # the command as given; a resumed run keeps the first
+    files = RunFolder(out)
+    if is_main() and not files.config.exists():  # the command as given; a resumed run keeps the first
         script = f"{job.spec.name}.py"
-        write_json({"script": script, "argv": argv, "config": run_config(args)}, out / "config.json")
-    log = RunLog(out / "log.txt")
+        write_json({"script": script, "argv": argv, "config": run_config(args)}, files.config)
+    log = RunLog(files.log)
     precision = job.precision
     log(
         f"{job.spec.title}: {job.count('train')} train / {job.count('val')} val / {job.count('test')} test images, "
@@ -265,7 +266,7 @@ def open_run_folder(job: Prepared, params: int, argv: list[str]) -> tuple[Path, 
         )
     if is_main():
         split = job.samples[["sample", "label", "split"]]  # names quoted: a file name may hold a line break
-        split.to_csv(out / "split.csv", index=False, quoting=csv.QUOTE_NONNUMERIC)
+        split.to_csv(files.split, index=False, quoting=csv.QUOTE_NONNUMERIC)
     return out, log, resumed
 
 
@@ -312,9 +313,9 @@ def describe_recipe(paper: PaperRecipe, spec: DatasetSpec, args: argparse.Namesp
 def epoch_hooks(job: Prepared, out: Path):
     """What runs after every epoch: history.csv, and TensorBoard's scalars with --tensorboard. A logger of your own
     (W&B, MLflow) is one more function of the history, added here."""
-    hooks = [lambda history: write_history(history, out / "history.csv")]
+    hooks = [lambda history: write_history(history, RunFolder(out).history)]
     if job.args.tensorboard:
-        hooks.append(tensorboard_logger(out / "tensorboard"))
+        hooks.append(tensorboard_logger(RunFolder(out).tensorboard))
 
     def on_epoch(history: list[dict]) -> None:
         for hook in hooks:
@@ -426,13 +427,14 @@ def final_metric(job: Prepared, test) -> dict | None:
 def write_outputs(job: Prepared, test, scores: dict, metrics: dict, out: Path) -> None:
     """The test outputs, confusion matrix and reliability diagram, metrics.json, then the results-table row."""
     logits, labels, classes = test.logits.numpy(), test.labels.numpy(), job.catalog.classes
-    np.savez_compressed(out / "test_outputs.npz", logits=logits.astype(np.float32), labels=labels)
+    files = RunFolder(out)
+    np.savez_compressed(files.test_outputs, logits=logits.astype(np.float32), labels=labels)
     pd.DataFrame(scores["confusion_matrix"], index=classes, columns=classes).rename_axis("true \\ predicted").to_csv(
-        out / "confusion_matrix.csv"
+        files.confusion
     )
-    reliability_diagram(logits, labels, out / "reliability.png", f"{job.spec.title}, {job.model_name}")
-    write_json(metrics, out / "metrics.json")
-    (out / RESUME_FILE).unlink(missing_ok=True)  # finished: best.pt is what is worth keeping
+    reliability_diagram(logits, labels, files.reliability, f"{job.spec.title}, {job.model_name}")
+    write_json(metrics, files.metrics)
+    files.resume.unlink(missing_ok=True)  # finished: best.pt is what is worth keeping
     if not job.args.eval_only:
         size = "x".join(map(str, job.args.image_size))
         append_result({**metrics["config"], **metrics, "image_size": size}, job.args.results)  # with its recipe

@@ -26,6 +26,18 @@ def add_workers(parser, what: str = "data-loading processes") -> None:
     )
 
 
+def add_models(parser, default: list[str] | None, what: str = "backbones") -> None:
+    """--models (and the original's -models); `default` None makes it required."""
+    parser.add_argument(
+        "--models",
+        "-models",
+        nargs="+",
+        required=default is None,
+        default=default,
+        help=f"{what}: names, aliases, timm:<name>, or 'all' (the eleven)",
+    )
+
+
 def add_runs(parser) -> None:
     parser.add_argument(
         "--runs", type=Path, nargs="+", default=[Path("runs")], help="folders holding run folders (searched deeply)"

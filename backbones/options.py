@@ -13,6 +13,7 @@ from backbones.errors import HelpFormatter, UserError
 from backbones.flags import add_device, add_workers, non_negative_int
 from backbones.loading import DataConfig
 from backbones.runcheck import read_json
+from backbones.runfolder import RunFolder
 from backbones.train_common import TrainConfig
 
 
@@ -253,7 +254,7 @@ def with_saved_flags(spec: DatasetSpec, argv: list[str]) -> list[str]:
     wanted.add_argument("--resume", action="store_true")
     wanted.add_argument("--out", type=Path)
     given, _ = wanted.parse_known_args(argv)
-    source = given.config or (given.out / "config.json" if given.resume and given.out else None)
+    source = given.config or (RunFolder(given.out).config if given.resume and given.out else None)
     if source is None or (given.resume and not source.exists()):  # a run killed before writing it: flags as given
         return argv
     saved, problem = read_json(source)

@@ -27,7 +27,7 @@ from backbones import datasets, models
 from backbones.datasets.base import DatasetSpec
 from backbones.errors import HelpFormatter, UserError, run_cli
 from backbones.files import atomic_write, cache_dir
-from backbones.flags import add_device, add_workers
+from backbones.flags import add_device, add_models, add_workers
 from backbones.loading import DataConfig, image_cache, load_splits, split_batches, split_identity
 from backbones.options import (
     add_data_arguments,
@@ -62,13 +62,7 @@ def build_parser(spec: DatasetSpec | None) -> argparse.ArgumentParser:
     )
     add = parser.add_argument
     add("--dataset", required=True, choices=datasets.NAMES, help="the dataset, by its script's name")
-    add(
-        "--models",
-        "-models",
-        nargs="+",
-        default=["all"],
-        help="backbones to rank ('all': the eleven), names or aliases",
-    )
+    add_models(parser, ["all"], "backbones to rank")
     add("--weights", default="imagenet", help="'imagenet', 'none' (random init, a baseline) or a checkpoint FILE")
     default_size = "x".join(map(str, spec.image_size)) if spec else "the dataset's"
     add("--image-size", type=image_size, default=default_size, help="feature-extraction size, S or HxW")
@@ -88,9 +82,7 @@ def parse_args(argv: list[str] | None, known_only: bool = False) -> tuple[Datase
     """The ranking's flags; with `known_only`, those of `argv` this parser knows, the rest ignored (`choose.py`
     passes a fine-tuning command line)."""
     spec, args = parse_dataset_args(build_parser, argv, known_only)
-    if args.models == ["all"]:
-        args.models = models.list_models()
-    args.models = [models.resolve_name(name) for name in args.models]
+    args.models = models.resolve_names(args.models)
     for name in args.models:
         models.check_input_size(name, args.image_size)
     return spec, args

@@ -99,7 +99,6 @@ WHERE_AND_HOW = frozenset(
 )
 
 # robustness.py's analysis of a run, beside its metrics.json
-ROBUSTNESS_FILE = "robustness.json"
 FAMILIES = ("noise", "blur", "weather", "digital")  # ImageNet-C's groups of corruptions, in its order
 # Invariance, after Vishniakov et al. (ICML 2024), on whole images: each transformation's unit and amounts. The
 # clean images are amount 1 (scale, resolution) or 0 (shift, rotation, hflip).

@@ -14,9 +14,9 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from backbones.runtable import CHOOSE_FILE, markdown_table, md, number  # noqa: E402
+from backbones.runfolder import ChooseFolder  # noqa: E402
+from backbones.runtable import markdown_table, md, number  # noqa: E402
 
-RACE_FILE = "race.csv"
 MAX_PAIRS = 10_000
 
 
@@ -109,7 +109,10 @@ def plot_race(table: pd.DataFrame, title: str, path: Path) -> None:
 def race_sections(folders: list[Path], out: Path) -> list[str]:
     """A section of report.md for each choose folder under `folders`: its race table and plot."""
     sections = []
-    paths = sorted({p for folder in folders for p in folder.rglob(RACE_FILE) if (p.parent / CHOOSE_FILE).exists()})
+    race_file = ChooseFolder(Path()).race.name
+    paths = sorted(
+        {p for folder in folders for p in folder.rglob(race_file) if ChooseFolder(p.parent).settings.exists()}
+    )
     for number_, path in enumerate(paths, 1):
         table, problem = read_race(path)
         if table is None:

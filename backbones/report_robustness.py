@@ -24,8 +24,8 @@ from matplotlib.ticker import NullLocator  # noqa: E402
 from scipy.stats import ttest_rel  # noqa: E402
 
 from backbones.record import FAMILIES, INVARIANCE  # noqa: E402
-from backbones.record import ROBUSTNESS_FILE as RESULT_FILE  # noqa: E402
 from backbones.runcheck import check_analysis, read_json  # noqa: E402
+from backbones.runfolder import RunFolder  # noqa: E402
 from backbones.runtable import markdown_table, md, mean_std, number, test_outputs, write_csv  # noqa: E402
 from backbones.statistics import seed_board, tie_columns  # noqa: E402
 
@@ -39,7 +39,7 @@ def read_analyses(runs: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
     line for each analysis left out, and why."""
     rows, left_out = [], []
     for run in runs.itertuples():
-        path = Path(run.folder) / RESULT_FILE
+        path = RunFolder(Path(run.folder)).robustness
         if not path.exists():
             continue
         found, problem = read_json(path)
@@ -205,7 +205,7 @@ def mistakes(runs: pd.DataFrame) -> str:
             if saved is None:
                 continue
             labels, predicted = saved[1], saved[0].argmax(1)
-            classes = classes or json.loads((Path(folder) / "metrics.json").read_text())["classes"]
+            classes = classes or json.loads(RunFolder(Path(folder)).metrics.read_text())["classes"]
             wrong = labels != predicted
             counts.update(zip(labels[wrong].tolist(), predicted[wrong].tolist(), strict=True))
             size = len(classes)
@@ -261,7 +261,7 @@ def robustness_section(runs: pd.DataFrame, accuracy_board: pd.DataFrame, folder:
             parts.append(
                 "### Invariance\n\nTop-1 on the test images zoomed, shifted, rotated, mirrored or seen at a lower "
                 "resolution (the clean images are the point at no change; the mean probability of the true class is "
-                f"in each run's {RESULT_FILE}).\n\n![invariance]({folder.name}/invariance.png)"
+                f"in each run's {RunFolder(Path()).robustness.name}).\n\n![invariance]({folder.name}/invariance.png)"
             )
     if left_out:
         parts.append("Robustness analyses left out:\n\n" + "\n".join(f"- {md(line)}" for line in left_out))

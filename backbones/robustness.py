@@ -26,8 +26,8 @@ from backbones.corruptions import CORRUPTIONS, REFERENCE_SIZE, corrupt
 from backbones.errors import HelpFormatter, UserError, run_cli
 from backbones.flags import add_device, add_runs, add_workers
 from backbones.record import FAMILIES, INVARIANCE
-from backbones.record import ROBUSTNESS_FILE as RESULT_FILE
 from backbones.runfiles import library_versions, write_json
+from backbones.runfolder import RunFolder
 from backbones.runmodel import reopen_split
 from backbones.runtable import finished_runs
 from backbones.train_common import predict
@@ -283,9 +283,9 @@ def main(argv: list[str] | None = None) -> None:
             f"(e.g. {unwritable[0]}). Make them writable (or copy the runs somewhere writable) and run again."
         )
     for run in runs:
-        path = Path(run["folder"]) / RESULT_FILE
+        path = RunFolder(Path(run["folder"])).robustness
         if path.exists() and not args.force and answered(path, wanted):
-            print(f"{run['folder']}: analysed already ({RESULT_FILE}; --force redoes it)")
+            print(f"{run['folder']}: analysed already ({path.name}; --force redoes it)")
             continue
         result = analyse(run, args)
         try:

@@ -23,6 +23,7 @@ from backbones.errors import UserError
 from backbones.files import atomic_write, cache_dir
 from backbones.loading import identity_differences
 from backbones.record import RESULT_COLUMNS, WHERE_AND_HOW
+from backbones.runfolder import RunFolder
 from backbones.runtime import is_main
 
 PROJECT_DIR = Path(__file__).resolve().parents[1]
@@ -202,9 +203,6 @@ def library_versions() -> dict[str, str]:
     }
 
 
-RESUME_FILE = "checkpoint.pt"
-
-
 def run_config(args: argparse.Namespace) -> dict:
     """The command line as JSON-ready values."""
     return {
@@ -228,9 +226,9 @@ def resume_state(args: argparse.Namespace, config: dict, identity: dict) -> dict
     if args.out is None or not args.out.is_dir():
         given = "no --out was given" if args.out is None else f"--out {args.out} is not an existing folder"
         raise UserError(f"--resume continues the run in --out DIR, but {given}. Pass the folder of the killed run.")
-    if (args.out / "metrics.json").exists():
+    if RunFolder(args.out).finished:
         raise UserError(f"--resume: the run in {args.out} already finished (it has metrics.json); nothing to do.")
-    path = args.out / RESUME_FILE
+    path = RunFolder(args.out).resume
     if not path.exists():
         return None
     state = read_resume_file(path)

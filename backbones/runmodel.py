@@ -19,9 +19,14 @@ from backbones.finetune import Prepared, build_model, prepare
 from backbones.loading import evaluation_normalisation, image_cache, split_batches
 from backbones.options import with_saved_flags
 from backbones.pipeline import DeviceBatches
+from backbones.runfolder import RunFolder
 from backbones.runtable import read_run
 
-NEEDED = ("metrics.json", "config.json", "best.pt", "split.csv")
+
+def needed(folder: Path) -> list[Path]:
+    """The files a finished run's model and splits are read back from."""
+    files = RunFolder(folder)
+    return [files.metrics, files.config, files.best, files.split]
 
 
 @dataclass(frozen=True)
@@ -45,7 +50,7 @@ def open_finished(folder: Path) -> FinishedRun:
     """The run in `folder`, after checking that it finished and holds what reading it back needs."""
     if not folder.is_dir():
         raise UserError(f"--run {folder} is not a folder. Pass the folder of a finished run (runs/<run>).")
-    missing = [name for name in NEEDED if not (folder / name).exists()]
+    missing = [path.name for path in needed(folder) if not path.exists()]
     if missing:
         raise UserError(
             f"--run {folder} has no {', '.join(missing)}: it is not a finished run written by a dataset script "
@@ -54,7 +59,7 @@ def open_finished(folder: Path) -> FinishedRun:
     record, reason = read_run(folder)
     if record is None:
         raise UserError(f"--run {folder} cannot be used: {reason}.")
-    weights = models.Weights.parse(str(folder / "best.pt"))
+    weights = models.Weights.parse(str(RunFolder(folder).best))
     classes = weights.meta.get("classes")
     if not isinstance(classes, list) or len(classes) != record["num_classes"]:
         raise UserError(
@@ -84,17 +89,18 @@ def reopen_split(folder: Path, split: str, device: str, workers: int) -> tuple[P
     """The run's model and the batches of one of its splits, exactly as the run evaluated them: its flags from
     config.json, its best.pt, its split (checked against the split recorded in best.pt and, image by image,
     against split.csv; never drawn anew). The run's data must be where it was (`--data` in its record)."""
-    for needed in NEEDED:
-        if not (folder / needed).exists():
-            raise UserError(f"{folder} has no {needed}, so its {split} split or weights cannot be read back.")
-    record = json.loads((folder / "metrics.json").read_text())
+    for path in needed(folder):
+        if not path.exists():
+            raise UserError(f"{folder} has no {path.name}, so its {split} split or weights cannot be read back.")
+    files = RunFolder(folder)
+    record = json.loads(files.metrics.read_text())
     spec = datasets.spec(record["dataset"])
-    evaluation = ["--weights", str(folder / "best.pt"), "--eval-only", "--data", record["data"]]
-    argv = with_saved_flags(spec, ["--config", str(folder / "config.json"), *evaluation])
+    evaluation = ["--weights", str(files.best), "--eval-only", "--data", record["data"]]
+    argv = with_saved_flags(spec, ["--config", str(files.config), *evaluation])
     argv = [flag for flag in argv if flag not in ("--tensorboard", "--compile")]
     argv += ["--device", device, "--workers", str(workers)]
     job = prepare(spec, argv)  # refuses a split other than the one recorded in best.pt
-    saved = pd.read_csv(folder / "split.csv", dtype={"sample": str})
+    saved = pd.read_csv(files.split, dtype={"sample": str})
     now = job.samples.loc[job.samples["split"] == split, ["sample", "label"]].reset_index(drop=True)
     if not saved.loc[saved["split"] == split, ["sample", "label"]].reset_index(drop=True).equals(now):
         raise UserError(

@@ -20,15 +20,13 @@ from backbones.errors import UserError
 from backbones.files import atomic_write
 from backbones.record import METRICS, REQUIRED, WHERE_AND_HOW
 from backbones.runcheck import check_metrics, check_test_outputs, read_json
+from backbones.runfolder import MARKERS, ChooseFolder, RunFolder
 
 # Settings: what makes two runs answer different questions. Config keys that only say where or how fast a run
 # happened are ignored; every other config difference makes a separate row.
 SETTING_DEFAULTS = {"train_fraction": 1.0, "shots": None, "finetune": "full"}  # absent from older runs
 NOT_CONFIGURATION = {*WHERE_AND_HOW, "seed", "compile", "eval_only", "model", "weights", "protocol", "image_size"}
 NOT_CONFIGURATION |= set(SETTING_DEFAULTS)
-
-RUN_FILES = ("metrics.json", "log.txt", "split.csv", "best.pt")
-CHOOSE_FILE = "choose.json"  # marks a choose.py folder
 
 
 def find_runs(folders: list[Path]) -> tuple[list[dict], list[tuple[str, str]]]:
@@ -39,9 +37,10 @@ def find_runs(folders: list[Path]) -> tuple[list[dict], list[tuple[str, str]]]:
             raise UserError(f"--runs {folder} is not a folder. Pass the folders your runs were written to.")
         found = 0
         for path, subfolders, files in os.walk(folder):
-            if CHOOSE_FILE in files and "race" in subfolders:  # a choose's race: training state, not finished runs
-                subfolders.remove("race")
-            if not any(name in files for name in RUN_FILES):
+            choose = ChooseFolder(Path(path))
+            if choose.settings.name in files and choose.pairs.name in subfolders:  # training state, not runs
+                subfolders.remove(choose.pairs.name)
+            if not any(name in files for name in MARKERS):
                 continue
             subfolders.clear()  # a run folder holds no other runs
             found += 1
@@ -71,7 +70,7 @@ def finished_runs(folders: list[Path]) -> tuple[list[dict], list[tuple[str, str]
 def read_run(folder: Path) -> tuple[dict | None, str]:
     """One run's metrics, or None and why it cannot be used (`runcheck`: every field of its type and range, its
     test outputs of its shape)."""
-    path = folder / "metrics.json"
+    path = RunFolder(folder).metrics
     if not path.exists():
         return None, "no metrics.json: the run did not finish (killed or failed; see its log.txt)"
     run, problem = read_json(path)
@@ -87,7 +86,7 @@ def read_run(folder: Path) -> tuple[dict | None, str]:
     problem = check_metrics(run)
     if problem:
         return None, f"metrics.json is malformed: {problem}"
-    if (folder / "test_outputs.npz").exists():
+    if RunFolder(folder).test_outputs.exists():
         try:
             logits, labels = test_outputs(str(folder))
         except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as err:
@@ -197,7 +196,7 @@ def row_label(row: pd.Series, table: pd.DataFrame) -> str:
 @functools.cache  # a run's outputs serve every tie test, kappa pair, calibration and mistakes table it is in
 def test_outputs(folder: str) -> tuple[np.ndarray, np.ndarray] | None:
     """(logits, labels) a run saved for its test split (`test_outputs.npz`), read once; None where absent."""
-    path = Path(folder) / "test_outputs.npz"
+    path = RunFolder(Path(folder)).test_outputs
     if not path.exists():
         return None
     with np.load(path) as saved:

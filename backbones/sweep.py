@@ -24,8 +24,10 @@ from pathlib import Path
 
 from backbones import datasets, models, options, report
 from backbones.errors import HelpFormatter, UserError, run_cli
+from backbones.flags import add_models
 from backbones.record import WHERE_AND_HOW
 from backbones.runfiles import run_config
+from backbones.runfolder import RunFolder
 
 PLACEHOLDER_MODEL = "(set by the sweep)"  # -model is required by the script's parser; the sweep gives it per run
 PACKAGE_ROOT = Path(__file__).resolve().parents[1]  # the folder holding the backbones package
@@ -54,7 +56,7 @@ class Job:
 
     @property
     def status(self) -> str:
-        if (self.folder / "metrics.json").exists():
+        if RunFolder(self.folder).finished:
             return "done"
         return "resume" if self.folder.exists() else "new"
 
@@ -69,7 +71,7 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
         formatter_class=HelpFormatter,
     )
     add = parser.add_argument
-    add("--models", nargs="+", required=True, help="backbones: names, aliases, timm:<name>, or 'all' (the eleven)")
+    add_models(parser, None)
     add("--datasets", nargs="+", required=True, choices=datasets.NAMES, metavar="DATASET", help="dataset script names")
     add("--fractions", nargs="+", type=float, default=[], help="--train-fraction values (with --shots: both)")
     add("--shots", nargs="+", type=int, default=[], help="--shots values (images per class)")
@@ -182,9 +184,9 @@ def given_settings(dataset: str, passthrough: list[str]) -> set[str]:
 
 def saved_config(folder: Path) -> dict | None:
     """The configuration an existing run folder was started with (config.json, or a finished run's metrics)."""
-    for name, key in (("config.json", "config"), ("metrics.json", "config")):
+    for path in (RunFolder(folder).config, RunFolder(folder).metrics):
         with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
-            return dict(json.loads((folder / name).read_text())[key])
+            return dict(json.loads(path.read_text())["config"])
     return None
 
 
@@ -209,7 +211,7 @@ def conflicts(jobs: list[Job], passthrough: list[str]) -> list[str]:
 
 
 def plan(args: argparse.Namespace) -> list[Job]:
-    names = models.list_models() if args.models == ["all"] else [models.resolve_name(m) for m in args.models]
+    names = models.resolve_names(args.models)
     sizes = [f"fraction{f:g}" if f < 1 else "full" for f in args.fractions] + [f"shots{k}" for k in args.shots]
     sizes = sizes or ["full"]
     rates = dict.fromkeys(args.lr_grid) or [None]

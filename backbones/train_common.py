@@ -19,7 +19,8 @@ from backbones.datasets.base import PaperRecipe
 from backbones.errors import UserError
 from backbones.loading import IDENTITY_KEYS
 from backbones.pipeline import DeviceBatches
-from backbones.runfiles import RESUME_FILE, atomic_save
+from backbones.runfiles import atomic_save
+from backbones.runfolder import RunFolder
 from backbones.runtime import Precision, gather_shards, is_main, restore_rng, rng_state, world
 
 
@@ -270,7 +271,7 @@ def fit(
             run_epoch(trainee, data, optimizer, scaler, precision, config, run, progress, phase)
         if world()[1] > 1:
             dist.barrier()  # best.pt is written by the first process
-        best = torch.load(run.out / "best.pt", map_location=precision.device, weights_only=True)
+        best = torch.load(RunFolder(run.out).best, map_location=precision.device, weights_only=True)
         model.load_state_dict(best["model"])
     return progress.best, progress.history
 
@@ -310,7 +311,7 @@ def run_epoch(trainee, data: FitData, optimizer, scaler, precision, config, run:
         progress.best = {"epoch": epoch, "top1": score, "loss": selection.loss}
         if is_main():
             meta = {**run.meta, "epoch": epoch, "phase": phase}
-            atomic_save({"model": trainee.model.state_dict(), "meta": meta}, run.out / "best.pt")
+            atomic_save({"model": trainee.model.state_dict(), "meta": meta}, RunFolder(run.out).best)
     progress.stale = next_stale(progress.stale, improved, config.paper)
     seconds = time.perf_counter() - started
     name = data.select_name
@@ -366,4 +367,4 @@ def save_progress(model, optimizer, scaler, progress: Progress, run: RunOutput) 
         "config": run.meta["config"],
         "identity": {k: run.meta[k] for k in IDENTITY_KEYS},
     }
-    atomic_save(state, run.out / RESUME_FILE)
+    atomic_save(state, RunFolder(run.out).resume)

@@ -40,7 +40,7 @@ def main() -> None:
     parser.add_argument("--keep", type=int, default=None, help="choose's --keep (default: race every candidate)")
     parser.add_argument("--choose-flags", nargs=argparse.REMAINDER, default=[], help="further flags for choose.py")
     args = parser.parse_args(own)
-    names = models.list_models() if args.models == ["all"] else [models.resolve_name(m) for m in args.models]
+    names = models.resolve_names(args.models)
     seeds = [str(seed) for seed in args.seeds]
 
     started = time.perf_counter()

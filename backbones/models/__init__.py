@@ -83,6 +83,12 @@ def resolve_name(name: str) -> str:
     return name
 
 
+def resolve_names(names: list[str]) -> list[str]:
+    """Canonical names of `names` (aliases, timm:<name>, or 'all' for the eleven), each once, in the order given."""
+    expanded = [m for name in names for m in (list_models() if name == "all" else [resolve_name(name)])]
+    return list(dict.fromkeys(expanded))
+
+
 def input_multiple(name: str) -> int:
     """What the backbone's input height and width must be a multiple of (1 when anything goes)."""
     name = resolve_name(name)
