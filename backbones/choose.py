@@ -149,7 +149,9 @@ def open_folder(own: argparse.Namespace, run_flags: list[str]) -> None:
                 f"{path} cannot be read ({problem or 'not a JSON object'}), so what this choose was started with is "
                 "unknown. Give a new --out."
             )
-        if saved != settings:
+        if saved != settings and only_budget_changed(saved, settings) and not own.folder.pairs.exists():
+            write_json(settings, path)  # the race has not started: nothing the budget decides was decided yet
+        elif saved != settings:
             changed = [key for key in settings if saved.get(key) != settings[key]]
             raise UserError(
                 f"{own.out} holds a choose started with other settings ({', '.join(changed)}); rerunning continues "
@@ -161,6 +163,10 @@ def open_folder(own: argparse.Namespace, run_flags: list[str]) -> None:
         raise UserError(f"--out {own.out} exists and is not a choose's folder; give a new --out.")
     own.out.mkdir(parents=True, exist_ok=True)
     write_json(settings, path)
+
+
+def only_budget_changed(saved: dict, settings: dict) -> bool:
+    return {k: v for k, v in saved.items() if k != "budget"} == {k: v for k, v in settings.items() if k != "budget"}
 
 
 # ----------------------------------------------------------------------------------------------- 1. rank
@@ -331,7 +337,7 @@ def confirm(own, spec, run_flags, chosen: list[Pair], cap: int) -> Path:
 
 
 # ----------------------------------------------------------------------------------------------- 4. answer
-def answer(own, spec, table: pd.DataFrame, rungs: list[Rung], ranked: pd.DataFrame, root: Path) -> dict:
+def answer(own, spec, table: pd.DataFrame, ranked: pd.DataFrame, root: Path, cap: int) -> dict:
     """The recommendation and its cost against the full sweep's; answer.json, choose.md, race.csv and race.png."""
     runs, _ = finished_runs([root])
     board = report.leaderboard(runs_table(runs)[0], seed=own.seeds[0])
@@ -343,6 +349,7 @@ def answer(own, spec, table: pd.DataFrame, rungs: list[Rung], ranked: pd.DataFra
         "tied": tied["backbone"].tolist(),
         "pick": cheapest["backbone"],
         "pick_lr": learning_rate[cheapest["backbone"]],
+        "confirm_epochs_per_phase_cap": cap,
         **cost(own, table, ranked, runs),
     }
     write_csv(table, own.folder.race)
@@ -410,6 +417,8 @@ best. Finalists: {md(", ".join(pair.model for pair in chosen_pairs(table)))}.
 
 Budget {own.budget}. The full sweep is estimated at the confirmation runs' mean length, with each backbone's
 seconds per epoch as measured here (or, for a backbone that did not race, from the ranking's extraction speed).
+The budget capped the confirmation runs at {result["confirm_epochs_per_phase_cap"]} epoch(s) per phase; a sweep's
+runs last as long as the run flags let them, so where that cap stopped them the estimate is a lower bound.
 
 ## The race
 
@@ -429,10 +438,10 @@ AdamW alone, each rung continuing from the last; a pair's score is its best vali
 
 def main(argv: list[str] | None = None) -> dict:
     own, spec, run_flags, run_args = parse_args(sys.argv[1:] if argv is None else argv)
-    open_folder(own, run_flags)
     racing_count = min(own.keep or len(own.models), len(own.models))
     if own.budget.unit == "epochs":  # checked before any work; a time budget needs the ranking's speed first
         check_minimum(own, racing_count * len(own.lr_grid), 1.0, racing_count)
+    open_folder(own, run_flags)
     ranked = ranking(own, spec, run_flags)
     racing = kept(own, ranked)
     estimate = {name: estimate_epoch_seconds(ranked.loc[name]) for name in racing}
@@ -449,7 +458,7 @@ def main(argv: list[str] | None = None) -> dict:
     spent = table["epochs"].sum() if own.budget.unit == "epochs" else rank_seconds + table["seconds"].sum()
     costs = [cost_per_epoch(own.budget.unit, table, pair.model, estimate[pair.model]) for pair in chosen]
     cap = state.remember("confirm epochs", lambda: confirm_epochs(own, run_args, costs, own.budget.amount - spent))
-    result = answer(own, spec, table, rungs, ranked, confirm(own, spec, run_flags, chosen, cap))
+    result = answer(own, spec, table, ranked, confirm(own, spec, run_flags, chosen, cap), cap)
     print(
         f"\nPick: {result['pick']} (lr {result['pick_lr']:g}). Best: {result['best']}; tied with it: "
         f"{', '.join(result['tied'])}. choose spent {result['epochs']} epochs and {result['seconds']:.0f} s; the "
