@@ -33,7 +33,7 @@ from backbones.errors import HelpFormatter, UserError, run_cli
 from backbones.flags import add_models
 from backbones.loading import image_cache, split_batches
 from backbones.options import build_parser, positive_float, positive_int, train_config
-from backbones.race import Pair, RaceState, Rung, next_rung, survivors
+from backbones.race import Pair, RaceState, Rung, next_rung, plan, survivors
 from backbones.report_race import plot_race, race_markdown, rung_column
 from backbones.runcheck import read_json
 from backbones.runfiles import RunLog, read_resume_file, write_history, write_json
@@ -107,6 +107,7 @@ def build_own_parser() -> argparse.ArgumentParser:
     add("--seeds", type=int, nargs="+", default=[0, 1, 2], help="seeds of the confirmation (the race uses the first)")
     add("--out", type=Path, default=None, help="choose's folder (default: runs/choose-<dataset>)")
     add("--storage", default=None, help="Optuna storage URL for the race (default: sqlite:///<out>/race.db)")
+    add("--dry-run", action="store_true", help="print what an epoch budget buys (rungs, confirmation) and stop")
     return parser
 
 
@@ -210,6 +211,29 @@ def check_minimum(own: argparse.Namespace, pairs: int, per_epoch: float, backbon
             f"The minimum is {math.ceil(minimum)} {unit}. Raise --budget, or race fewer pairs (--keep, a shorter "
             "--lr-grid)."
         )
+
+
+def print_plan(own, run_args, racing: int) -> None:
+    """What an epoch budget buys if no pair stops early: the rungs, then each confirmation run's epoch cap."""
+    if own.budget.unit != "epochs":
+        print("With a time budget each rung is priced at the seconds per epoch measured as the race goes, so there "
+              "is no plan before it runs; give the budget in epochs (--budget N) to see one.")  # fmt: skip
+        return
+    pairs = racing * len(own.lr_grid)
+    rungs = plan(pairs, own.eta, own.min_epochs, own.race_share * own.budget.amount, own.finalists)
+    print(f"Plan for --budget {own.budget}: {len(own.models)} candidates, {racing} racing x {len(own.lr_grid)} "
+          f"learning rates = {pairs} pairs.")  # fmt: skip
+    previous = 0
+    for rung in rungs:
+        print(f"  rung {rung.index}: {rung.pairs} pairs to {rung.epochs} epoch(s) each "
+              f"({rung.pairs * (rung.epochs - previous)} epochs)")  # fmt: skip
+        previous = rung.epochs
+    race_epochs = sum(r.pairs * (r.epochs - (rungs[i - 1].epochs if i else 0)) for i, r in enumerate(rungs))
+    finalists = min(own.finalists, racing)
+    cap = confirm_epochs(own, run_args, [1.0] * finalists, own.budget.amount - race_epochs)
+    share = own.race_share * own.budget.amount
+    print(f"Race: {race_epochs} epochs of its {share:g}. Confirmation: {finalists} finalist(s) x {len(own.seeds)} "
+          f"seed(s), at most {cap} epoch(s) per phase each. Nothing was run.")  # fmt: skip
 
 
 def train_pair(spec: DatasetSpec, run_flags: list[str], pair: Pair, rung: Rung, seed: int, own) -> tuple:
@@ -441,6 +465,9 @@ def main(argv: list[str] | None = None) -> dict:
     racing_count = min(own.keep or len(own.models), len(own.models))
     if own.budget.unit == "epochs":  # checked before any work; a time budget needs the ranking's speed first
         check_minimum(own, racing_count * len(own.lr_grid), 1.0, racing_count)
+    if own.dry_run:
+        print_plan(own, run_args, racing_count)
+        return {}
     open_folder(own, run_flags)
     ranked = ranking(own, spec, run_flags)
     racing = kept(own, ranked)

@@ -133,6 +133,24 @@ def test_a_choose_killed_mid_race_resumes_to_the_same_decisions(tmp_path):
     assert answer == expected_answer
 
 
+def test_a_dry_run_prints_what_an_epoch_budget_buys(tmp_path):
+    # 3 backbones x 3 rates = 9 pairs; the race's half of 60 epochs is 30: 9 x 1 epoch, then the best 3 to 3 epochs
+    # (3 x 2 more) = 15; 2 pairs would be left, both finalists. Confirmation: (60 - 15) / (2 finalists x 2 seeds x
+    # 2 phases) = 5.6, so 5 epochs per phase
+    argv = ["--dataset", "digits", "--budget", "60", "--models", "mobilenet", "shufflenet", "timm:test_resnet"]
+    result = run_inline("choose.py", *argv, "--seeds", "0", "1", "--out", tmp_path / "c", "--dry-run")
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[1:3] == [
+        "  rung 0: 9 pairs to 1 epoch(s) each (9 epochs)",
+        "  rung 1: 3 pairs to 3 epoch(s) each (6 epochs)",
+    ]
+    assert (
+        "Race: 15 epochs of its 30. Confirmation: 2 finalist(s) x 2 seed(s), at most 5 epoch(s) per phase" in lines[3]
+    )
+    assert not (tmp_path / "c").exists()
+
+
 def test_rerunning_with_other_flags_is_refused_and_nothing_is_lost(tmp_path):
     out = tmp_path / "choose"
     out.mkdir()
