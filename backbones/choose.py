@@ -404,8 +404,14 @@ def cost(own, table: pd.DataFrame, ranked: pd.DataFrame, runs: list[dict]) -> di
     spent["seconds"] = round(spent["rank_seconds"] + spent["race_seconds"] + spent["confirm_seconds"], 1)
     spent["training_images"] = spent["epochs"] * int(runs[0]["n_train"])
     spent["sweep_epochs_estimated"] = round(len(ranked) * len(own.seeds) * mean_epochs, 1)
-    spent["sweep_seconds_estimated"] = round(len(own.seeds) * mean_epochs * sum(per_epoch.values()), 1)
+    seconds = len(own.seeds) * mean_epochs * sum(per_epoch.values())  # NaN: a backbone's speed is unknown
+    spent["sweep_seconds_estimated"] = None if math.isnan(seconds) else round(seconds, 1)
     return spent
+
+
+def seconds_text(seconds: float | None) -> str:
+    """A time in whole seconds, or 'unknown' where a backbone that did not race had its features from the cache."""
+    return "unknown" if seconds is None else f"{seconds:.0f}"
 
 
 def estimate_epoch_seconds(row: pd.Series) -> float:
@@ -419,8 +425,9 @@ def estimate_epoch_seconds(row: pd.Series) -> float:
 
 def write_summary(own, spec, board: pd.DataFrame, table: pd.DataFrame, result: dict) -> None:
     """choose.md: the answer first, then the cost, the race and the confirmation's leaderboard."""
-    ratio = {unit: result[unit] / result[f"sweep_{unit}_estimated"] for unit in ("epochs", "seconds")}
-    sweep = f"{result['sweep_epochs_estimated']:.0f} | {result['sweep_seconds_estimated']:.0f}"
+    sweep_cost = {unit: result[f"sweep_{unit}_estimated"] for unit in ("epochs", "seconds")}
+    ratio = {unit: f"{result[unit] / cost:.2f}" if cost else "unknown" for unit, cost in sweep_cost.items()}
+    sweep = f"{result['sweep_epochs_estimated']:.0f} | {seconds_text(result['sweep_seconds_estimated'])}"
     text = f"""# Choosing a backbone for {md(spec.title)}
 
 {report.recommendation(board)}
@@ -437,7 +444,7 @@ best. Finalists: {md(", ".join(pair.model for pair in chosen_pairs(table)))}.
 | confirmation | {result["confirm_epochs"]} | {result["confirm_seconds"]:.0f} |
 | **choose in all** | **{result["epochs"]}** | **{result["seconds"]:.0f}** |
 | the full sweep ({len(own.models)} backbones x {len(own.seeds)} seeds), estimated | {sweep} |
-| ratio | {ratio["epochs"]:.2f} | {ratio["seconds"]:.2f} |
+| ratio | {ratio["epochs"]} | {ratio["seconds"]} |
 
 Budget {own.budget}. The full sweep is estimated at the confirmation runs' mean length, with each backbone's
 seconds per epoch as measured here (or, for a backbone that did not race, from the ranking's extraction speed).
@@ -490,7 +497,7 @@ def main(argv: list[str] | None = None) -> dict:
         f"\nPick: {result['pick']} (lr {result['pick_lr']:g}). Best: {result['best']}; tied with it: "
         f"{', '.join(result['tied'])}. choose spent {result['epochs']} epochs and {result['seconds']:.0f} s; the "
         f"full sweep would take about {result['sweep_epochs_estimated']:.0f} epochs and "
-        f"{result['sweep_seconds_estimated']:.0f} s. Details in {own.folder.summary}."
+        f"{seconds_text(result['sweep_seconds_estimated'])} s. Details in {own.folder.summary}."
     )
     return result
 
