@@ -565,7 +565,7 @@ def at_best_learning_rate(table: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]
         if len(settings) < 2 or len(others) > 1 or not chosen_on_validation:
             kept.append(rows)
             continue
-        means = rows.groupby("configuration")["selection_top1"].mean().sort_values(ascending=False)
+        means = rows.groupby("configuration")["selection_top1"].mean().sort_values(ascending=False, kind="stable")
         kept.append(rows[rows["configuration"] == means.index[0]])
         rates = [f"{settings[c]['lr']:g} ({means[c]:.2f}%)" for c in means.index]
         notes.append(f"{md(model)} ({md(rows['dataset'].iloc[0])}): lr {rates[0]}, over {', '.join(rates[1:])}")
