@@ -47,7 +47,6 @@ SET_PER_RUN = {  # run flags choose sets itself, and what to use instead
     "--model": "--models",
     "--lr": "--lr-grid",
     "--seed": "--seeds",
-    "--out": "--out (choose's own folder)",
     "--resume": "the same command again (it continues)",
     "--config": "the flags themselves",
     "--eval-only": "predict.py or export.py on a chosen run",
