@@ -31,7 +31,6 @@ from backbones import datasets, finetune, models, rank, report
 from backbones.datasets.base import DatasetSpec
 from backbones.errors import HelpFormatter, UserError, run_cli
 from backbones.flags import add_models
-from backbones.loading import image_cache, split_batches
 from backbones.options import build_parser, positive_float, positive_int, train_config
 from backbones.race import Pair, RaceState, Rung, next_rung, plan, survivors
 from backbones.report_race import plot_race, race_markdown, rung_column
@@ -222,12 +221,11 @@ def print_plan(own, run_args, racing: int) -> None:
     rungs = plan(pairs, own.eta, own.min_epochs, own.race_share * own.budget.amount, own.finalists)
     print(f"Plan for --budget {own.budget}: {len(own.models)} candidates, {racing} racing x {len(own.lr_grid)} "
           f"learning rates = {pairs} pairs.")  # fmt: skip
-    previous = 0
+    race_epochs, previous = 0, 0
     for rung in rungs:
-        print(f"  rung {rung.index}: {rung.pairs} pairs to {rung.epochs} epoch(s) each "
-              f"({rung.pairs * (rung.epochs - previous)} epochs)")  # fmt: skip
-        previous = rung.epochs
-    race_epochs = sum(r.pairs * (r.epochs - (rungs[i - 1].epochs if i else 0)) for i, r in enumerate(rungs))
+        cost, previous = rung.pairs * (rung.epochs - previous), rung.epochs  # state carries over between rungs
+        race_epochs += cost
+        print(f"  rung {rung.index}: {rung.pairs} pairs to {rung.epochs} epoch(s) each ({cost} epochs)")
     finalists = min(own.finalists, racing)
     cap = confirm_epochs(own, run_args, [1.0] * finalists, own.budget.amount - race_epochs)
     share = own.race_share * own.budget.amount
@@ -245,11 +243,7 @@ def train_pair(spec: DatasetSpec, run_flags: list[str], pair: Pair, rung: Rung, 
     folder.mkdir(parents=True, exist_ok=True)
     files = RunFolder(folder)
     log = RunLog(files.log)
-    cache = image_cache(spec, job.data, job.catalog, job.samples, log, ("train", "val"))
-
-    def batches(split: str, train: bool = False):
-        return split_batches(spec, job.data, job.catalog, job.samples, split, job.precision, train, cache)
-
+    batches = job.batches(log, ("train", "val"))
     config = dataclasses.replace(train_config(job.args, None), max_epochs=rung.epochs, sgd_phase=False)
     resumed = read_resume_file(files.resume) if files.resume.exists() else None
     output = RunOutput(folder, log, finetune.checkpoint_meta(job), lambda h: write_history(h, files.history))
@@ -393,7 +387,7 @@ def cost(own, table: pd.DataFrame, ranked: pd.DataFrame, runs: list[dict]) -> di
     }
     mean_epochs = sum(run_epochs) / len(run_epochs)
     spent = {
-        "rank_seconds": round(float((ranked["features_seconds"] + ranked["score_seconds"]).sum()), 1),
+        "rank_seconds": round(rank_seconds(ranked), 1),
         "race_epochs": int(table["epochs"].sum()),
         "race_seconds": round(float(table["seconds"].sum()), 1),
         "confirm_epochs": int(sum(run_epochs)),
@@ -406,6 +400,11 @@ def cost(own, table: pd.DataFrame, ranked: pd.DataFrame, runs: list[dict]) -> di
     seconds = len(own.seeds) * mean_epochs * sum(per_epoch.values())  # NaN: a backbone's speed is unknown
     spent["sweep_seconds_estimated"] = None if math.isnan(seconds) else round(seconds, 1)
     return spent
+
+
+def rank_seconds(ranked: pd.DataFrame) -> float:
+    """What the ranking took: extracting every candidate's features and scoring them."""
+    return float((ranked["features_seconds"] + ranked["score_seconds"]).sum())
 
 
 def seconds_text(seconds: float | None) -> str:
@@ -478,7 +477,6 @@ def main(argv: list[str] | None = None) -> dict:
     ranked = ranking(own, spec, run_flags)
     racing = kept(own, ranked)
     estimate = {name: estimate_epoch_seconds(ranked.loc[name]) for name in racing}
-    rank_seconds = float((ranked["features_seconds"] + ranked["score_seconds"]).sum())
     if own.budget.unit == "seconds" and not any(math.isnan(v) for v in estimate.values()):
         check_minimum(own, racing_count * len(own.lr_grid), sum(estimate.values()) / len(racing), racing_count)
     state = RaceState(own.storage, "race", [Pair(m, lr) for m in racing for lr in own.lr_grid],
@@ -488,7 +486,7 @@ def main(argv: list[str] | None = None) -> dict:
     chosen = chosen_pairs(table)
     close_race(state, table, chosen)
     print("\nFinalists: " + ", ".join(f"{pair.model} (lr {pair.lr:g})" for pair in chosen))
-    spent = table["epochs"].sum() if own.budget.unit == "epochs" else rank_seconds + table["seconds"].sum()
+    spent = table["epochs"].sum() if own.budget.unit == "epochs" else rank_seconds(ranked) + table["seconds"].sum()
     costs = [cost_per_epoch(own.budget.unit, table, pair.model, estimate[pair.model]) for pair in chosen]
     cap = state.remember("confirm epochs", lambda: confirm_epochs(own, run_args, costs, own.budget.amount - spent))
     result = answer(own, spec, table, ranked, confirm(own, spec, run_flags, chosen, cap), cap)

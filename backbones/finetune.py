@@ -15,6 +15,7 @@ import json
 import platform
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -95,6 +96,16 @@ class Prepared:
     def count(self, split: str) -> int:
         return int((self.samples["split"] == split).sum())
 
+    def batches(self, log, splits: tuple[str, ...]) -> Callable[..., DeviceBatches]:
+        """`batches(split, train=False)`: device-ready batches of a split, the images of `splits` decoded once into
+        the image cache (the splits a command reads, and no other)."""
+        cache = image_cache(self.spec, self.data, self.catalog, self.samples, log, splits)
+
+        def of(split: str, train: bool = False) -> DeviceBatches:
+            return split_batches(self.spec, self.data, self.catalog, self.samples, split, self.precision, train, cache)
+
+        return of
+
 
 def main(spec: DatasetSpec, argv: list[str] | None = None) -> dict:
     """Fine-tune (or with --eval-only, evaluate) one backbone on one dataset; returns the metrics written."""
@@ -105,10 +116,7 @@ def main(spec: DatasetSpec, argv: list[str] | None = None) -> dict:
     out, log, resumed = open_run_folder(job, params, argv)
     for message in warned:
         log.to_file(f"warning: {message}")
-    cache = image_cache(spec, job.data, job.catalog, job.samples, log, cached_splits(job.data, not job.args.eval_only))
-
-    def loader(split: str, train: bool = False) -> DeviceBatches:
-        return split_batches(spec, job.data, job.catalog, job.samples, split, job.precision, train, cache)
+    loader = job.batches(log, cached_splits(job.data, not job.args.eval_only))
 
     best, history, train_seconds, train_loader = {}, [], 0.0, None
     if not job.args.eval_only:

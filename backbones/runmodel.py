@@ -16,7 +16,7 @@ from backbones import datasets, models
 from backbones.datasets.base import Normalisation
 from backbones.errors import UserError
 from backbones.finetune import Prepared, build_model, prepare
-from backbones.loading import evaluation_normalisation, image_cache, split_batches
+from backbones.loading import evaluation_normalisation
 from backbones.options import with_saved_flags
 from backbones.pipeline import DeviceBatches
 from backbones.runfolder import RunFolder
@@ -108,6 +108,4 @@ def reopen_split(folder: Path, split: str, device: str, workers: int) -> tuple[P
             "run now; the run's split cannot be reproduced. Was the data changed after the run?"
         )
     trainee, _ = build_model(job)
-    cache = image_cache(spec, job.data, job.catalog, job.samples, lambda message: None, (split,))
-    batches = split_batches(spec, job.data, job.catalog, job.samples, split, job.precision, False, cache)
-    return job, trainee.model, batches
+    return job, trainee.model, job.batches(lambda message: None, (split,))(split)

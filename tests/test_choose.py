@@ -85,7 +85,7 @@ def test_the_test_split_is_read_only_by_the_confirmation_once_per_run(tmp_path, 
 
         monkeypatch.setattr(module, name, watched)
 
-    for module in (rank, choose, finetune):
+    for module in (rank, finetune):  # every split rank and choose read goes through one of these two
         watch(module, "split_batches", lambda *a, **k: [a[4]])
         watch(module, "image_cache", lambda *a, **k: list(a[5] if len(a) > 5 else k.get("splits", ("all",))))
     confirm = choose.confirm
