@@ -559,15 +559,17 @@ def at_best_learning_rate(table: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]
     on the validation split. Under --protocol paper runs select on the test set, so nothing is chosen there."""
     kept, notes = [], []
     for (_, model), rows in table.groupby(["setting", "model"], sort=False):
-        settings = {c: json.loads(c) for c in rows["configuration"].unique()}
-        others = {json.dumps({k: v for k, v in c.items() if k != "lr"}, sort_keys=True) for c in settings.values()}
+        configurations = {c: json.loads(c) for c in rows["configuration"].unique()}
+        others = {
+            json.dumps({k: v for k, v in c.items() if k != "lr"}, sort_keys=True) for c in configurations.values()
+        }
         chosen_on_validation = rows["protocol"].iloc[0] == "val" and rows["selection_top1"].notna().all()
-        if len(settings) < 2 or len(others) > 1 or not chosen_on_validation:
+        if len(configurations) < 2 or len(others) > 1 or not chosen_on_validation:
             kept.append(rows)
             continue
         means = rows.groupby("configuration")["selection_top1"].mean().sort_values(ascending=False, kind="stable")
         kept.append(rows[rows["configuration"] == means.index[0]])
-        rates = [f"{settings[c]['lr']:g} ({means[c]:.2f}%)" for c in means.index]
+        rates = [f"{configurations[c]['lr']:g} ({means[c]:.2f}%)" for c in means.index]
         notes.append(f"{md(model)} ({md(rows['dataset'].iloc[0])}): lr {rates[0]}, over {', '.join(rates[1:])}")
     table = pd.concat(kept).reset_index(drop=True) if kept else table
     table["label"] = table.apply(lambda row: row_label(row, table), axis=1)

@@ -145,6 +145,7 @@ def runs_table(runs: list[dict]) -> tuple[pd.DataFrame, list[tuple[str, str]]]:
     rows = []
     for run, label in zip(runs, dataset_labels(runs), strict=True):
         setting = setting_of(run, label)
+        selected = run.get("best_selection_top1")  # absent from older runs; 0.0 is a score, not a missing one
         configuration = {k: v for k, v in run["config"].items() if k not in NOT_CONFIGURATION}
         rows.append(
             {
@@ -160,7 +161,7 @@ def runs_table(runs: list[dict]) -> tuple[pd.DataFrame, list[tuple[str, str]]]:
                 "image_size": tuple(run["image_size"]),  # (height, width), for code; the setting's text is for people
                 "default_size": run["image_size"] == run["default_image_size"],
                 **{column: math.nan if run[column] is None else float(run[column]) for column, _, _ in METRICS},
-                "selection_top1": float(run.get("best_selection_top1") or math.nan),  # what the run selected on
+                "selection_top1": math.nan if selected is None else float(selected),  # what the run selected on
                 "finished": run["finished"],
                 "folder": run["folder"],
             }
