@@ -172,13 +172,14 @@ def only_budget_changed(saved: dict, settings: dict) -> bool:
 def ranking(own: argparse.Namespace, spec: DatasetSpec, run_flags: list[str]) -> pd.DataFrame:
     """The candidates ranked by LogME (rank.py's table), computed once and read back when continuing."""
     path = own.folder.ranking
+    what = "choose's ranking (delete it to rank again)"  # read back as input: checked, the fingerprint kept as text
     if path.exists():
-        return pd.read_csv(path).set_index("backbone")
+        return report.read_rankings([path], what).set_index("backbone")
     argv = ["--dataset", spec.name, "--models", *own.models, "--seed", str(own.seeds[0]), "--out", str(path)]
     _, args = rank.parse_args([*argv, *run_flags], known_only=True)
     args.models, args.runs = own.models, None
     rank.rank(spec, args, path)
-    return pd.read_csv(path).set_index("backbone")
+    return report.read_rankings([path], what).set_index("backbone")
 
 
 def kept(own: argparse.Namespace, table: pd.DataFrame) -> list[str]:

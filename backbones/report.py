@@ -172,23 +172,24 @@ def domain_tables(
 RANKING_KEY = ["dataset_fingerprint", "weights", "resolution", "train_fraction", "shots", "backbone"]
 
 
-def read_rankings(paths: list[Path]) -> pd.DataFrame:
-    """rank.py's tables, one row per (data, weights, resolution, training data size, backbone); a later file wins."""
+def read_rankings(paths: list[Path], what: str = "--rankings") -> pd.DataFrame:
+    """rank.py's tables, one row per (data, weights, resolution, training data size, backbone); a later file wins.
+    `what` names the file in an error (the flag that gave it)."""
     tables = []
     for path in paths:
         try:
             text_columns = ("dataset_fingerprint", "weights", "resolution", "backbone")  # a hash of digits stays text
             tables.append(pd.read_csv(path, dtype=dict.fromkeys(text_columns, str)))
         except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError) as err:
-            raise UserError(f"--rankings {path} cannot be read ({err}); pass CSVs written by rank.py.") from err
+            raise UserError(f"{what} {path} cannot be read ({err}); pass CSVs written by rank.py.") from err
         if not {*RANKING_KEY, *PREDICTORS} <= set(tables[-1].columns):
             raise UserError(
-                f"--rankings {path} is not a table written by this version of rank.py (it lacks some of the columns "
+                f"{what} {path} is not a table written by this version of rank.py (it lacks some of the columns "
                 f"{', '.join(RANKING_KEY)}); rerun rank.py to get one."
             )
         problem = check_ranking(tables[-1])
         if problem:
-            raise UserError(f"--rankings {path} is not a table rank.py wrote: {problem}. Rerun rank.py to get one.")
+            raise UserError(f"{what} {path} is not a table rank.py wrote: {problem}. Rerun rank.py to get one.")
     if not tables:
         return pd.DataFrame()
     return pd.concat(tables).drop_duplicates(RANKING_KEY, keep="last")

@@ -158,3 +158,13 @@ def test_rerunning_with_other_flags_is_refused_and_nothing_is_lost(tmp_path):
     result = run_inline("choose.py", *choose_args(out, "40"))
     assert_clean_error(result, "other settings (budget", "a new --out")
     assert sorted(p.name for p in out.iterdir()) == ["choose.json"]
+
+
+def test_a_damaged_ranking_read_back_is_a_clear_error(tmp_path):
+    argv = choose_args(tmp_path / "choose", "40")
+    own, _, run_flags, _ = choose.parse_args(argv)
+    choose.open_folder(own, run_flags)  # a choose killed after its folder was made
+    own.folder.ranking.write_text('backbone,logme\n"timm:test_resnet",not-a-number\n')
+    result = run_inline("choose.py", *argv)
+    assert_clean_error(result, "choose's ranking (delete it to rank again)", "is not a table written by")
+    assert result.returncode == 2
