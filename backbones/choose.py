@@ -31,7 +31,7 @@ from backbones import datasets, finetune, models, rank, report
 from backbones.datasets.base import DatasetSpec
 from backbones.errors import HelpFormatter, UserError, run_cli
 from backbones.flags import add_models
-from backbones.options import build_parser, positive_float, positive_int, train_config
+from backbones.options import build_parser, positive_float, positive_int
 from backbones.race import Pair, RaceState, Rung, next_rung, plan, survivors
 from backbones.report_race import plot_race, race_markdown, rung_column
 from backbones.runcheck import read_json
@@ -245,7 +245,7 @@ def train_pair(spec: DatasetSpec, run_flags: list[str], pair: Pair, rung: Rung, 
     files = RunFolder(folder)
     log = RunLog(files.log)
     batches = job.batches(log, ("train", "val"))
-    config = dataclasses.replace(train_config(job.args, None), max_epochs=rung.epochs, sgd_phase=False)
+    config = dataclasses.replace(job.config.train, max_epochs=rung.epochs, sgd_phase=False)
     resumed = read_resume_file(files.resume) if files.resume.exists() else None
     output = RunOutput(folder, log, finetune.checkpoint_meta(job), lambda h: write_history(h, files.history))
     best, history = fit(trainee, FitData(batches("train", True), batches("val"), "val"), job.precision, config, output,

@@ -7,10 +7,8 @@ original's recipe instead, selection on the test set included, and says so.
 
 from __future__ import annotations
 
-import argparse
 import csv
 import dataclasses
-import importlib.util
 import json
 import platform
 import sys
@@ -41,14 +39,7 @@ from backbones.loading import (
     warn_on_stderr,
 )
 from backbones.metrics import class_weighted_batch_accuracy, fit_temperature, quality, reliability_diagram
-from backbones.options import (
-    apply_protocol_defaults,
-    build_parser,
-    data_config,
-    paper_recipe,
-    train_config,
-    with_saved_flags,
-)
+from backbones.options import RunConfig, resolve, with_saved_flags
 from backbones.pipeline import DeviceBatches
 from backbones.runfiles import (
     RunLog,
@@ -59,7 +50,6 @@ from backbones.runfiles import (
     library_versions,
     make_out_dir,
     resume_state,
-    run_config,
     tensorboard_logger,
     write_history,
     write_json,
@@ -83,15 +73,19 @@ from backbones.train_common import FitData, RunOutput, Trainee, evaluate, fit
 class Prepared:
     """A run as its command line, data and device define it, checked before any training."""
 
-    spec: DatasetSpec
-    args: argparse.Namespace
-    data: DataConfig
-    model_name: str
-    weights: models.Weights
+    config: RunConfig
     precision: Precision
     catalog: Catalog
     samples: pd.DataFrame
     identity: dict
+
+    @property
+    def spec(self) -> DatasetSpec:
+        return self.config.spec
+
+    @property
+    def data(self) -> DataConfig:
+        return self.config.data
 
     def count(self, split: str) -> int:
         return int((self.samples["split"] == split).sum())
@@ -116,18 +110,19 @@ def main(spec: DatasetSpec, argv: list[str] | None = None) -> dict:
     out, log, resumed = open_run_folder(job, params, argv)
     for message in warned:
         log.to_file(f"warning: {message}")
-    loader = job.batches(log, cached_splits(job.data, not job.args.eval_only))
+    config = job.config
+    loader = job.batches(log, cached_splits(config.data, not config.eval_only))
 
     best, history, train_seconds, train_loader = {}, [], 0.0, None
-    if not job.args.eval_only:
+    if not config.eval_only:
         train_loader = loader("train", train=True)
-        select = "test" if job.args.protocol == "paper" else "val"
+        select = config.protocol.selection
         started = time.perf_counter()
         best, history = fit(
             trainee,
             FitData(train_loader, loader(select), select),
             job.precision,
-            train_config(job.args, job.data.paper),
+            config.train,
             RunOutput(out, log, checkpoint_meta(job), epoch_hooks(job, out)),
             resumed,
         )
@@ -151,29 +146,14 @@ def main(spec: DatasetSpec, argv: list[str] | None = None) -> dict:
 def prepare(spec: DatasetSpec, argv: list[str] | None, warned: list[str] | None = None) -> Prepared:
     """Parse and check everything a run needs before it touches a model: the flags, the checkpoint to evaluate,
     the device, the data and its split."""
-    args = build_parser(spec).parse_args(argv)
-    apply_protocol_defaults(spec, args)
-    model_name = models.resolve_name(args.model)
-    if not args.eval_only:
-        check_results_table(args.results)
-    if args.eval_only and args.weights in ("imagenet", "none"):
-        raise UserError(
-            "--eval-only evaluates a trained checkpoint: pass it with --weights FILE (e.g. runs/<run>/best.pt)."
-        )
-    weights = models.Weights.parse(args.weights)  # a file is read here, once
-    if args.seed is None:
-        args.seed = int(weights.meta.get("seed", 0))
-    models.check_input_size(model_name, args.image_size)
-    if args.tensorboard and importlib.util.find_spec("tensorboard") is None:
-        raise UserError(
-            "--tensorboard needs the tensorboard package, which is not installed: pip install tensorboard. Or leave "
-            "the flag out: history.csv in the run folder holds the same numbers."
-        )
-    seed_everything(args.seed)
-    start_distributed(args.device)
-    device = resolve_device(args.device)
-    check_memory(args.bs, args.image_size, device)
-    data = data_config(spec, args, paper_recipe(spec, args))
+    config = resolve(spec, argv)
+    if not config.eval_only:
+        check_results_table(config.results)
+    seed_everything(config.seed)
+    start_distributed(config.device)
+    device = resolve_device(config.device)
+    check_memory(config.batch_size, config.image_size, device)
+    data = config.data
 
     def warn(message: str) -> None:
         warn_on_stderr(message)
@@ -181,32 +161,29 @@ def prepare(spec: DatasetSpec, argv: list[str] | None, warned: list[str] | None 
             warned.append(message)
 
     catalog, samples = load_splits(spec, data, warn)
-    check_out_folder(args.out, args.data, catalog)
-    job = Prepared(
-        spec, args, data, model_name, weights, make_precision(device), catalog, samples,
-        split_identity(spec, data, catalog, samples),
-    )  # fmt: skip
+    check_out_folder(config.out, data.data, catalog)
+    job = Prepared(config, make_precision(device), catalog, samples, split_identity(spec, data, catalog, samples))
     check_prepared(job)
     return job
 
 
 def check_prepared(job: Prepared) -> None:
     """A checkpoint for other classes or another split, or a split left empty, stops the run here."""
-    spec, args, meta = job.spec, job.args, job.weights.meta
+    spec, config, meta = job.spec, job.config, job.config.weights.meta
     num_classes = len(job.catalog.classes)
     trained_for = meta.get("num_classes", num_classes)
     if trained_for != num_classes:
         raise UserError(
-            f"--weights {args.weights} was trained for {trained_for} classes ({meta.get('dataset')}), "
+            f"--weights {config.flags['weights']} was trained for {trained_for} classes ({meta.get('dataset')}), "
             f"but {spec.title} has {num_classes}; evaluating it would score an untrained head. Pass a "
             f"checkpoint trained on {spec.title}."
         )
-    if args.eval_only:
-        check_evaluation_split(args, meta, job.identity)
+    if config.eval_only:
+        check_evaluation_split(config.flags, meta, job.identity)
     n_train, n_val, n_test = (job.count(split) for split in ("train", "val", "test"))
-    if n_train == 0 or n_test == 0 or (args.protocol == "val" and not args.eval_only and n_val == 0):
+    if n_train == 0 or n_test == 0 or (config.protocol.selection == "val" and not config.eval_only and n_val == 0):
         raise UserError(
-            f"{spec.title} under {args.data} gives {n_train} training, {n_val} validation and "
+            f"{spec.title} under {config.data.data} gives {n_train} training, {n_val} validation and "
             f"{n_test} test images; every split needs at least one. {split_advice(job)}"
         )
 
@@ -228,49 +205,50 @@ def split_advice(job: Prepared) -> str:
 
 def build_model(job: Prepared) -> tuple[Trainee, int]:
     """The backbone with its new head on the device, and its parameter count."""
-    args, device = job.args, job.precision.device
-    model = models.create_model(job.model_name, len(job.catalog.classes), job.weights)
-    if args.finetune == "head":
-        models.freeze_all_but_head(model, job.model_name)
+    config, device = job.config, job.precision.device
+    model = models.create_model(config.model, len(job.catalog.classes), config.weights)
+    if config.finetune == "head":
+        models.freeze_all_but_head(model, config.model)
     params = sum(p.numel() for p in model.parameters())
     model.to(device)
     if job.precision.channels_last:
         model.to(memory_format=torch.channels_last)
-    forward = torch.compile(model) if args.compile else model
+    forward = torch.compile(model) if config.compile else model
     train_forward = forward
     if world()[1] > 1:  # gradients are averaged over the processes; evaluation runs on the plain model
         ddp = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-        train_forward = torch.compile(ddp) if args.compile else ddp
+        train_forward = torch.compile(ddp) if config.compile else ddp
     return Trainee(model, forward, train_forward), params
 
 
 def open_run_folder(job: Prepared, params: int, argv: list[str]) -> tuple[Path, RunLog, dict | None]:
     """The run's folder (new, or the killed run's with --resume), its config.json, split.csv and first log lines."""
-    args = job.args
-    name = f"{job.spec.name}-{job.model_name.replace(':', '_')}-s{args.seed}"
-    resumed = resume_state(args, run_config(args), job.identity) if args.resume else None
-    out = [make_out_dir(args.out, name, resume=args.resume) if is_main() else None]
+    config = job.config
+    name = f"{job.spec.name}-{config.model.replace(':', '_')}-s{config.seed}"
+    resumed = resume_state(config.out, config.flags, job.identity) if config.resume else None
+    out = [make_out_dir(config.out, name, resume=config.resume) if is_main() else None]
     if world()[1] > 1:
         dist.broadcast_object_list(out)  # the folder the first process made
     out = out[0]
     files = RunFolder(out)
     if is_main() and not files.config.exists():  # the command as given; a resumed run keeps the first
         script = f"{job.spec.name}.py"
-        write_json({"script": script, "argv": argv, "config": run_config(args)}, files.config)
+        write_json({"script": script, "argv": argv, "config": config.flags}, files.config)
     log = RunLog(files.log)
     precision = job.precision
     log(
         f"{job.spec.title}: {job.count('train')} train / {job.count('val')} val / {job.count('test')} test images, "
-        f"{len(job.catalog.classes)} classes; {job.model_name} ({params / 1e6:.1f}M params, weights {args.weights}) "
-        f"at {args.image_size[0]}x{args.image_size[1]} on {precision.device}"
+        f"{len(job.catalog.classes)} classes; {config.model} ({params / 1e6:.1f}M params, weights "
+        f"{config.flags['weights']}) "
+        f"at {config.image_size[0]}x{config.image_size[1]} on {precision.device}"
         f"{' with ' + str(precision.amp_dtype) if precision.amp_dtype else ''}; {describe_mode(job)}; seed "
-        f"{args.seed}; writing to {out}"
+        f"{config.seed}; writing to {out}"
     )
-    if job.data.paper is not None:
+    if config.protocol.recipe is not None:
         log(
             "PROTOCOL paper: checkpoints are chosen on the TEST set, as in the original benchmark. The accuracy "
             "below is optimistically biased; use it only to compare with the original's numbers. The original's "
-            f"recipe: {describe_recipe(job.data.paper, job.spec, args)}."
+            f"recipe: {describe_recipe(config.protocol.recipe, job.spec, config)}."
         )
     if is_main():
         split = job.samples[["sample", "label", "split"]]  # names quoted: a file name may hold a line break
@@ -279,12 +257,12 @@ def open_run_folder(job: Prepared, params: int, argv: list[str]) -> tuple[Path, 
 
 
 def describe_mode(job: Prepared) -> str:
-    args = job.args
-    mode = "evaluation of " + args.weights if args.eval_only else f"protocol {args.protocol}"
-    if not args.eval_only:
-        mode += ", linear probe (backbone frozen)" if args.finetune == "head" else ", full fine-tuning"
-    if args.shots is not None or args.train_fraction < 1:
-        size = f"{args.shots} per class" if args.shots is not None else f"{args.train_fraction:g} of each class"
+    config, data = job.config, job.config.data
+    mode = f"evaluation of {config.flags['weights']}" if config.eval_only else f"protocol {config.protocol.name}"
+    if not config.eval_only:
+        mode += ", linear probe (backbone frozen)" if config.finetune == "head" else ", full fine-tuning"
+    if data.shots is not None or data.train_fraction < 1:
+        size = f"{data.shots} per class" if data.shots is not None else f"{data.train_fraction:g} of each class"
         mode += f", training data: {size} ({job.count('unused')} images unused)"
     return mode
 
@@ -302,7 +280,7 @@ def describe_normalisation(paper: PaperRecipe, spec: DatasetSpec) -> str:
     return "its own statistics of the train images for training and of the test images for testing"
 
 
-def describe_recipe(paper: PaperRecipe, spec: DatasetSpec, args: argparse.Namespace) -> str:
+def describe_recipe(paper: PaperRecipe, spec: DatasetSpec, config: RunConfig) -> str:
     """The original's recipe in words, for the run's log."""
     augment = {
         "none": "no augmentation",
@@ -310,11 +288,12 @@ def describe_recipe(paper: PaperRecipe, spec: DatasetSpec, args: argparse.Namesp
         "trivialaugment-first": "TrivialAugmentWide before the resize",
     }[paper.augment]
     norm = describe_normalisation(paper, spec)
-    phases = f"patience {args.patience} (AdamW)" + (f" and {args.sgd_patience} (SGD)" if paper.sgd_phase else "")
+    train = config.train
+    phases = f"patience {train.patience} (AdamW)" + (f" and {train.sgd_patience} (SGD)" if paper.sgd_phase else "")
     return (
-        f"{augment}, no flips; {norm}; no BatchNorm re-estimation (--bn-images {args.bn_images}); {phases}; AdamW "
-        f"lr {args.lr:g}; a checkpoint replaces the best on {'>=' if paper.ties_improve else '>'} batch-averaged "
-        f"test top-1 (test batches of {args.bs * paper.eval_batch_multiple})"
+        f"{augment}, no flips; {norm}; no BatchNorm re-estimation (--bn-images {train.bn_images}); {phases}; AdamW "
+        f"lr {train.lr:g}; a checkpoint replaces the best on {'>=' if paper.ties_improve else '>'} batch-averaged "
+        f"test top-1 (test batches of {config.batch_size * paper.eval_batch_multiple})"
     )
 
 
@@ -322,7 +301,7 @@ def epoch_hooks(job: Prepared, out: Path):
     """What runs after every epoch: history.csv, and TensorBoard's scalars with --tensorboard. A logger of your own
     (W&B, MLflow) is one more function of the history, added here."""
     hooks = [lambda history: write_history(history, RunFolder(out).history)]
-    if job.args.tensorboard:
+    if job.config.tensorboard:
         hooks.append(tensorboard_logger(RunFolder(out).tensorboard))
 
     def on_epoch(history: list[dict]) -> None:
@@ -336,19 +315,19 @@ def checkpoint_meta(job: Prepared) -> dict:
     """What best.pt records beside the weights: enough to evaluate it later on exactly its own test split."""
     return {
         "dataset": job.spec.name,
-        "model": job.model_name,
+        "model": job.config.model,
         "num_classes": len(job.catalog.classes),
         "classes": job.catalog.classes,
-        "seed": job.args.seed,
-        "image_size": list(job.args.image_size),
-        "config": json.dumps(run_config(job.args)),
+        "seed": job.config.seed,
+        "image_size": list(job.config.image_size),
+        "config": json.dumps(job.config.flags),
         **job.identity,
     }
 
 
 def calibrate(job: Prepared, trainee: Trainee, loader, log) -> float | None:
     """The softmax temperature fitted on the validation split (the test set stays untouched); None without one."""
-    if not job.count("val") or job.args.protocol != "val":
+    if not job.count("val") or job.config.protocol.selection != "val":
         return None
     val = evaluate(trainee.forward, loader("val"), job.precision, "val")
     temperature = fit_temperature(val.logits.numpy(), val.labels.numpy())
@@ -363,7 +342,7 @@ def calibrate(job: Prepared, trainee: Trainee, loader, log) -> float | None:
 
 def measure_cost(trainee: Trainee, job: Prepared, history: list[dict], train_loader) -> dict:
     """What the backbone costs: FLOPs per image, inference speed, training speed and peak memory."""
-    size, precision, batch_size = job.args.image_size, job.precision, job.args.bs
+    size, precision, batch_size = job.config.image_size, job.precision, job.config.batch_size
     cost = {"gflops": gflops(trainee.model, size, precision.device)}
     cost.update(speed(trainee.forward, size, batch_size, precision))
     cost["seconds_per_epoch"] = float(np.mean([h["seconds"] for h in history])) if history else None
@@ -378,24 +357,25 @@ def measure_cost(trainee: Trainee, job: Prepared, history: list[dict], train_loa
 
 def run_record(job, test, scores, cost, best, history, train_seconds, params, out) -> dict:
     """The run's metrics.json: what it measured with its full configuration (the fields `record.py` names)."""
-    args, spec, device, paper = job.args, job.spec, job.precision.device, job.data.paper
+    config, spec, device, paper = job.config, job.spec, job.precision.device, job.config.protocol.recipe
+    data = config.data
     return {
         "dataset": spec.name,
         **job.identity,
-        "data": str(args.data.resolve()),
+        "data": str(data.data.resolve()),
         "domain": spec.domain,
-        "model": job.model_name,
-        "weights": args.weights,
-        "seed": args.seed,
-        "protocol": args.protocol,
-        "eval_only": args.eval_only,
-        "selection": None if args.eval_only else ("test" if args.protocol == "paper" else "val"),
+        "model": config.model,
+        "weights": config.flags["weights"],
+        "seed": config.seed,
+        "protocol": config.protocol.name,
+        "eval_only": config.eval_only,
+        "selection": None if config.eval_only else config.protocol.selection,
         "num_classes": len(job.catalog.classes),
         **{f"n_{split}": job.count(split) for split in ("train", "val", "test", "unused")},
-        "train_fraction": args.train_fraction,
-        "shots": args.shots,
-        "finetune": args.finetune,
-        "image_size": list(args.image_size),
+        "train_fraction": data.train_fraction,
+        "shots": data.shots,
+        "finetune": config.finetune,
+        "image_size": list(config.image_size),
         "default_image_size": list(spec.image_size),
         **{k: round(v, 6) if isinstance(v, float) else v for k, v in scores.items()},
         "test_loss": round(test.loss, 6),
@@ -413,7 +393,7 @@ def run_record(job, test, scores, cost, best, history, train_seconds, params, ou
         "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.machine(),
         "amp_dtype": str(job.precision.amp_dtype) if job.precision.amp_dtype else None,
         "history": history,
-        "config": run_config(args),
+        "config": config.flags,
         "versions": library_versions(),
         "git_commit": git_commit(),
         "finished": datetime.now().isoformat(timespec="seconds"),
@@ -424,10 +404,10 @@ def run_record(job, test, scores, cost, best, history, train_seconds, params, ou
 def final_metric(job: Prepared, test) -> dict | None:
     """The figure the original's script prints last where it is not top-1 (BreakHis: class-weighted accuracy
     averaged over test batches), under `--protocol paper`; None otherwise."""
-    paper = job.data.paper
+    paper = job.config.protocol.recipe
     if paper is None or paper.final_metric is None:
         return None
-    batch = job.args.bs * paper.eval_batch_multiple
+    batch = job.config.batch_size * paper.eval_batch_multiple
     value = class_weighted_batch_accuracy(test.logits.numpy(), test.labels.numpy(), batch)
     return {"name": paper.final_metric, "value": round(value, 4), "test_batch_size": batch}
 
@@ -440,12 +420,12 @@ def write_outputs(job: Prepared, test, scores: dict, metrics: dict, out: Path) -
     pd.DataFrame(scores["confusion_matrix"], index=classes, columns=classes).rename_axis("true \\ predicted").to_csv(
         files.confusion
     )
-    reliability_diagram(logits, labels, files.reliability, f"{job.spec.title}, {job.model_name}")
+    reliability_diagram(logits, labels, files.reliability, f"{job.spec.title}, {job.config.model}")
     write_json(metrics, files.metrics)
     files.resume.unlink(missing_ok=True)  # finished: best.pt is what is worth keeping
-    if not job.args.eval_only:
-        size = "x".join(map(str, job.args.image_size))
-        append_result({**metrics["config"], **metrics, "image_size": size}, job.args.results)  # with its recipe
+    if not job.config.eval_only:
+        size = "x".join(map(str, job.config.image_size))
+        append_result({**metrics["config"], **metrics, "image_size": size}, job.config.results)  # with its recipe
 
 
 def report(job: Prepared, test, metrics: dict, temperature: float | None, log) -> None:
@@ -457,16 +437,16 @@ def report(job: Prepared, test, metrics: dict, temperature: float | None, log) -
         f"{metrics['ece']:.4f}"
         + (f" ({metrics['ece_temperature_scaled']:.4f} at T={temperature:.3f})" if temperature else "")
         + f" | {metrics['gflops']:.2f} GFLOPs, {metrics['latency_ms_batch1']:.1f} ms at batch 1, "
-        f"{metrics['throughput_images_per_s']:.0f} img/s at batch {job.args.bs}, peak memory "
+        f"{metrics['throughput_images_per_s']:.0f} img/s at batch {job.config.batch_size}, peak memory "
         + (f"{metrics['peak_memory_mb']:.0f} MB" if metrics["peak_memory_mb"] is not None else "not measurable here")
     )
     log(f"{metrics['epochs']} epochs in {metrics['train_seconds']:.0f}s; files in {metrics['out']}")
     if metrics["paper_final_metric"] is not None:
         final = metrics["paper_final_metric"]
         log(f"The original's last figure, {final['name']} accuracy averaged over test batches: {final['value']:.2f}%")
-    if job.data.paper is not None:
+    if job.config.protocol.recipe is not None:
         log(f"Top-1 over test images: {test.top1:.2f}%; averaged over test batches as the original does:")
-    log(f"Top-1 accuracy: {(test.batch_top1 if job.data.paper else test.top1):.2f}%")
+    log(f"Top-1 accuracy: {(test.batch_top1 if job.config.protocol.recipe else test.top1):.2f}%")
 
 
 def run(spec: DatasetSpec, argv: list[str] | None = None) -> None:

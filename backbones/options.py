@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import math
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 from backbones import datasets, models
@@ -331,15 +333,108 @@ def train_config(args: argparse.Namespace, paper: PaperRecipe | None) -> TrainCo
     )
 
 
-def apply_protocol_defaults(spec: DatasetSpec, args: argparse.Namespace) -> None:
-    """Fill the flags whose default depends on the protocol, so the saved configuration holds the values used."""
+def with_protocol_defaults(spec: DatasetSpec, args: argparse.Namespace) -> argparse.Namespace:
+    """`args` with the flags whose default depends on the protocol filled in, so that the saved configuration holds
+    the values used (a copy: what was parsed is left as it was)."""
     paper = paper_recipe(spec, args)
-    sgd_follows = args.patience is not None  # a patience the user gave applies to both phases
-    if args.patience is None:
-        args.patience = 10 if paper is None else paper.patience[0]
-    if args.sgd_patience is None:
-        args.sgd_patience = args.patience if paper is None or sgd_follows else paper.patience[1]
-    if args.lr is None:
-        args.lr = 1e-3 if paper is None else paper.lr
-    if args.bn_images is None:
-        args.bn_images = 2048 if paper is None else 0
+    defaults = {"patience": 10, "lr": 1e-3, "bn_images": 2048} if paper is None else {
+        "patience": paper.patience[0], "lr": paper.lr, "bn_images": 0, "sgd_patience": paper.patience[1]
+    }  # fmt: skip
+    if args.patience is not None or paper is None:  # a patience the user gave applies to both phases
+        defaults["sgd_patience"] = args.patience or defaults["patience"]
+    filled = {name: value for name, value in defaults.items() if getattr(args, name) is None}
+    return argparse.Namespace(**{**vars(args), **filled})
+
+
+@dataclass(frozen=True)
+class Protocol:
+    """How a run selects its checkpoints: 'val' on the validation split, or 'paper', the original's recipe for the
+    dataset, selecting on the test set."""
+
+    name: str
+    recipe: PaperRecipe | None = None
+
+    @property
+    def selection(self) -> str:
+        """The split checkpoints are chosen on."""
+        return "test" if self.recipe is not None else "val"
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """One fine-tuning run as its command line defines it, every default resolved: built once by `resolve`, read
+    everywhere after it. `flags` is the same configuration by flag name, as config.json and the results table
+    store it."""
+
+    spec: DatasetSpec
+    model: str  # the registry's name (an alias resolved)
+    weights: models.Weights
+    finetune: str  # 'full' or 'head'
+    compile: bool
+    protocol: Protocol
+    data: DataConfig
+    train: TrainConfig
+    device: str
+    tensorboard: bool
+    eval_only: bool
+    out: Path | None
+    resume: bool
+    results: Path
+    flags: dict
+
+    @property
+    def seed(self) -> int:
+        return self.data.seed
+
+    @property
+    def image_size(self) -> tuple[int, int]:
+        return self.data.image_size
+
+    @property
+    def batch_size(self) -> int:
+        return self.data.batch_size
+
+
+def resolve(spec: DatasetSpec, argv: list[str]) -> RunConfig:
+    """The run `argv` asks for, checked: the protocol's defaults filled in and, with no --seed, the seed recorded in
+    a --weights checkpoint (0 otherwise). A `UserError` names a flag that cannot work."""
+    args = with_protocol_defaults(spec, build_parser(spec).parse_args(argv))
+    if args.eval_only and args.weights in ("imagenet", "none"):
+        raise UserError(
+            "--eval-only evaluates a trained checkpoint: pass it with --weights FILE (e.g. runs/<run>/best.pt)."
+        )
+    weights = models.Weights.parse(args.weights)  # a file is read here, once
+    if args.seed is None:
+        args = argparse.Namespace(**{**vars(args), "seed": int(weights.meta.get("seed", 0))})
+    model = models.resolve_name(args.model)
+    models.check_input_size(model, args.image_size)
+    if args.tensorboard and importlib.util.find_spec("tensorboard") is None:
+        raise UserError(
+            "--tensorboard needs the tensorboard package, which is not installed: pip install tensorboard. Or leave "
+            "the flag out: history.csv in the run folder holds the same numbers."
+        )
+    recipe = paper_recipe(spec, args)
+    return RunConfig(
+        spec=spec,
+        model=model,
+        weights=weights,
+        finetune=args.finetune,
+        compile=args.compile,
+        protocol=Protocol(args.protocol, recipe),
+        data=data_config(spec, args, recipe),
+        train=train_config(args, recipe),
+        device=args.device,
+        tensorboard=args.tensorboard,
+        eval_only=args.eval_only,
+        out=args.out,
+        resume=args.resume,
+        results=args.results,
+        flags=flag_values(args),
+    )
+
+
+def flag_values(args: argparse.Namespace) -> dict:
+    """Every flag's value as JSON-ready data, by its argparse name (the `config` of config.json)."""
+    return {
+        k: (list(v) if isinstance(v, tuple) else str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()
+    }

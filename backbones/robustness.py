@@ -167,7 +167,7 @@ def corruption_seed(seed: int, run_seed: int, name: str, severity: int) -> int:
 def analyse(run: dict, args: argparse.Namespace) -> dict:
     """Every corruption and transformation asked for, scored on the run's test split."""
     job, model, batches = reopen_split(Path(run["folder"]), "test", args.device, args.workers)
-    device, size = job.precision.device, tuple(job.args.image_size)
+    device, size = job.precision.device, job.config.image_size
     timed = TimedModel(model)
 
     def evaluate(perturb, desc: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -220,7 +220,7 @@ def analyse(run: dict, args: argparse.Namespace) -> dict:
 def record(run, job, clean, corruptions, invariance, wanted, corruption_seconds, inference_seconds, logits, labels,
            image_hits):  # fmt: skip
     """robustness.json: the numbers, what was asked for, the scale of the corruptions and what they cost."""
-    size = list(job.args.image_size)
+    size = list(job.config.image_size)
     passes = len(wanted["corruptions"]) * len(wanted["severities"])
     per_corruption = {name: np.mean([r["top1"] for r in c["severities"]]) for name, c in corruptions.items()}
     mean_top1 = float(np.mean(list(per_corruption.values()))) if per_corruption else None

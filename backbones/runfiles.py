@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import csv
 import errno
 import hashlib
@@ -203,13 +202,6 @@ def library_versions() -> dict[str, str]:
     }
 
 
-def run_config(args: argparse.Namespace) -> dict:
-    """The command line as JSON-ready values."""
-    return {
-        k: (list(v) if isinstance(v, tuple) else str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()
-    }
-
-
 def read_resume_file(path: Path) -> dict:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
@@ -220,15 +212,15 @@ def read_resume_file(path: Path) -> dict:
         ) from err
 
 
-def resume_state(args: argparse.Namespace, config: dict, identity: dict) -> dict | None:
-    """The state a killed run in --out left (None if it died before finishing an epoch), after checking that the
-    command line asks for the same run on the same data, split the same way."""
-    if args.out is None or not args.out.is_dir():
-        given = "no --out was given" if args.out is None else f"--out {args.out} is not an existing folder"
+def resume_state(out: Path | None, config: dict, identity: dict) -> dict | None:
+    """The state a killed run in `out` left (None if it died before finishing an epoch), after checking that the
+    command line (its flag values, `config`) asks for the same run on the same data, split the same way."""
+    if out is None or not out.is_dir():
+        given = "no --out was given" if out is None else f"--out {out} is not an existing folder"
         raise UserError(f"--resume continues the run in --out DIR, but {given}. Pass the folder of the killed run.")
-    if RunFolder(args.out).finished:
-        raise UserError(f"--resume: the run in {args.out} already finished (it has metrics.json); nothing to do.")
-    path = RunFolder(args.out).resume
+    if RunFolder(out).finished:
+        raise UserError(f"--resume: the run in {out} already finished (it has metrics.json); nothing to do.")
+    path = RunFolder(out).resume
     if not path.exists():
         return None
     state = read_resume_file(path)
@@ -236,7 +228,7 @@ def resume_state(args: argparse.Namespace, config: dict, identity: dict) -> dict
     changed = identity_differences(state["identity"], identity, saved, config) if "identity" in state else []
     if changed:
         raise UserError(
-            f"--resume: the run in {args.out} was trained on other data or another split: {'; '.join(changed)}. "
+            f"--resume: the run in {out} was trained on other data or another split: {'; '.join(changed)}. "
             "Resume it with the dataset, --data and flags it was started with, or start a new run in a new --out."
         )
     differences = [
@@ -246,7 +238,7 @@ def resume_state(args: argparse.Namespace, config: dict, identity: dict) -> dict
     ]
     if differences:
         raise UserError(
-            f"--resume: the run in {args.out} was started with other flags ({'; '.join(differences)}). Resume it "
+            f"--resume: the run in {out} was started with other flags ({'; '.join(differences)}). Resume it "
             "with the flags it was started with, or start a new run in a new --out."
         )
     if "identity" not in state:
@@ -257,18 +249,19 @@ def resume_state(args: argparse.Namespace, config: dict, identity: dict) -> dict
     return state
 
 
-def check_evaluation_split(args: argparse.Namespace, meta: dict, identity: dict) -> None:
-    """--eval-only must score only images the checkpoint never trained or selected on, with its own class order."""
+def check_evaluation_split(config: dict, meta: dict, identity: dict) -> None:
+    """--eval-only must score only images the checkpoint never trained or selected on, with its own class order
+    (`config`: the command's flag values)."""
     if "split_hashes" not in meta:
         raise UserError(
-            f"--eval-only: --weights {args.weights} records no split (a plain state dict, or a checkpoint written by "
-            "an older version), so nothing shows that its test images were never trained or selected on. Evaluate a "
+            f"--eval-only: --weights {config['weights']} records no split (a plain state dict, or a checkpoint written "
+            "by an older version), so nothing shows that its test images were never trained or selected on. Evaluate a "
             "best.pt written by this version of the tool, or fine-tune with --weights FILE instead."
         )
-    differences = identity_differences(meta, identity, json.loads(meta.get("config", "{}")), run_config(args))
+    differences = identity_differences(meta, identity, json.loads(meta.get("config", "{}")), config)
     if differences:
         raise UserError(
-            f"--eval-only: --weights {args.weights} was trained on another split than this command draws: "
+            f"--eval-only: --weights {config['weights']} was trained on another split than this command draws: "
             f"{'; '.join(differences)}. Its scores here could include images it trained or selected on, or use "
             "another class order. Evaluate it with the dataset, --data and split flags it was trained with."
         )

@@ -26,7 +26,6 @@ from backbones import datasets, models, options, report
 from backbones.errors import HelpFormatter, UserError, run_cli
 from backbones.flags import add_models
 from backbones.record import WHERE_AND_HOW
-from backbones.runfiles import run_config
 from backbones.runfolder import RunFolder
 
 PLACEHOLDER_MODEL = "(set by the sweep)"  # -model is required by the script's parser; the sweep gives it per run
@@ -199,8 +198,7 @@ def conflicts(jobs: list[Job], passthrough: list[str]) -> list[str]:
         if saved is None:
             continue
         command = script_parser(job.dataset).parse_args(job.command(passthrough)[5:])
-        options.apply_protocol_defaults(datasets.spec(job.dataset), command)  # as the run records its config
-        wanted = run_config(command)
+        wanted = options.flag_values(options.with_protocol_defaults(datasets.spec(job.dataset), command))
         differing = [
             k for k in sorted(set(saved) | set(wanted)) if k not in WHERE_AND_HOW and saved.get(k) != wanted.get(k)
         ]

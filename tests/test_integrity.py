@@ -5,7 +5,6 @@ Each test here failed on the code before these guarantees were added; most run i
 
 from __future__ import annotations
 
-import argparse
 import errno
 import io
 import json
@@ -28,8 +27,8 @@ from backbones.datasets import base, cifar10, digits, flowers102, imagefolder
 from backbones.datasets.base import ReadOptions
 from backbones.errors import UserError
 from backbones.loading import load_splits, split_identity
-from backbones.options import apply_protocol_defaults, build_parser, data_config
-from backbones.runfiles import append_result, check_results_table, run_config
+from backbones.options import RunConfig, build_parser, resolve
+from backbones.runfiles import append_result, check_results_table
 from conftest import FAST, assert_clean_error, run_inline, run_script
 from formats import make_cifar10, make_class_folders, make_flowers102
 
@@ -235,17 +234,13 @@ def test_official_validation_stays_whole_so_learning_curves_nest(tmp_path):
 
 def test_a_class_too_small_to_test_is_warned_about(tmp_path, capsys):
     root = make_class_folders(tmp_path / "data", {"a": 5, "b": 5, "lonely": 1})
-    args = imagefolder_args(root)
-    _, samples = load_splits(imagefolder.SPEC, data_config(imagefolder.SPEC, args))
+    _, samples = load_splits(imagefolder.SPEC, imagefolder_config(root).data)
     assert "1 class(es) have no test image (lonely)" in capsys.readouterr().err
     assert (samples["split"] == "test").sum() == 2
 
 
-def imagefolder_args(root: Path, *extra: str) -> argparse.Namespace:
-    args = build_parser(imagefolder.SPEC).parse_args(["-model", "mobilenet", "--data", str(root), *extra])
-    args.seed = 0
-    apply_protocol_defaults(imagefolder.SPEC, args)
-    return args
+def imagefolder_config(root: Path, *extra: str) -> RunConfig:
+    return resolve(imagefolder.SPEC, ["-model", "mobilenet", "--data", str(root), *extra])
 
 
 @pytest.mark.parametrize(
@@ -349,21 +344,19 @@ def test_eval_only_refuses_another_split_another_class_order_and_plain_state_dic
     assert not any((tmp_path / name).exists() for name in "abc")
 
 
-def resume_file(folder: Path, spec, args: argparse.Namespace) -> None:
-    """The checkpoint.pt a run killed after its first epoch would have left, for `args` on the data as it is now."""
-    data = data_config(spec, args)
-    catalog, samples = load_splits(spec, data)
+def resume_file(folder: Path, config: RunConfig) -> None:
+    """The checkpoint.pt a run killed after its first epoch would have left, for `config` on the data as it is now."""
+    catalog, samples = load_splits(config.spec, config.data)
     folder.mkdir(parents=True)
-    identity = split_identity(spec, data, catalog, samples)
-    config = json.dumps(run_config(args))
-    torch.save({"config": config, "identity": identity}, folder / "checkpoint.pt")
+    identity = split_identity(config.spec, config.data, catalog, samples)
+    torch.save({"config": json.dumps(config.flags), "identity": identity}, folder / "checkpoint.pt")
 
 
 @pytest.mark.slow
 def test_resume_refuses_other_data_and_a_redrawn_split(tmp_path):
     root = make_class_folders(tmp_path / "data", {"a": 6, "b": 6})
     run = tmp_path / "run"
-    resume_file(run, imagefolder.SPEC, imagefolder_args(root, *FAST, "--out", str(run), "--resume"))
+    resume_file(run, imagefolder_config(root, *FAST, "--out", str(run), "--resume"))
     make_class_folders(tmp_path / "more", {"a": 2})
     for extra in (tmp_path / "more" / "a").iterdir():
         extra.rename(root / "a" / f"new-{extra.name}")  # the folder gained images: the split is re-drawn

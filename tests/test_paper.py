@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import re
@@ -16,7 +15,7 @@ from torchvision.transforms import v2
 
 from backbones.datasets import breakhis, cifar10, digits, flowers102
 from backbones.loading import DataConfig, load_splits, split_batches
-from backbones.options import apply_protocol_defaults, build_parser, data_config, paper_recipe
+from backbones.options import RunConfig, resolve
 from backbones.pipeline import sample_seeds
 from backbones.runtime import make_precision
 from backbones.train_common import evaluate
@@ -26,10 +25,9 @@ from formats import make_breakhis, make_cifar10, make_flowers102
 PAPER = ["--protocol", "paper", "--no-download", "--workers", "0", "--cache", "off"]
 
 
-def parsed(spec, *argv) -> tuple[argparse.Namespace, DataConfig]:
-    args = build_parser(spec).parse_args(["-model", "mobilenet_v3_large", "--seed", "0", *map(str, argv)])
-    apply_protocol_defaults(spec, args)
-    return args, data_config(spec, args, paper_recipe(spec, args))
+def parsed(spec, *argv) -> tuple[RunConfig, DataConfig]:
+    config = resolve(spec, ["-model", "mobilenet_v3_large", "--seed", "0", *map(str, argv)])
+    return config, config.data
 
 
 @pytest.mark.slow
@@ -85,7 +83,7 @@ def test_digits_keeps_the_first_of_equal_epochs_and_runs_both_phases(tmp_path):
 
 def test_the_original_pipeline_normalises_train_and_test_apart_and_augments_before_the_resize(tmp_path):
     make_cifar10(tmp_path / "data", per_batch=4, test=6)
-    args, data = parsed(cifar10.SPEC, "--data", tmp_path / "data", *PAPER, "--image-size", "48", "-bs", "4")
+    config, data = parsed(cifar10.SPEC, "--data", tmp_path / "data", *PAPER, "--image-size", "48", "-bs", "4")
     catalog, samples = load_splits(cifar10.SPEC, data)
     precision = make_precision(torch.device("cpu"))
     batches = {
@@ -104,7 +102,7 @@ def test_the_original_pipeline_normalises_train_and_test_apart_and_augments_befo
     for epoch in (1, 2):
         batches["train"].set_epoch(epoch)
         for position in range(len(train)):
-            torch.manual_seed(sample_seeds(args.seed, epoch, [position])[0])
+            torch.manual_seed(sample_seeds(config.seed, epoch, [position])[0])
             expected = per_image(catalog.read(train.ids[position]))
             assert torch.equal(train[position][0], expected), (epoch, position)
     assert batches["test"].loader.batch_size == 4 and batches["train"].loader.persistent_workers is False
@@ -112,8 +110,8 @@ def test_the_original_pipeline_normalises_train_and_test_apart_and_augments_befo
 
 def test_flowers_trains_on_the_official_train_split_alone_with_augmentation_after_the_resize(tmp_path):
     make_flowers102(tmp_path / "data", classes=3, per_split=2)
-    args, data = parsed(flowers102.SPEC, "--data", tmp_path / "data", *PAPER)
-    assert (args.patience, args.sgd_patience) == (20, 20)
+    config, data = parsed(flowers102.SPEC, "--data", tmp_path / "data", *PAPER)
+    assert (config.train.patience, config.train.sgd_patience) == (20, 20)
     catalog, samples = load_splits(flowers102.SPEC, data)
     assert samples["split"].value_counts().to_dict() == {"train": 6, "unused": 6, "test": 6}  # official val unused
     precision = make_precision(torch.device("cpu"))
@@ -137,9 +135,10 @@ def test_breakhis_is_split_image_by_image_under_paper_and_says_that_it_leaks(tmp
 
 
 def test_protocol_defaults_are_the_projects_outside_paper():
-    args, data = parsed(digits.SPEC)
-    assert (args.patience, args.sgd_patience, args.lr, args.bn_images) == (10, 10, 1e-3, 2048)
-    assert data.paper is None and paper_recipe(digits.SPEC, args) is None
+    config, data = parsed(digits.SPEC)
+    train = config.train
+    assert (train.patience, train.sgd_patience, train.lr, train.bn_images) == (10, 10, 1e-3, 2048)
+    assert data.paper is None and config.protocol.recipe is None and config.protocol.selection == "val"
 
 
 def test_top1_is_averaged_over_batches_as_the_original_does():

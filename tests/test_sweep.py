@@ -121,16 +121,13 @@ def test_a_learning_rate_grid_gives_each_rate_its_folders_and_owns_the_lr_flag(t
 @pytest.mark.slow
 def test_a_run_folder_of_another_configuration_is_never_reused(tmp_path):
     from backbones.datasets import digits
-    from backbones.options import apply_protocol_defaults, build_parser
-    from backbones.runfiles import run_config
+    from backbones.options import resolve
 
     out = tmp_path / "sweep"
     folder = out / "digits" / "mobilenet_v3_large" / "full" / "s0"
     folder.mkdir(parents=True)
     started = ["-model", "mobilenet_v3_large", "--seed", "0", *RUN_FLAGS, "--out", str(folder)]
-    command = build_parser(digits.SPEC).parse_args(started)
-    apply_protocol_defaults(digits.SPEC, command)
-    config = run_config(command)
+    config = resolve(digits.SPEC, started).flags
     (folder / "config.json").write_text(json.dumps({"config": config}))  # as a run writes it when it starts
     common = ["--models", "mobilenet", "--datasets", "digits", "--out", out, "--dry-run", "--"]
     same = run_script("sweep.py", *common, *RUN_FLAGS)
