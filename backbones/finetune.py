@@ -41,6 +41,7 @@ from backbones.loading import (
 from backbones.metrics import class_weighted_batch_accuracy, fit_temperature, quality, reliability_diagram
 from backbones.options import RunConfig, resolve, with_saved_flags
 from backbones.pipeline import DeviceBatches
+from backbones.record import SCHEMA
 from backbones.runfiles import (
     RunLog,
     append_result,
@@ -360,6 +361,7 @@ def run_record(job, test, scores, cost, best, history, train_seconds, params, ou
     config, spec, device, paper = job.config, job.spec, job.precision.device, job.config.protocol.recipe
     data = config.data
     return {
+        "schema": SCHEMA,
         "dataset": spec.name,
         **job.identity,
         "data": str(data.data.resolve()),

@@ -42,6 +42,14 @@ RESULT_COLUMNS = (
     "out",
 )
 
+# metrics.json's version, written in it as "schema": raised only when a field changes meaning or goes away. A
+# reader refuses a newer schema (it cannot know what the fields mean) and reads every older one.
+SCHEMA = 1
+
+# fields added to metrics.json after its first release, with what a run written before stands for: a metric added
+# later goes here, never into REQUIRED, so that no finished run is orphaned by it
+ADDED_LATER = {"ece_temperature_scaled": None, "peak_memory_mb": None, "best_selection_top1": None}
+
 # what report.py needs of a metrics.json (a run without one of these is listed as unreadable and skipped)
 REQUIRED = (
     "dataset",
@@ -64,13 +72,11 @@ REQUIRED = (
     "nll",
     "brier",
     "ece",
-    "ece_temperature_scaled",
     "params",
     "gflops",
     "latency_ms_batch1",
     "throughput_images_per_s",
     "train_seconds",
-    "peak_memory_mb",
     "config",
     "finished",
 )

@@ -38,7 +38,7 @@ def write_run(
               "protocol": "val", "max_epochs": 1, "patience": 1, "lr": lr, "seed": seed, "data": data,
               "val_fraction": 0.1, "train_fraction": 1.0, "shots": None, "out": str(folder)}  # fmt: skip
     record = {
-        "dataset": dataset, "dataset_options": {}, "dataset_fingerprint": "0123456789abcdef",
+        "schema": 1, "dataset": dataset, "dataset_options": {}, "dataset_fingerprint": "0123456789abcdef",
         "classes": list(class_names), "data": data, "domain": "custom", "model": model, "weights": "none",
         "seed": seed, "protocol": "val", "eval_only": False, "selection": "val", "num_classes": len(class_names),
         "n_train": 90, "n_val": 9, "n_test": n_test, "image_size": [32, 32], "default_image_size": [224, 224],

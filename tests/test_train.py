@@ -41,6 +41,7 @@ def test_short_run_from_scratch_learns(digits_run):
 def test_metrics_carry_the_run_record_and_full_configuration(digits_run):
     out, metrics, _ = digits_run
     assert set(record.REQUIRED) <= set(metrics)  # what report.py needs, as record.py defines it
+    assert set(record.ADDED_LATER) <= set(metrics) and metrics["schema"] == record.SCHEMA
     assert set(record.RESULT_COLUMNS) <= set(metrics) | set(metrics["config"])  # what the results table carries
     assert {"history", "versions", "git_commit", "epochs"} <= set(metrics)
     config = metrics["config"]

@@ -194,6 +194,25 @@ def test_damaged_metrics_are_skipped_with_their_reason(tmp_path):
     assert "4 runs from" in (tmp_path / "report" / "report.md").read_text()
 
 
+def test_a_run_from_before_a_metric_was_added_is_compared_and_a_newer_schema_is_skipped(tmp_path):
+    runs = sweep(tmp_path)
+    older = write_run(runs / "older", model="convnext_tiny", seed=0)
+    for field in ("schema", "ece_temperature_scaled", "peak_memory_mb", "best_selection_top1"):
+        del older[field]  # as a run finished before the field existed wrote its metrics.json
+    (runs / "older" / "metrics.json").write_text(json.dumps(older))
+    newer = write_run(runs / "newer", model="swin_t", seed=0)
+    (runs / "newer" / "metrics.json").write_text(json.dumps({**newer, "schema": 2}))
+    result = make_report(runs, tmp_path / "report")
+    assert result.returncode == 0, result.stderr
+    printed = " ".join(result.stdout.split())
+    assert f"{runs / 'newer'}: metrics.json is of schema 2, which this version of the tool (schema 1)" in printed
+    board = pd.read_csv(tmp_path / "report" / "leaderboard.csv").set_index("backbone")
+    assert set(board.index) == {*BACKBONES, "convnext_tiny"}  # the older run is compared, the newer one is not
+    assert board.loc["convnext_tiny", "top1_mean"] == pytest.approx(older["top1"])
+    assert np.isnan(board.loc["convnext_tiny", "peak_memory_mb_mean"])  # not measured then, not made up now
+    assert board.loc["resnet50", "peak_memory_mb_mean"] == 1000.0
+
+
 DAMAGED_OUTPUTS = {
     "columns": (np.zeros((30, 9), np.float32), np.arange(30) % 3, "9 logit columns for 3 classes"),
     "labels": (np.zeros((30, 3), np.float32), np.arange(30) % 3 + 5, "labels outside 0-2"),
