@@ -234,7 +234,7 @@ def open_run_folder(job: Prepared, params: int, argv: list[str]) -> tuple[Path, 
     files = RunFolder(out)
     if is_main() and not files.config.exists():  # the command as given; a resumed run keeps the first
         script = f"{job.spec.name}.py"
-        write_json({"script": script, "argv": argv, "config": config.flags}, files.config)
+        write_json({"schema": SCHEMA, "script": script, "argv": argv, "config": config.flags}, files.config)
     log = RunLog(files.log)
     precision = job.precision
     log(

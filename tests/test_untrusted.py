@@ -377,6 +377,14 @@ def test_a_config_file_nested_too_deeply_is_a_clear_error(tmp_path):
     assert_clean_error(run_inline("digits.py", "--config", deep), "cannot be read as a run's config.json", "nested")
 
 
+def test_a_config_of_a_newer_schema_is_refused_before_anything_runs(tmp_path):
+    newer = tmp_path / "config.json"
+    newer.write_text(json.dumps({"schema": 2, "script": "digits.py", "argv": ["-model", "mobilenet"], "config": {}}))
+    result = run_inline("digits.py", "--config", newer, "--out", tmp_path / "run")
+    assert_clean_error(result, f"{newer} is of schema 2, newer than this version of the tool reads (1)")
+    assert not (tmp_path / "run").exists()
+
+
 def test_a_failed_checkpoint_save_keeps_the_previous_one_and_says_how_to_continue(tmp_path, monkeypatch):
     import torch
 
