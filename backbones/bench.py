@@ -31,7 +31,7 @@ from torchvision.transforms import v2
 
 from backbones import datasets, models
 from backbones.cost import peak_memory_mb
-from backbones.datasets.base import DatasetSpec
+from backbones.datasets.common.spec import DatasetSpec
 from backbones.errors import HelpFormatter, UserError, run_cli
 from backbones.flags import add_device, add_models, add_workers
 from backbones.loading import DataConfig, image_cache, load_splits, split_batches

@@ -28,7 +28,7 @@ from pathlib import Path
 import pandas as pd
 
 from backbones import datasets, finetune, models, rank, report
-from backbones.datasets.base import DatasetSpec
+from backbones.datasets.common.spec import DatasetSpec
 from backbones.errors import HelpFormatter, UserError, run_cli
 from backbones.flags import add_models
 from backbones.options import build_parser, positive_float, positive_int

@@ -26,7 +26,7 @@ from torch import nn
 
 from backbones import models
 from backbones.cost import gflops, peak_memory_mb, speed
-from backbones.datasets.base import IMAGENET_MEAN, IMAGENET_STD, Catalog, DatasetSpec, PaperRecipe
+from backbones.datasets.common.spec import IMAGENET_MEAN, IMAGENET_STD, Catalog, DatasetSpec, PaperRecipe
 from backbones.errors import UserError, run_cli
 from backbones.loading import (
     DataConfig,

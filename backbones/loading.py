@@ -16,20 +16,17 @@ import pandas as pd
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 
-from backbones.datasets.base import (
+from backbones.datasets.common.readers import FileReader
+from backbones.datasets.common.spec import (
     SPLITS,
     Catalog,
     DataNotFound,
     DatasetSpec,
-    FileReader,
     Normalisation,
     PaperRecipe,
     ReadOptions,
-    assign_splits,
-    dataset_fingerprint,
-    nested_subset,
-    split_hashes,
 )
+from backbones.datasets.common.splits import assign_splits, dataset_fingerprint, nested_subset, split_hashes
 from backbones.errors import UserError
 from backbones.pipeline import DeviceBatches, SplitImages, cached_images
 from backbones.runtime import Precision, world

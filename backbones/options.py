@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from backbones import datasets, models
-from backbones.datasets.base import DatasetSpec, PaperRecipe
+from backbones.datasets.common.spec import DatasetSpec, PaperRecipe
 from backbones.errors import HelpFormatter, UserError
 from backbones.flags import add_device, add_workers, non_negative_int
 from backbones.loading import DataConfig

@@ -23,11 +23,11 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from torchvision.transforms import v2
 from tqdm import tqdm
 
-from backbones.datasets.base import Normalisation
+from backbones.datasets.common.spec import Normalisation
 from backbones.errors import UserError
 from backbones.files import atomic_write, cache_dir
 
-AUGMENT_STREAM = 3  # beside the split streams of datasets.base: augmentation draws never move a split
+AUGMENT_STREAM = 3  # beside the split streams of datasets.common.splits: augmentation draws never move a split
 DECODING = "exif-upright"  # how images are decoded: part of the cache key, so a change never serves old pixels
 MAX_SHARE_OF_FREE_DISK = 0.5  # the cache never takes more than this share of the free space
 

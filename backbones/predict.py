@@ -24,7 +24,7 @@ from PIL import Image, UnidentifiedImageError
 from torch.utils.data import DataLoader, Dataset
 from torchvision.datasets.folder import IMG_EXTENSIONS
 
-from backbones.datasets.base import open_image
+from backbones.datasets.common.readers import open_image
 from backbones.errors import HelpFormatter, UserError, run_cli
 from backbones.files import atomic_write
 from backbones.flags import add_device, add_workers

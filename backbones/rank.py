@@ -24,7 +24,7 @@ import pandas as pd
 import torch
 
 from backbones import datasets, models
-from backbones.datasets.base import DatasetSpec
+from backbones.datasets.common.spec import DatasetSpec
 from backbones.errors import HelpFormatter, UserError, run_cli
 from backbones.files import atomic_write, cache_dir
 from backbones.flags import add_device, add_models, add_workers

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from backbones import datasets, models
-from backbones.datasets.base import Normalisation
+from backbones.datasets.common.spec import Normalisation
 from backbones.errors import UserError
 from backbones.finetune import Prepared, build_model, prepare
 from backbones.loading import evaluation_normalisation

@@ -21,16 +21,10 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from torchvision.datasets.folder import IMG_EXTENSIONS
 
-from backbones.datasets.base import (
-    IMG_EXTENSIONS,
-    TEST_STREAM,
-    VAL_STREAM,
-    class_dirs,
-    encode_classes,
-    scan_class_folders,
-    stratified_holdout,
-)
+from backbones.datasets.common.folders import class_dirs, encode_classes, scan_class_folders
+from backbones.datasets.common.splits import TEST_STREAM, VAL_STREAM, stratified_holdout
 from backbones.errors import UserError, run_cli
 
 

@@ -15,7 +15,7 @@ import torch.distributed as dist
 from torch import nn
 from tqdm import tqdm
 
-from backbones.datasets.base import PaperRecipe
+from backbones.datasets.common.spec import PaperRecipe
 from backbones.errors import UserError
 from backbones.loading import IDENTITY_KEYS
 from backbones.pipeline import DeviceBatches

@@ -290,23 +290,23 @@ def test_empty_data_without_network_fails_clearly(tmp_path, script):
 
 
 def test_folder_index_is_reused_until_a_folder_changes(tmp_path, monkeypatch):
-    import backbones.datasets.base as base
+    from backbones.datasets.common import folders
 
     monkeypatch.setenv("BACKBONES_CACHE", str(tmp_path / "cache"))
     root = make_tinyimagenet(tmp_path / "data", classes=3, train=2, val=1) / "train"  # train/<wnid>/images/*.JPEG
-    assert len(base.scan_class_folders(root)) == 6 and not (tmp_path / "cache").exists()  # just written: no index
+    assert len(folders.scan_class_folders(root)) == 6 and not (tmp_path / "cache").exists()  # just written: no index
     for folder in [root, *(p for p in root.rglob("*") if p.is_dir())]:
         os.utime(folder, (time.time() - 60, time.time() - 60))
-    first = base.scan_class_folders(root)
+    first = folders.scan_class_folders(root)
     assert len(first) == 6 and first["sample"].str.endswith(".JPEG").all()  # the boxes .txt files are not images
     with monkeypatch.context() as patched:
-        patched.setattr(base.os, "walk", lambda *a, **k: pytest.fail("walked the folders again"))
-        assert base.scan_class_folders(root).equals(first)
+        patched.setattr(folders.os, "walk", lambda *a, **k: pytest.fail("walked the folders again"))
+        assert folders.scan_class_folders(root).equals(first)
     (root / first["class"][0] / "images" / "extra.JPEG").write_bytes(b"")  # a change two levels down
-    assert len(base.scan_class_folders(root)) == 7
+    assert len(folders.scan_class_folders(root)) == 7
     (root / "n09999999").mkdir()  # a new class folder: the root changed
     (root / "n09999999" / "x.png").write_bytes(b"")
-    assert set(base.scan_class_folders(root)["class"]) == {*first["class"], "n09999999"}
+    assert set(folders.scan_class_folders(root)["class"]) == {*first["class"], "n09999999"}
 
 
 def test_missing_listed_image_is_named_before_training(tmp_path):
@@ -320,7 +320,7 @@ def test_missing_listed_image_is_named_before_training(tmp_path):
 def test_stanfordcars_reads_the_mirror_layout_as_shipped(tmp_path):
 
     from backbones.datasets import stanfordcars
-    from backbones.datasets.base import ReadOptions
+    from backbones.datasets.common.spec import ReadOptions
 
     base = make_stanfordcars(tmp_path / "data", classes=3, train=2, test=1)
     expected = stanfordcars.catalog(tmp_path / "data", ReadOptions(download=False)).samples

@@ -11,7 +11,8 @@ import threading
 import pytest
 
 from backbones.datasets import galaxy10, tinyimagenet
-from backbones.datasets.base import Archive, DataNotFound, ReadOptions
+from backbones.datasets.common.download import Archive
+from backbones.datasets.common.spec import DataNotFound, ReadOptions
 from formats import make_galaxy10, make_tinyimagenet
 
 ONLINE = ReadOptions(download=True)

@@ -23,8 +23,9 @@ import torch
 from PIL import Image
 
 from backbones import finetune, metrics, train_common
-from backbones.datasets import base, cifar10, digits, flowers102, imagefolder
-from backbones.datasets.base import ReadOptions
+from backbones.datasets import cifar10, digits, flowers102, imagefolder
+from backbones.datasets.common import download, folders, readers, splits
+from backbones.datasets.common.spec import ReadOptions
 from backbones.errors import UserError
 from backbones.loading import load_splits, split_identity
 from backbones.options import RunConfig, build_parser, resolve
@@ -54,17 +55,17 @@ def test_a_planted_folder_index_runs_nothing_and_is_rebuilt(tmp_path, monkeypatc
     monkeypatch.setenv("BACKBONES_CACHE", str(tmp_path / "cache"))
     root = make_class_folders(tmp_path / "data", {"a": 2, "b": 3})
     age(root)
-    listing = base.scan_class_folders(root)
+    listing = folders.scan_class_folders(root)
     (index,) = (tmp_path / "cache" / "index").iterdir()
     assert json.loads(index.read_text())["root"] == str(root.resolve())  # plain JSON
     marker = tmp_path / "owned"
     index.write_bytes(pickle.dumps(Payload(marker)))
     index.with_suffix(".pkl").write_bytes(pickle.dumps(Payload(marker)))  # where older versions looked
-    assert base.scan_class_folders(root).equals(listing)
+    assert folders.scan_class_folders(root).equals(listing)
     assert not marker.exists()
     assert json.loads(index.read_text())["rows"] == listing.to_numpy().tolist()  # rebuilt
     index.write_text(json.dumps({"root": str(root.resolve()), "folders": {}, "rows": [["x/evil.png", "a"]]}))
-    assert base.scan_class_folders(root).equals(listing)  # a foreign index proves nothing about the folders
+    assert folders.scan_class_folders(root).equals(listing)  # a foreign index proves nothing about the folders
 
 
 def test_a_cifar_batch_that_would_run_code_is_refused(tmp_path):
@@ -99,7 +100,7 @@ def test_archive_members_never_land_outside_the_target(tmp_path, member, link):
     target = tmp_path / "target"
     target.mkdir()
     with pytest.raises(ValueError, match="unsafe to extract"):
-        base.safe_extract(hostile_tar(tmp_path / "bad.tar.gz", member, link), target)
+        download.safe_extract(hostile_tar(tmp_path / "bad.tar.gz", member, link), target)
     assert not (tmp_path / "escaped.txt").exists() and list(target.iterdir()) == []
 
 
@@ -107,7 +108,7 @@ def test_archives_extracted_by_torchvision_get_the_data_filter_too(tmp_path):
     from torchvision.datasets.utils import extract_archive
 
     (tmp_path / "target").mkdir()
-    with base.data_filter_by_default(), pytest.raises(tarfile.FilterError):
+    with download.data_filter_by_default(), pytest.raises(tarfile.FilterError):
         extract_archive(str(hostile_tar(tmp_path / "bad.tar.gz", "../escaped.txt")), str(tmp_path / "target"))
     assert not (tmp_path / "escaped.txt").exists()
 
@@ -116,7 +117,7 @@ def test_an_absolute_archive_member_is_extracted_inside_the_target(tmp_path):
     outside = tmp_path / "outside.txt"
     target = tmp_path / "target"
     target.mkdir()
-    base.safe_extract(hostile_tar(tmp_path / "bad.tar.gz", str(outside)), target)
+    download.safe_extract(hostile_tar(tmp_path / "bad.tar.gz", str(outside)), target)
     assert not outside.exists() and (target / str(outside).lstrip("/")).read_bytes() == b"owned"
 
 
@@ -125,7 +126,7 @@ def test_zip_members_never_land_outside_the_target(tmp_path):
         archive.writestr("../escaped.txt", "owned")
     (tmp_path / "target").mkdir()
     with pytest.raises(ValueError, match="outside"):
-        base.safe_extract(tmp_path / "bad.zip", tmp_path / "target")
+        download.safe_extract(tmp_path / "bad.zip", tmp_path / "target")
     assert not (tmp_path / "escaped.txt").exists()
 
 
@@ -133,7 +134,7 @@ def test_zip_members_never_land_outside_the_target(tmp_path):
 def test_16_bit_images_are_rescaled_by_their_depth_not_clipped(tmp_path):
     values = np.linspace(0, 65535, 64 * 48).reshape(48, 64).astype(np.uint16)
     Image.fromarray(values).save(tmp_path / "sixteen.png")
-    image = base.FileReader(tmp_path)("sixteen.png")
+    image = readers.FileReader(tmp_path)("sixteen.png")
     expected = np.round(values.astype(np.float64) * 255 / 65535).astype(np.uint8)
     assert image.mode == "RGB" and (np.asarray(image) == expected[..., None]).all()
     assert (np.asarray(image) == 255).mean() < 0.01  # `convert("RGB")` turned 99.6% white
@@ -141,24 +142,24 @@ def test_16_bit_images_are_rescaled_by_their_depth_not_clipped(tmp_path):
 
 def test_float_images_in_unit_range_are_scaled_and_others_refused(tmp_path):
     Image.fromarray(np.full((4, 4), 0.5, dtype=np.float32)).save(tmp_path / "unit.tif")
-    assert (np.asarray(base.FileReader(tmp_path)("unit.tif")) == 128).all()
+    assert (np.asarray(readers.FileReader(tmp_path)("unit.tif")) == 128).all()
     Image.fromarray(np.full((4, 4), 1000.0, dtype=np.float32)).save(tmp_path / "radiance.tif")
     with pytest.raises(UserError, match="floating-point image with values from 1000"):
-        base.FileReader(tmp_path)("radiance.tif")
+        readers.FileReader(tmp_path)("radiance.tif")
 
 
 def test_a_decompression_bomb_is_a_clear_error(tmp_path, monkeypatch):
     Image.new("L", (50, 50)).save(tmp_path / "bomb.png")
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)  # 2,500 pixels is then a bomb, as 200M are by default
     with pytest.raises(UserError, match="Cannot read image .*bomb.png.*decompression bomb"):
-        base.FileReader(tmp_path)("bomb.png")
+        readers.FileReader(tmp_path)("bomb.png")
 
 
 def test_broken_and_looping_symlinks_are_named(tmp_path):
     root = make_class_folders(tmp_path / "data", {"a": 3, "b": 3})
     (root / "a" / "dangling.png").symlink_to(tmp_path / "nowhere.png")
     (root / "b" / "loop.png").symlink_to(root / "b" / "loop.png")
-    reader = base.FileReader(root)
+    reader = readers.FileReader(root)
     for sample in ("a/dangling.png", "b/loop.png"):
         with pytest.raises(UserError, match=f"Cannot open .*{sample}.*symbolic link"):
             reader.fingerprint(["a/" + sorted(os.listdir(root / "a"))[0], sample])
@@ -174,8 +175,8 @@ def test_a_damaged_image_cache_is_rebuilt(tmp_path, monkeypatch):
 
     monkeypatch.setenv("BACKBONES_CACHE", str(tmp_path / "cache"))
     root = make_class_folders(tmp_path / "data", {"a": 3, "b": 3})
-    table = base.scan_class_folders(root)
-    reader, lines = base.FileReader(root), []
+    table = folders.scan_class_folders(root)
+    reader, lines = readers.FileReader(root), []
     path, rows = pipeline.cached_images("t", reader, table["sample"], (16, 16), "disk", 0, lines.append)
     whole = np.load(path).copy()
     path.write_bytes(path.read_bytes()[:-100])  # truncated, as by a full disk or a killed copy
@@ -221,14 +222,14 @@ def test_a_class_without_test_images_is_not_applicable_not_zero():
 def test_official_validation_stays_whole_so_learning_curves_nest(tmp_path):
     make_flowers102(tmp_path / "data", classes=3, per_split=6)
     catalog = flowers102.catalog(tmp_path / "data", ReadOptions(download=False))
-    splits = {}
+    by_fraction = {}
     for fraction in (1.0, 0.5):
-        subset = lambda pool, f=fraction: base.nested_subset(pool["label"], catalog.classes, 0, f)  # noqa: E731
-        splits[fraction] = base.assign_splits(catalog.samples, None, 0.1, 0, subset).set_index("sample")["split"]
+        subset = lambda pool, f=fraction: splits.nested_subset(pool["label"], catalog.classes, 0, f)  # noqa: E731
+        by_fraction[fraction] = splits.assign_splits(catalog.samples, None, 0.1, 0, subset).set_index("sample")["split"]
     official_val = set(catalog.samples.loc[catalog.samples["split"] == "val", "sample"])
-    for split in splits.values():
+    for split in by_fraction.values():
         assert set(split[split == "val"].index) == official_val  # never pooled into training
-    full, half = (set(s[s == "train"].index) for s in (splits[1.0], splits[0.5]))
+    full, half = (set(s[s == "train"].index) for s in (by_fraction[1.0], by_fraction[0.5]))
     assert half < full and len(full) == 18 and len(half) == 9
 
 

@@ -182,7 +182,7 @@ def original_epochs(scores: list[float], patience: int, ties_improve: bool) -> i
 @pytest.mark.parametrize("ties_improve", [False, True])
 @pytest.mark.parametrize("patience", [1, 3, 10])
 def test_a_phase_stops_after_as_many_epochs_as_the_originals_loop(ties_improve, patience):
-    from backbones.datasets.base import PaperRecipe
+    from backbones.datasets.common.spec import PaperRecipe
     from backbones.train_common import Evaluation, judge, next_stale
 
     recipe = PaperRecipe(ties_improve=ties_improve)

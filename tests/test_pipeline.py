@@ -17,7 +17,7 @@ from torch.utils.data import DataLoader
 from torchvision.transforms import v2
 
 from backbones import pipeline
-from backbones.datasets.base import class_folder_catalog
+from backbones.datasets.common.folders import class_folder_catalog
 from backbones.errors import UserError
 from backbones.pipeline import DeviceBatches, SplitImages, cached_images, decode, sample_seeds
 from backbones.runtime import make_precision
@@ -87,7 +87,7 @@ def test_a_changed_source_gets_a_new_cache(folder, tmp_path):
 SLOW_BUILD = """
 import sys, time
 sys.path.insert(0, {root!r})
-from backbones.datasets.base import class_folder_catalog
+from backbones.datasets.common.folders import class_folder_catalog
 from pathlib import Path
 from backbones import pipeline
 catalog = class_folder_catalog(Path({data!r}), Path({data!r}))

@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 
 from backbones import split
-from backbones.datasets.base import TEST_STREAM, VAL_STREAM, assign_splits, nested_subset, stratified_holdout
+from backbones.datasets.common.splits import TEST_STREAM, VAL_STREAM, assign_splits, nested_subset, stratified_holdout
 from backbones.errors import UserError
 from conftest import assert_clean_error, run_inline
 from formats import make_class_folders
@@ -116,7 +116,7 @@ def test_split_cli_names_a_class_too_small_to_split(tmp_path):
 
 
 def test_groups_count_under_their_most_common_label():
-    from backbones.datasets.base import stratified_holdout
+    from backbones.datasets.common.splits import stratified_holdout
 
     rng = np.random.default_rng(0)
     labels, groups = rng.integers(0, 3, 300), rng.integers(0, 40, 300).astype(str)
@@ -246,7 +246,7 @@ def test_galaxy10_holds_out_ten_percent_of_the_whole_set():
 
 def test_a_breakhis_patient_number_never_straddles_the_split(tmp_path):
     from backbones.datasets import breakhis
-    from backbones.datasets.base import ReadOptions
+    from backbones.datasets.common.spec import ReadOptions
     from formats import make_breakhis
 
     make_breakhis(tmp_path / "data", per_patient=2)

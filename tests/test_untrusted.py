@@ -318,7 +318,7 @@ def test_a_jpeg_tagged_to_turn_is_read_upright_for_training_and_prediction(tmp_p
     the training reader (FileReader, also ranking's and robustness's) returns it as a viewer shows it."""
     from PIL import Image
 
-    from backbones.datasets.base import FileReader
+    from backbones.datasets.common.readers import FileReader
 
     upright = np.zeros((40, 60, 3), np.uint8)
     upright[:10] = 255  # a white band along the top of the upright picture
@@ -334,7 +334,7 @@ def test_a_jpeg_tagged_to_turn_is_read_upright_for_training_and_prediction(tmp_p
 def test_a_class_folder_named_train_beside_others_is_a_class(tmp_path):
     """CIFAR-100 has a class 'train': in a flat folder of classes it is one, not half a split."""
     from backbones.datasets import imagefolder
-    from backbones.datasets.base import ReadOptions
+    from backbones.datasets.common.spec import ReadOptions
     from formats import make_class_folders
 
     make_class_folders(tmp_path / "flat", {"train": 3, "test": 3, "owl": 3})

@@ -1,11 +1,11 @@
-"""One module per dataset; each declares a `SPEC` (see base.py)."""
+"""One module per dataset; each declares a `SPEC` (a `common.spec.DatasetSpec`). What they share is in `common/`."""
 
 from __future__ import annotations
 
 import importlib
 from pathlib import Path
 
-NAMES = sorted(p.stem for p in Path(__file__).parent.glob("*.py") if p.stem not in ("__init__", "base"))
+NAMES = sorted(p.stem for p in Path(__file__).parent.glob("*.py") if p.stem != "__init__")
 
 
 def spec(name: str):

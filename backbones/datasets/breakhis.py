@@ -6,16 +6,10 @@ import argparse
 import re
 from pathlib import Path
 
-from backbones.datasets.base import (
-    Catalog,
-    DataNotFound,
-    DatasetSpec,
-    FileReader,
-    PaperRecipe,
-    ReadOptions,
-    locate,
-    relative,
-)
+from backbones.datasets.common.download import locate
+from backbones.datasets.common.folders import relative
+from backbones.datasets.common.readers import FileReader
+from backbones.datasets.common.spec import Catalog, DataNotFound, DatasetSpec, PaperRecipe, ReadOptions
 
 TOP = "BreaKHis_v1"
 CLASSES = ["benign", "malignant"]

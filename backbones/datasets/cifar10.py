@@ -8,16 +8,10 @@ from pathlib import Path
 
 import numpy as np
 
-from backbones.datasets.base import (
-    ArrayReader,
-    Catalog,
-    DatasetSpec,
-    PaperRecipe,
-    ReadOptions,
-    TorchvisionDownload,
-    locate,
-    required,
-)
+from backbones.datasets.common.download import TorchvisionDownload, locate
+from backbones.datasets.common.folders import required
+from backbones.datasets.common.readers import ArrayReader
+from backbones.datasets.common.spec import Catalog, DatasetSpec, PaperRecipe, ReadOptions
 from backbones.errors import UserError
 
 TOP = "cifar-10-batches-py"

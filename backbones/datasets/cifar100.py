@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from backbones.datasets.base import Catalog, DatasetSpec, PaperRecipe, ReadOptions, TorchvisionDownload
 from backbones.datasets.cifar10 import read_cifar
+from backbones.datasets.common.download import TorchvisionDownload
+from backbones.datasets.common.spec import Catalog, DatasetSpec, PaperRecipe, ReadOptions
 
 TOP = "cifar-100-python"
 

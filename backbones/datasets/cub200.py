@@ -6,18 +6,10 @@ from pathlib import Path
 
 import pandas as pd
 
-from backbones.datasets.base import (
-    Catalog,
-    DataNotFound,
-    DatasetSpec,
-    FileReader,
-    PaperRecipe,
-    ReadOptions,
-    locate,
-    relative,
-    require_files,
-    required,
-)
+from backbones.datasets.common.download import locate
+from backbones.datasets.common.folders import relative, require_files, required
+from backbones.datasets.common.readers import FileReader
+from backbones.datasets.common.spec import Catalog, DataNotFound, DatasetSpec, PaperRecipe, ReadOptions
 
 TOP = "CUB_200_2011"
 

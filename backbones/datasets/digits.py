@@ -6,7 +6,8 @@ from pathlib import Path
 
 import numpy as np
 
-from backbones.datasets.base import ArrayReader, Catalog, DatasetSpec, ReadOptions
+from backbones.datasets.common.readers import ArrayReader
+from backbones.datasets.common.spec import Catalog, DatasetSpec, ReadOptions
 
 
 def catalog(data: Path, options: ReadOptions) -> Catalog:

@@ -5,21 +5,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from backbones.datasets.base import (
-    IMAGENET_MEAN,
-    IMAGENET_STD,
-    Catalog,
-    DatasetSpec,
-    FileReader,
-    PaperRecipe,
-    ReadOptions,
-    TorchvisionDownload,
-    encode_classes,
-    locate,
-    relative,
-    require_files,
-    required,
-)
+from backbones.datasets.common.download import TorchvisionDownload, locate
+from backbones.datasets.common.folders import encode_classes, relative, require_files, required
+from backbones.datasets.common.readers import FileReader
+from backbones.datasets.common.spec import IMAGENET_MEAN, IMAGENET_STD, Catalog, DatasetSpec, PaperRecipe, ReadOptions
 
 PARTITION = 1
 

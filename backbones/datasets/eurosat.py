@@ -4,15 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from backbones.datasets.base import (
-    Catalog,
-    DatasetSpec,
-    PaperRecipe,
-    ReadOptions,
-    TorchvisionDownload,
-    class_folder_catalog,
-    locate,
-)
+from backbones.datasets.common.download import TorchvisionDownload, locate
+from backbones.datasets.common.folders import class_folder_catalog
+from backbones.datasets.common.spec import Catalog, DatasetSpec, PaperRecipe, ReadOptions
 
 
 def catalog(data: Path, options: ReadOptions) -> Catalog:

@@ -4,17 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from backbones.datasets.base import (
-    Catalog,
-    DataNotFound,
-    DatasetSpec,
-    FileReader,
-    PaperRecipe,
-    ReadOptions,
-    TorchvisionDownload,
-    locate,
-    relative,
-)
+from backbones.datasets.common.download import TorchvisionDownload, locate
+from backbones.datasets.common.folders import relative
+from backbones.datasets.common.readers import FileReader
+from backbones.datasets.common.spec import Catalog, DataNotFound, DatasetSpec, PaperRecipe, ReadOptions
 
 TOP = "flowers-102"
 

@@ -5,18 +5,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from backbones.datasets.base import (
-    Catalog,
-    DatasetSpec,
-    FileReader,
-    PaperRecipe,
-    ReadOptions,
-    TorchvisionDownload,
-    locate,
-    relative,
-    require_files,
-    required,
-)
+from backbones.datasets.common.download import TorchvisionDownload, locate
+from backbones.datasets.common.folders import relative, require_files, required
+from backbones.datasets.common.readers import FileReader
+from backbones.datasets.common.spec import Catalog, DatasetSpec, PaperRecipe, ReadOptions
 
 TOP = "food-101"
 

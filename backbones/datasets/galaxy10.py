@@ -8,7 +8,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from backbones.datasets.base import Archive, Catalog, DataNotFound, DatasetSpec, PaperRecipe, ReadOptions, locate
+from backbones.datasets.common.download import Archive, locate
+from backbones.datasets.common.spec import Catalog, DataNotFound, DatasetSpec, PaperRecipe, ReadOptions
 from backbones.errors import UserError
 
 FILE = "Galaxy10_DECals.h5"

@@ -6,17 +6,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from backbones.datasets.base import (
-    Catalog,
-    DataNotFound,
-    DatasetSpec,
-    FileReader,
-    ReadOptions,
-    class_dirs,
-    encode_classes,
-    scan_nonempty,
-    split_folders_catalog,
-)
+from backbones.datasets.common.folders import class_dirs, encode_classes, scan_nonempty, split_folders_catalog
+from backbones.datasets.common.readers import FileReader
+from backbones.datasets.common.spec import Catalog, DataNotFound, DatasetSpec, ReadOptions
 from backbones.errors import UserError
 
 

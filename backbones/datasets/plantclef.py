@@ -5,15 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from backbones.datasets.base import (
-    Catalog,
-    DataNotFound,
-    DatasetSpec,
-    PaperRecipe,
-    ReadOptions,
-    find_dir,
-    split_folders_catalog,
-)
+from backbones.datasets.common.folders import find_dir, split_folders_catalog
+from backbones.datasets.common.spec import Catalog, DataNotFound, DatasetSpec, PaperRecipe, ReadOptions
 
 TOPS = ["plantclef", "PlantCLEF", "PlantCLEF_Subset"]  # the last is the original benchmark's folder name
 

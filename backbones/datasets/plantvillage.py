@@ -5,15 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from backbones.datasets.base import (
-    Catalog,
-    DataNotFound,
-    DatasetSpec,
-    PaperRecipe,
-    ReadOptions,
-    class_dirs,
-    class_folder_catalog,
-)
+from backbones.datasets.common.folders import class_dirs, class_folder_catalog
+from backbones.datasets.common.spec import Catalog, DataNotFound, DatasetSpec, PaperRecipe, ReadOptions
 
 TOPS = ["Plant_leave_diseases_dataset_without_augmentation", "Plant_leaf_diseases_dataset_without_augmentation"]
 

@@ -8,7 +8,10 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from backbones.datasets.base import Catalog, DataNotFound, DatasetSpec, FileReader, ReadOptions, locate, relative
+from backbones.datasets.common.download import locate
+from backbones.datasets.common.folders import relative
+from backbones.datasets.common.readers import FileReader
+from backbones.datasets.common.spec import Catalog, DataNotFound, DatasetSpec, ReadOptions
 from backbones.errors import UserError
 
 TOP = "rsna-pneumonia-detection-challenge"

@@ -7,17 +7,9 @@ from pathlib import Path
 
 import numpy as np
 
-from backbones.datasets.base import (
-    Catalog,
-    DataNotFound,
-    DatasetSpec,
-    FileReader,
-    ReadOptions,
-    find_dir,
-    relative,
-    require_files,
-    required,
-)
+from backbones.datasets.common.folders import find_dir, relative, require_files, required
+from backbones.datasets.common.readers import FileReader
+from backbones.datasets.common.spec import Catalog, DataNotFound, DatasetSpec, ReadOptions
 
 TOP = "stanford_cars"
 

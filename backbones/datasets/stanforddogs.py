@@ -6,17 +6,10 @@ from pathlib import Path
 
 import numpy as np
 
-from backbones.datasets.base import (
-    Catalog,
-    DatasetSpec,
-    FileReader,
-    ReadOptions,
-    find_dir,
-    locate,
-    relative,
-    require_files,
-    required,
-)
+from backbones.datasets.common.download import locate
+from backbones.datasets.common.folders import find_dir, relative, require_files, required
+from backbones.datasets.common.readers import FileReader
+from backbones.datasets.common.spec import Catalog, DatasetSpec, ReadOptions
 
 TOPS = ["stanford_dogs", "StanfordDogs"]
 

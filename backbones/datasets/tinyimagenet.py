@@ -7,20 +7,10 @@ from pathlib import Path
 
 import pandas as pd
 
-from backbones.datasets.base import (
-    Archive,
-    Catalog,
-    DataNotFound,
-    DatasetSpec,
-    FileReader,
-    ReadOptions,
-    locate,
-    prefix,
-    relative,
-    require_files,
-    required,
-    scan_class_folders,
-)
+from backbones.datasets.common.download import Archive, locate
+from backbones.datasets.common.folders import prefix, relative, require_files, required, scan_class_folders
+from backbones.datasets.common.readers import FileReader
+from backbones.datasets.common.spec import Catalog, DataNotFound, DatasetSpec, ReadOptions
 
 TOP = "tiny-imagenet-200"
 ARCHIVE = Archive("http://cs231n.stanford.edu/tiny-imagenet-200.zip", md5="90528d7ca1a48142e341f4ef8d21d0de")

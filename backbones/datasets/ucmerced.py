@@ -4,15 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from backbones.datasets.base import (
-    Archive,
-    Catalog,
-    DatasetSpec,
-    PaperRecipe,
-    ReadOptions,
-    class_folder_catalog,
-    locate,
-)
+from backbones.datasets.common.download import Archive, locate
+from backbones.datasets.common.folders import class_folder_catalog
+from backbones.datasets.common.spec import Catalog, DatasetSpec, PaperRecipe, ReadOptions
 
 TOP = "UCMerced_LandUse"
 ARCHIVE = Archive("http://weegee.vision.ucmerced.edu/datasets/UCMerced_LandUse.zip", "5b7ec56793786b6dc8a908e8854ac0e4")
