@@ -176,9 +176,8 @@ def ranking(own: argparse.Namespace, spec: DatasetSpec, run_flags: list[str]) ->
     if path.exists():
         return report.read_rankings([path], what).set_index("backbone")
     argv = ["--dataset", spec.name, "--models", *own.models, "--seed", str(own.seeds[0]), "--out", str(path)]
-    _, args = rank.parse_args([*argv, *run_flags], known_only=True)
-    args.models, args.runs = own.models, None
-    rank.rank(spec, args, path)
+    config = rank.parse_args([*argv, *run_flags], known_only=True)
+    rank.rank(dataclasses.replace(config, models=tuple(own.models), runs=()), path)
     return report.read_rankings([path], what).set_index("backbone")
 
 

@@ -16,6 +16,7 @@ import json
 import math
 import time
 import zipfile
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
@@ -78,14 +79,27 @@ def build_parser(spec: DatasetSpec | None) -> argparse.ArgumentParser:
     return parser
 
 
-def parse_args(argv: list[str] | None, known_only: bool = False) -> tuple[DatasetSpec, argparse.Namespace]:
+@dataclass(frozen=True)
+class RankConfig:
+    """A ranking as its flags define it: which backbones, with which weights, on which images."""
+
+    spec: DatasetSpec
+    models: tuple[str, ...]  # registry names, aliases and 'all' resolved
+    weights: str  # 'imagenet', 'none' or a checkpoint file
+    data: DataConfig  # the training and validation images, carved as a default-protocol run carves them
+    device: str
+    runs: tuple[Path, ...] = ()  # fine-tuned runs to check the ranking against
+    out: Path | None = None
+
+
+def parse_args(argv: list[str] | None, known_only: bool = False) -> RankConfig:
     """The ranking's flags; with `known_only`, those of `argv` this parser knows, the rest ignored (`choose.py`
     passes a fine-tuning command line)."""
     spec, args = parse_dataset_args(build_parser, argv, known_only)
-    args.models = models.resolve_names(args.models)
-    for name in args.models:
+    names = tuple(models.resolve_names(args.models))
+    for name in names:
         models.check_input_size(name, args.image_size)
-    return spec, args
+    return RankConfig(spec, names, args.weights, data_config(spec, args), args.device, tuple(args.runs or ()), args.out)
 
 
 # ----------------------------------------------------------------------------------------------- features
@@ -113,15 +127,14 @@ def fingerprint(*modules: torch.nn.Module | None) -> str:
     return digest.hexdigest()
 
 
-def extract(
-    name: str, spec: DatasetSpec, args, data: DataConfig, catalog, samples: pd.DataFrame, images, log
-) -> tuple[dict, bool]:
+def extract(name: str, config: RankConfig, catalog, samples: pd.DataFrame, images, log) -> tuple[dict, bool]:
     """{split: (features, source-class probabilities or None, labels)} for train and val, from the cache when
     the same weights already saw the same images at the same size. `images()` gives the decoded-image cache."""
-    seed_everything(args.seed)  # random-init weights are reproducible
-    model, classifier = models.create_feature_extractor(name, models.Weights.parse(args.weights))
+    spec, data = config.spec, config.data
+    seed_everything(data.seed)  # random-init weights are reproducible
+    model, classifier = models.create_feature_extractor(name, models.Weights.parse(config.weights))
     weights = fingerprint(model, classifier)
-    device = resolve_device(args.device)
+    device = resolve_device(config.device)
     precision = make_precision(device)
     model.to(device)
     outputs, reused = {}, True
@@ -131,11 +144,11 @@ def extract(
             json.dumps(
                 [
                     spec.name,
-                    dataset_label(spec.name, data.own, spec.domain, args.data),
+                    dataset_label(spec.name, data.own, spec.domain, data.data),
                     split,
                     name,
                     weights,
-                    args.image_size,
+                    data.image_size,
                 ]
                 + rows["sample"].tolist()
                 + rows["label"].tolist()
@@ -173,11 +186,11 @@ def score(outputs: dict, seed: int) -> dict:
 
 
 # ----------------------------------------------------------------------------------------------- checking
-def measured_top1(args, fingerprint: str, log) -> tuple[pd.Series, pd.Series, str]:
+def measured_top1(config: RankConfig, fingerprint: str, log) -> tuple[pd.Series, pd.Series, str]:
     """(mean test top-1 per backbone, mean fine-tuning seconds per backbone, the setting) from the runs under --runs
     that answer the question this ranking predicts: the same data, weights, resolution and training subset, full
     fine-tuning under the default protocol, and one training configuration (the one most backbones were run with)."""
-    runs, skipped = find_runs(args.runs)
+    runs, skipped = find_runs(list(config.runs))
     for path, reason in skipped:
         log(f"  skipped {path}: {reason}")
     empty = pd.Series(dtype=float), pd.Series(dtype=float), ""
@@ -189,13 +202,13 @@ def measured_top1(args, fingerprint: str, log) -> tuple[pd.Series, pd.Series, st
         setting = json.loads(key)
         return (
             setting["protocol"] == "val"
-            and setting["weights"] == args.weights
-            and math.isclose(setting.get("train_fraction", 1.0), args.train_fraction)
-            and setting.get("shots") == args.shots
+            and setting["weights"] == config.weights
+            and math.isclose(setting.get("train_fraction", 1.0), config.data.train_fraction)
+            and setting.get("shots") == config.data.shots
             and setting.get("finetune", "full") == "full"
         )
 
-    same_size = table["image_size"].map(lambda size: size == tuple(args.image_size))
+    same_size = table["image_size"].map(lambda size: size == tuple(config.data.image_size))
     table = table[(table["dataset_fingerprint"] == fingerprint) & same_size & table["setting"].map(same_setting)]
     if table.empty:
         return empty
@@ -215,41 +228,41 @@ def measured_top1(args, fingerprint: str, log) -> tuple[pd.Series, pd.Series, st
     )
 
 
-def out_path(args, spec: DatasetSpec) -> Path:
-    if args.out is None:
-        return Path("results") / f"rank-{spec.name}-{datetime.now().strftime('%Y%m%d-%H%M%S')}.csv"
-    check_new_file(args.out)
-    return args.out
+def out_path(config: RankConfig) -> Path:
+    if config.out is None:
+        return Path("results") / f"rank-{config.spec.name}-{datetime.now().strftime('%Y%m%d-%H%M%S')}.csv"
+    check_new_file(config.out)
+    return config.out
 
 
 def main(argv: list[str] | None = None) -> pd.DataFrame:
-    spec, args = parse_args(argv)
-    return rank(spec, args, out_path(args, spec))
+    config = parse_args(argv)
+    return rank(config, out_path(config))
 
 
-def rank(spec: DatasetSpec, args: argparse.Namespace, out: Path, log=print) -> pd.DataFrame:
-    """Rank `args.models` on the training and validation splits, print the table and write it to `out`."""
-    data = data_config(spec, args)  # the splits are carved exactly as a default-protocol run carves them
+def rank(config: RankConfig, out: Path, log=print) -> pd.DataFrame:
+    """Rank `config.models` on the training and validation splits, print the table and write it to `out`."""
+    spec, data = config.spec, config.data
     catalog, samples = load_splits(spec, data)
     counts = samples["split"].value_counts()
     if counts.get("train", 0) < 2 or counts.get("val", 0) < 1:
         raise UserError(
-            f"{spec.title} under {args.data} gives {counts.get('train', 0)} training and {counts.get('val', 0)} "
+            f"{spec.title} under {data.data} gives {counts.get('train', 0)} training and {counts.get('val', 0)} "
             "validation images; ranking needs both. Add data or raise --val-fraction."
         )
     log(
-        f"Ranking {len(args.models)} backbones on {spec.title} ({counts['train']} train / {counts['val']} val "
-        f"images, test split untouched) with {args.weights} weights at {args.image_size[0]}x{args.image_size[1]}"
+        f"Ranking {len(config.models)} backbones on {spec.title} ({counts['train']} train / {counts['val']} val "
+        f"images, test split untouched) with {config.weights} weights at {data.image_size[0]}x{data.image_size[1]}"
     )
     # decoded once, and only if some backbone's features are not cached yet; the test images are never decoded
     images = functools.cache(lambda: image_cache(spec, data, catalog, samples, log, splits=("train", "val")))
     fingerprint = split_identity(spec, data, catalog, samples)["dataset_fingerprint"]
     rows, started = [], time.perf_counter()
-    for name in args.models:
+    for name in config.models:
         begun = time.perf_counter()
-        outputs, reused = extract(name, spec, args, data, catalog, samples, images, log)
+        outputs, reused = extract(name, config, catalog, samples, images, log)
         extracted = time.perf_counter()
-        scores = score(outputs, args.seed)
+        scores = score(outputs, data.seed)
         rows.append(
             {
                 "backbone": name,
@@ -263,20 +276,20 @@ def rank(spec: DatasetSpec, args: argparse.Namespace, out: Path, log=print) -> p
     total = time.perf_counter() - started
     table = ranking_table(rows)
     setting = {
-        "dataset": dataset_label(spec.name, data.own, spec.domain, args.data),
-        "weights": args.weights,
+        "dataset": dataset_label(spec.name, data.own, spec.domain, data.data),
+        "weights": config.weights,
         "dataset_fingerprint": fingerprint,
-        "resolution": "x".join(map(str, args.image_size)),
-        "train_fraction": args.train_fraction,
-        "shots": args.shots,
-        "val_fraction": args.val_fraction,
-        "seed": args.seed,
+        "resolution": "x".join(map(str, data.image_size)),
+        "train_fraction": data.train_fraction,
+        "shots": data.shots,
+        "val_fraction": data.val_fraction,
+        "seed": data.seed,
         "n_train": int(counts["train"]),
         "n_val": int(counts["val"]),
     }
     print_ranking(table, total, log)
-    if args.runs:
-        table["measured_top1"] = check_against_runs(args, table, fingerprint, setting["dataset"], total, log)
+    if config.runs:
+        table["measured_top1"] = check_against_runs(config, table, fingerprint, setting["dataset"], total, log)
     out.parent.mkdir(parents=True, exist_ok=True)
     write_csv(table.reset_index().assign(**setting), out)
     log(f"Ranking written to {out}")
@@ -307,11 +320,13 @@ def print_ranking(table: pd.DataFrame, total: float, log) -> None:
     log(f"Ranked by LogME. Total {total:.1f} s for {len(table)} backbones.")
 
 
-def check_against_runs(args, table: pd.DataFrame, fingerprint: str, dataset: str, total: float, log) -> pd.Series:
+def check_against_runs(
+    config: RankConfig, table: pd.DataFrame, fingerprint: str, dataset: str, total: float, log
+) -> pd.Series:
     """The measured top-1 of each backbone under --runs, after printing how well each score predicted it."""
-    measured, finetune_seconds, measured_setting = measured_top1(args, fingerprint, log)
+    measured, finetune_seconds, measured_setting = measured_top1(config, fingerprint, log)
     if measured.empty:
-        log(f"No fine-tuned runs of {dataset} with --weights {args.weights} under --runs to check.")
+        log(f"No fine-tuned runs of {dataset} with --weights {config.weights} under --runs to check.")
         return measured
     log(f"\nAgainst fine-tuned runs ({measured_setting}):")
     for column, heading, _ in SCORES:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 
 import numpy as np
@@ -131,7 +132,6 @@ def test_bad_input_is_a_clean_error(tmp_path):
 
 @pytest.mark.slow
 def test_only_runs_of_the_same_setting_and_configuration_are_compared(digits_sweep, tmp_path):
-    import argparse
     import json
     import shutil
 
@@ -153,11 +153,11 @@ def test_only_runs_of_the_same_setting_and_configuration_are_compared(digits_swe
     truth = {b: np.mean([json.loads(p.read_text())["top1"] for p in digits_sweep.glob(f"{b}-s*/metrics.json")])
              for b in SWEEP_BACKBONES}  # fmt: skip
     fingerprint = json.loads(next(digits_sweep.glob("*/metrics.json")).read_text())["dataset_fingerprint"]
-    args = argparse.Namespace(runs=[folder], image_size=(32, 32), weights="none", train_fraction=1.0, shots=None)
+    config = rank.parse_args(["--dataset", "digits", "--image-size", "32", "--weights", "none", "--runs", str(folder)])
     lines = []
-    measured, _, _ = rank.measured_top1(args, fingerprint, lines.append)
+    measured, _, _ = rank.measured_top1(config, fingerprint, lines.append)
     assert measured.to_dict() == pytest.approx(truth)
     assert any("another training configuration are left out" in line for line in lines)
-    args.train_fraction = 0.1
-    assert rank.measured_top1(args, fingerprint, lines.append)[0].to_dict() == {b: 30.5 for b in SWEEP_BACKBONES}
-    assert rank.measured_top1(args, "0" * 16, lines.append)[0].empty  # other data: nothing to compare
+    tenth = dataclasses.replace(config, data=dataclasses.replace(config.data, train_fraction=0.1))
+    assert rank.measured_top1(tenth, fingerprint, lines.append)[0].to_dict() == {b: 30.5 for b in SWEEP_BACKBONES}
+    assert rank.measured_top1(config, "0" * 16, lines.append)[0].empty  # other data: nothing to compare
