@@ -109,8 +109,29 @@ def build_own_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def parse_args(argv: list[str]) -> tuple[argparse.Namespace, DatasetSpec, list[str], argparse.Namespace]:
-    """(choose's flags, the dataset, the flags for every run, those flags parsed by the dataset's parser)."""
+@dataclass(frozen=True)
+class ChooseConfig:
+    """choose's own settings, as its flags define them (the flags of every run travel beside them, as given)."""
+
+    dataset: str
+    budget: Budget
+    models: list[str]  # registry names, aliases and 'all' resolved
+    keep: int | None
+    lr_grid: list[float]  # sorted, each once
+    eta: int
+    min_epochs: int
+    race_share: float
+    finalists: int
+    seeds: list[int]
+    out: Path
+    folder: ChooseFolder
+    storage: str  # Optuna's storage URL
+    dry_run: bool
+    run_max_epochs: int | None  # the run flags' --max-epochs: a cap on the confirmation's epochs too
+
+
+def parse_args(argv: list[str]) -> tuple[ChooseConfig, DatasetSpec, list[str]]:
+    """(choose's settings, the dataset, the flags for every run)."""
     own, run_flags = build_own_parser().parse_known_args(argv)
     if not 0 < own.race_share < 1:
         raise UserError(f"--race-share {own.race_share:g} must lie between 0 and 1 (the rest confirms).")
@@ -122,16 +143,30 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, DatasetSpec, list[s
             raise UserError(f"choose sets {name} for each run itself; use {SET_PER_RUN[name]} instead.")
     spec = datasets.spec(own.dataset)
     run_args = build_parser(spec).parse_args([*run_flags, "-model", "placeholder"])  # its errors name the flag
-    own.models = models.resolve_names(own.models)
-    own.lr_grid = sorted(set(own.lr_grid))
-    own.out = own.out or Path("runs") / f"choose-{spec.name}"
-    own.folder = ChooseFolder(own.out)
-    own.storage = own.storage or f"sqlite:///{own.folder.study.resolve()}"
-    return own, spec, run_flags, run_args
+    out = own.out or Path("runs") / f"choose-{spec.name}"
+    folder = ChooseFolder(out)
+    config = ChooseConfig(
+        dataset=own.dataset,
+        budget=own.budget,
+        models=models.resolve_names(own.models),
+        keep=own.keep,
+        lr_grid=sorted(set(own.lr_grid)),
+        eta=own.eta,
+        min_epochs=own.min_epochs,
+        race_share=own.race_share,
+        finalists=own.finalists,
+        seeds=own.seeds,
+        out=out,
+        folder=folder,
+        storage=own.storage or f"sqlite:///{folder.study.resolve()}",
+        dry_run=own.dry_run,
+        run_max_epochs=run_args.max_epochs,
+    )
+    return config, spec, run_flags
 
 
 # ----------------------------------------------------------------------------------------------- the folder
-def open_folder(own: argparse.Namespace, run_flags: list[str]) -> None:
+def open_folder(own: ChooseConfig, run_flags: list[str]) -> None:
     """choose's folder: new, or the same choose's to continue (its flags saved in choose.json must match)."""
     settings = {
         "dataset": own.dataset,
@@ -169,7 +204,7 @@ def only_budget_changed(saved: dict, settings: dict) -> bool:
 
 
 # ----------------------------------------------------------------------------------------------- 1. rank
-def ranking(own: argparse.Namespace, spec: DatasetSpec, run_flags: list[str]) -> pd.DataFrame:
+def ranking(own: ChooseConfig, spec: DatasetSpec, run_flags: list[str]) -> pd.DataFrame:
     """The candidates ranked by LogME (rank.py's table), computed once and read back when continuing."""
     path = own.folder.ranking
     what = "choose's ranking (delete it to rank again)"  # read back as input: checked, the fingerprint kept as text
@@ -181,7 +216,7 @@ def ranking(own: argparse.Namespace, spec: DatasetSpec, run_flags: list[str]) ->
     return report.read_rankings([path], what).set_index("backbone")
 
 
-def kept(own: argparse.Namespace, table: pd.DataFrame) -> list[str]:
+def kept(own: ChooseConfig, table: pd.DataFrame) -> list[str]:
     """The backbones that race, best ranked first; says which the ranking drops (or would drop) and why."""
     order = table.sort_values(["rank", "logme"], ascending=[True, False]).index.tolist()
     keep = min(own.keep or len(order), len(order))
@@ -195,7 +230,7 @@ def kept(own: argparse.Namespace, table: pd.DataFrame) -> list[str]:
 
 
 # ----------------------------------------------------------------------------------------------- 2. race
-def check_minimum(own: argparse.Namespace, pairs: int, per_epoch: float, backbones: int) -> None:
+def check_minimum(own: ChooseConfig, pairs: int, per_epoch: float, backbones: int) -> None:
     """A budget that cannot pay for the first rung and one epoch per phase of each confirmation run is refused."""
     race = pairs * own.min_epochs * per_epoch
     confirm = min(own.finalists, backbones) * len(own.seeds) * PHASES * per_epoch
@@ -211,7 +246,7 @@ def check_minimum(own: argparse.Namespace, pairs: int, per_epoch: float, backbon
         )
 
 
-def print_plan(own, run_args, racing: int) -> None:
+def print_plan(own: ChooseConfig, racing: int) -> None:
     """What an epoch budget buys if no pair stops early: the rungs, then each confirmation run's epoch cap."""
     if own.budget.unit != "epochs":
         print("With a time budget each rung is priced at the seconds per epoch measured as the race goes, so there "
@@ -227,13 +262,13 @@ def print_plan(own, run_args, racing: int) -> None:
         race_epochs += cost
         print(f"  rung {rung.index}: {rung.pairs} pairs to {rung.epochs} epoch(s) each ({cost} epochs)")
     finalists = min(own.finalists, racing)
-    cap = confirm_epochs(own, run_args, [1.0] * finalists, own.budget.amount - race_epochs)
+    cap = confirm_epochs(own, [1.0] * finalists, own.budget.amount - race_epochs)
     share = own.race_share * own.budget.amount
     print(f"Race: {race_epochs} epochs of its {share:g}. Confirmation: {finalists} finalist(s) x {len(own.seeds)} "
           f"seed(s), at most {cap} epoch(s) per phase each. Nothing was run.")  # fmt: skip
 
 
-def train_pair(spec: DatasetSpec, run_flags: list[str], pair: Pair, rung: Rung, seed: int, own) -> tuple:
+def train_pair(spec: DatasetSpec, run_flags: list[str], pair: Pair, rung: Rung, seed: int, own: ChooseConfig) -> tuple:
     """Train the pair's AdamW phase on the training split to `rung.epochs` epochs in all, continuing from its last
     epoch; (best validation top-1, epochs, seconds in all). The test split is neither decoded nor read."""
     folder = own.folder.pairs / pair.name
@@ -252,7 +287,9 @@ def train_pair(spec: DatasetSpec, run_flags: list[str], pair: Pair, rung: Rung, 
     return best["top1"], len(history), sum(h["seconds"] for h in history)
 
 
-def race(own, spec, run_flags, state: RaceState, estimate: dict[str, float]) -> list[Rung]:
+def race(
+    own: ChooseConfig, spec: DatasetSpec, run_flags: list[str], state: RaceState, estimate: dict[str, float]
+) -> list[Rung]:
     """Successive halving until the race's share of the budget is spent; returns the rungs run."""
     pairs, rungs, alive, rung = state.pairs, [], list(range(len(state.pairs))), None
     share = own.race_share * own.budget.amount
@@ -327,7 +364,7 @@ def cost_per_epoch(unit: str, table: pd.DataFrame, model: str, estimate: float) 
 
 
 # ----------------------------------------------------------------------------------------------- 3. confirm
-def confirm_epochs(own, run_args, costs: list[float], left: float) -> int:
+def confirm_epochs(own: ChooseConfig, costs: list[float], left: float) -> int:
     """Each confirmation run's cap on epochs per phase: what is left of the budget shared between the runs, whose
     epochs cost `costs` (one per finalist); the run flags' --max-epochs wins where it is lower."""
     per_epoch = len(own.seeds) * PHASES * sum(costs)
@@ -335,10 +372,10 @@ def confirm_epochs(own, run_args, costs: list[float], left: float) -> int:
         print(f"warning: the race left {max(left, 0):.0f} of the budget, less than one epoch per phase of each "
               "confirmation run; they run one epoch per phase, over budget.")  # fmt: skip
     cap = max(1, math.floor(left / per_epoch))
-    return min(cap, run_args.max_epochs) if run_args.max_epochs else cap
+    return min(cap, own.run_max_epochs) if own.run_max_epochs else cap
 
 
-def confirm(own, spec, run_flags, chosen: list[Pair], cap: int) -> Path:
+def confirm(own: ChooseConfig, spec: DatasetSpec, run_flags: list[str], chosen: list[Pair], cap: int) -> Path:
     """Each finalist with each seed under the normal protocol: the test set is read once per run, at its end."""
     root = own.folder.confirmation
     for pair in chosen:
@@ -354,7 +391,9 @@ def confirm(own, spec, run_flags, chosen: list[Pair], cap: int) -> Path:
 
 
 # ----------------------------------------------------------------------------------------------- 4. answer
-def answer(own, spec, table: pd.DataFrame, ranked: pd.DataFrame, root: Path, cap: int) -> dict:
+def answer(
+    own: ChooseConfig, spec: DatasetSpec, table: pd.DataFrame, ranked: pd.DataFrame, root: Path, cap: int
+) -> dict:
     """The recommendation and its cost against the full sweep's; answer.json, choose.md, race.csv and race.png."""
     runs, _ = finished_runs([root])
     board = report.leaderboard(runs_table(runs)[0], seed=own.seeds[0])
@@ -376,7 +415,7 @@ def answer(own, spec, table: pd.DataFrame, ranked: pd.DataFrame, root: Path, cap
     return result
 
 
-def cost(own, table: pd.DataFrame, ranked: pd.DataFrame, runs: list[dict]) -> dict:
+def cost(own: ChooseConfig, table: pd.DataFrame, ranked: pd.DataFrame, runs: list[dict]) -> dict:
     """What choose spent (epochs, seconds, training images) and what the full sweep of every candidate with every
     seed would, at the confirmation runs' mean length and each backbone's measured seconds per epoch."""
     run_epochs = [len(run["history"]) for run in runs]
@@ -421,7 +460,7 @@ def estimate_epoch_seconds(row: pd.Series) -> float:
     return float(row["features_seconds"]) * (3 * n_train + n_val) / (n_train + n_val)
 
 
-def write_summary(own, spec, board: pd.DataFrame, table: pd.DataFrame, result: dict) -> None:
+def write_summary(own: ChooseConfig, spec: DatasetSpec, board: pd.DataFrame, table: pd.DataFrame, result: dict) -> None:
     """choose.md: the answer first, then the cost, the race and the confirmation's leaderboard."""
     sweep_cost = {unit: result[f"sweep_{unit}_estimated"] for unit in ("epochs", "seconds")}
     ratio = {unit: f"{result[unit] / cost:.2f}" if cost else "unknown" for unit, cost in sweep_cost.items()}
@@ -466,12 +505,12 @@ AdamW alone, each rung continuing from the last; a pair's score is its best vali
 
 
 def main(argv: list[str] | None = None) -> dict:
-    own, spec, run_flags, run_args = parse_args(sys.argv[1:] if argv is None else argv)
+    own, spec, run_flags = parse_args(sys.argv[1:] if argv is None else argv)
     racing_count = min(own.keep or len(own.models), len(own.models))
     if own.budget.unit == "epochs":  # checked before any work; a time budget needs the ranking's speed first
         check_minimum(own, racing_count * len(own.lr_grid), 1.0, racing_count)
     if own.dry_run:
-        print_plan(own, run_args, racing_count)
+        print_plan(own, racing_count)
         return {}
     open_folder(own, run_flags)
     ranked = ranking(own, spec, run_flags)
@@ -488,7 +527,7 @@ def main(argv: list[str] | None = None) -> dict:
     print("\nFinalists: " + ", ".join(f"{pair.model} (lr {pair.lr:g})" for pair in chosen))
     spent = table["epochs"].sum() if own.budget.unit == "epochs" else rank_seconds(ranked) + table["seconds"].sum()
     costs = [cost_per_epoch(own.budget.unit, table, pair.model, estimate[pair.model]) for pair in chosen]
-    cap = state.remember("confirm epochs", lambda: confirm_epochs(own, run_args, costs, own.budget.amount - spent))
+    cap = state.remember("confirm epochs", lambda: confirm_epochs(own, costs, own.budget.amount - spent))
     result = answer(own, spec, table, ranked, confirm(own, spec, run_flags, chosen, cap), cap)
     print(
         f"\nPick: {result['pick']} (lr {result['pick_lr']:g}). Best: {result['best']}; tied with it: "

@@ -162,7 +162,7 @@ def test_rerunning_with_other_flags_is_refused_and_nothing_is_lost(tmp_path):
 
 def test_a_damaged_ranking_read_back_is_a_clear_error(tmp_path):
     argv = choose_args(tmp_path / "choose", "40")
-    own, _, run_flags, _ = choose.parse_args(argv)
+    own, _, run_flags = choose.parse_args(argv)
     choose.open_folder(own, run_flags)  # a choose killed after its folder was made
     own.folder.ranking.write_text('backbone,logme\n"timm:test_resnet",not-a-number\n')
     result = run_inline("choose.py", *argv)
