@@ -29,9 +29,9 @@ from backbones.datasets.common.spec import (
 from backbones.datasets.common.splits import assign_splits, dataset_fingerprint, nested_subset, split_hashes
 from backbones.errors import UserError
 from backbones.pipeline import DeviceBatches, SplitImages, cached_images
+from backbones.record import SPLIT_FLAGS
 from backbones.runtime import Precision, world
 
-SPLIT_FLAGS = ("seed", "val_fraction", "train_fraction", "shots", "protocol", "test_size")
 IDENTITY_KEYS = ("dataset", "dataset_options", "dataset_fingerprint", "classes", "split_hashes")
 
 
@@ -152,7 +152,7 @@ def identity_differences(saved: dict, now: dict, saved_config: dict, config: dic
     if changed:
         flags = [
             f"--{key.replace('_', '-')} {saved_config.get(key)} there, {config.get(key)} now"
-            for key in SPLIT_FLAGS
+            for key in sorted(SPLIT_FLAGS)
             if key in config and saved_config.get(key) != config.get(key)
         ]
         differences.append(

@@ -99,11 +99,47 @@ METRICS = (
     ("peak_memory_mb", "peak MB", 0),
 )
 
-# configuration keys that say where a run's files are, or how it was computed, not what it measured: resuming may
-# change them, and comparisons ignore them
-WHERE_AND_HOW = frozenset(
-    {"resume", "workers", "cache", "device", "results", "download", "data", "out", "log_every", "config", "tensorboard"}
-)
+# What each key of a run's configuration (a run flag, by its argparse name) says about the run, declared once.
+#   where:   where its files are or how it was computed, not what it measured: resuming may change it, comparisons
+#            ignore it
+#   run:     which run it is within a comparison: its backbone, seed, or a column of its setting
+#   setting: the question its numbers answer; runs of different settings are never averaged or ranked together
+#   split:   which images went to which split (a checkpoint evaluated, or a run resumed, must agree on it)
+# Every other key is training configuration: two runs that differ in one are different configurations.
+ROLES: dict[str, frozenset[str]] = {
+    **dict.fromkeys(
+        (
+            "resume",
+            "workers",
+            "cache",
+            "device",
+            "results",
+            "download",
+            "data",
+            "out",
+            "log_every",
+            "config",
+            "tensorboard",
+        ),
+        frozenset({"where"}),
+    ),  # fmt: skip
+    **dict.fromkeys(("model", "weights", "image_size", "compile", "eval_only"), frozenset({"run"})),
+    **dict.fromkeys(("seed", "protocol"), frozenset({"run", "split"})),
+    **dict.fromkeys(("train_fraction", "shots"), frozenset({"setting", "split"})),
+    "finetune": frozenset({"setting"}),
+    **dict.fromkeys(("val_fraction", "test_size"), frozenset({"split"})),
+}
+SETTING_DEFAULTS = {"train_fraction": 1.0, "shots": None, "finetune": "full"}  # what runs that predate the flag ran
+
+
+def keys_with(*roles: str) -> frozenset[str]:
+    """The configuration keys that play any of `roles`."""
+    return frozenset(key for key, played in ROLES.items() if played & set(roles))
+
+
+WHERE_AND_HOW = keys_with("where")
+SPLIT_FLAGS = keys_with("split")
+NOT_CONFIGURATION = keys_with("where", "run", "setting")
 
 # robustness.py's analysis of a run, beside its metrics.json
 FAMILIES = ("noise", "blur", "weather", "digital")  # ImageNet-C's groups of corruptions, in its order

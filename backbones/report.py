@@ -33,13 +33,12 @@ from sklearn.metrics import cohen_kappa_score  # noqa: E402
 from backbones.errors import HelpFormatter, UserError, run_cli  # noqa: E402
 from backbones.flags import add_runs  # noqa: E402
 from backbones.metrics import calibration_bins  # noqa: E402
-from backbones.record import METRICS  # noqa: E402
+from backbones.record import METRICS, SETTING_DEFAULTS  # noqa: E402
 from backbones.report_html import write_html  # noqa: E402
 from backbones.report_race import race_sections  # noqa: E402
 from backbones.report_robustness import robustness_section  # noqa: E402
 from backbones.runfolder import RunFolder  # noqa: E402
 from backbones.runtable import (  # noqa: E402
-    SETTING_DEFAULTS,
     correct_vector,
     describe,
     finished_runs,

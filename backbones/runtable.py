@@ -18,15 +18,9 @@ import pandas as pd
 
 from backbones.errors import UserError
 from backbones.files import atomic_write
-from backbones.record import ADDED_LATER, METRICS, REQUIRED, SCHEMA, WHERE_AND_HOW
+from backbones.record import ADDED_LATER, METRICS, NOT_CONFIGURATION, REQUIRED, SCHEMA, SETTING_DEFAULTS
 from backbones.runcheck import check_metrics, check_test_outputs, is_count, read_json
 from backbones.runfolder import MARKERS, ChooseFolder, RunFolder
-
-# Settings: what makes two runs answer different questions. Config keys that only say where or how fast a run
-# happened are ignored; every other config difference makes a separate row.
-SETTING_DEFAULTS = {"train_fraction": 1.0, "shots": None, "finetune": "full"}  # absent from older runs
-NOT_CONFIGURATION = {*WHERE_AND_HOW, "seed", "compile", "eval_only", "model", "weights", "protocol", "image_size"}
-NOT_CONFIGURATION |= set(SETTING_DEFAULTS)
 
 
 def find_runs(folders: list[Path]) -> tuple[list[dict], list[tuple[str, str]]]:
