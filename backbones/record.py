@@ -42,9 +42,9 @@ RESULT_COLUMNS = (
     "out",
 )
 
-# the version of a run's metrics.json and config.json, written in each as "schema": raised only when a field
-# changes meaning or goes away. A reader refuses a newer schema (it cannot know what the fields mean) and reads
-# every older one.
+# the version of a run's metrics.json, config.json and robustness.json, written in each as "schema": raised only
+# when a field changes meaning or goes away. A reader refuses a newer schema (it cannot know what the fields mean)
+# and reads every older one.
 SCHEMA = 1
 
 # fields added to metrics.json after its first release, with what a run written before stands for: a metric added

@@ -25,7 +25,7 @@ from torchvision.transforms import v2
 from backbones.corruptions import CORRUPTIONS, REFERENCE_SIZE, corrupt
 from backbones.errors import HelpFormatter, UserError, run_cli
 from backbones.flags import add_device, add_runs, add_workers
-from backbones.record import FAMILIES, INVARIANCE
+from backbones.record import FAMILIES, INVARIANCE, SCHEMA
 from backbones.runfiles import library_versions, write_json
 from backbones.runfolder import RunFolder
 from backbones.runmodel import reopen_split
@@ -230,6 +230,7 @@ def record(run, job, clean, corruptions, invariance, wanted, corruption_seconds,
         if any(CORRUPTIONS[n].family == family for n in per_corruption)
     }
     return {
+        "schema": SCHEMA,
         "run": run["folder"],
         "dataset": run["dataset"],
         "dataset_fingerprint": run["dataset_fingerprint"],  # with model, seed and clean top-1: which run this is

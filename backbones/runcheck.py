@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from backbones import datasets
-from backbones.record import FAMILIES, METRICS
+from backbones.record import FAMILIES, METRICS, SCHEMA
 
 PERCENT = {"top1", "top5", "balanced_accuracy", "macro_f1"}
 OPTIONAL_NUMBERS = {"top5", "ece_temperature_scaled", "peak_memory_mb"}  # None where not applicable or measurable
@@ -137,6 +137,9 @@ def check_analysis(analysis: object, run: dict) -> str:
     to the one the run recorded); an analysis copied from another run, or made up, is left out."""
     if not isinstance(analysis, dict):
         return "robustness.json does not hold an analysis"
+    schema = analysis.get("schema", 0)  # written before run files were versioned: 0
+    if not is_count(schema) or schema > SCHEMA:
+        return f"robustness.json is of schema {schema!r}, newer than this version of the tool reads ({SCHEMA})"
     for field in ("request", "clean", "corruptions", "invariance", "seconds"):
         if not isinstance(analysis.get(field), dict):
             return f"robustness.json lacks {field}"

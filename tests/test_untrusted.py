@@ -238,7 +238,7 @@ def test_damaged_test_outputs_are_skipped_with_their_reason(tmp_path):
 def analysis_of(run: dict, **fields) -> dict:
     """A robustness.json for `run` as robustness.py writes one (three corruptions, one severity)."""
     found = {
-        "run": run["out"], "dataset": run["dataset"], "dataset_fingerprint": run["dataset_fingerprint"],
+        "schema": 1, "run": run["out"], "dataset": run["dataset"], "dataset_fingerprint": run["dataset_fingerprint"],
         "model": run["model"], "seed": run["seed"], "n_test": run["n_test"],
         "request": {"corruptions": ["gaussian_noise"], "severities": [1], "seed": 0, "invariance": False},
         "clean": {"top1": run["top1"], "recorded_top1": run["top1"], "reproduces_record": True},
@@ -265,6 +265,8 @@ def test_a_robustness_analysis_must_belong_to_its_run(tmp_path):
     (runs / "resnet50-s0" / "robustness.json").write_text(json.dumps(analysis_of(other)))  # copied from another run
     made_up = analysis_of(records["mobilenet_v3_large-s1"], mean_corruption_top1=float("inf"))
     (runs / "mobilenet_v3_large-s1" / "robustness.json").write_text(json.dumps(made_up))
+    newer = analysis_of(records["mobilenet_v3_large-s0"], schema=2)
+    (runs / "mobilenet_v3_large-s0" / "robustness.json").write_text(json.dumps(newer))
     result = make_report(runs, tmp_path / "report")
     assert result.returncode == 0, result.stderr
     markdown = " ".join((tmp_path / "report" / "report.md").read_text().split())
@@ -273,6 +275,7 @@ def test_a_robustness_analysis_must_belong_to_its_run(tmp_path):
         "mobilenet\\_v3\\_large-s1/robustness.json" in markdown or "mobilenet_v3_large-s1/robustness.json" in markdown
     )
     assert "mean_corruption_top1 is inf, not a finite number" in markdown.replace("\\_", "_")
+    assert "robustness.json is of schema 2, newer than this version of the tool reads (1)" in markdown
     assert "inf%" not in markdown
 
 
