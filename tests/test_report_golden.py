@@ -1,5 +1,5 @@
-"""The report of a fixed set of runs, file by file, against the one committed under tests/golden/report/: a change
-to how runs are read, grouped, compared at their learning rate, ranked, tied or skipped that alters any table
+"""The report of a fixed set of runs, file by file, against the one committed under tests/golden/report_tables/: a
+change to how runs are read, grouped, compared at their learning rate, ranked, tied or skipped that alters any table
 shows up here as a diff to review, so a refactor can show that it changed nothing.
 
 After an intended change, rewrite the expected files and commit their diff with the reason:
@@ -18,7 +18,7 @@ from fake_runs import write_run
 
 from conftest import run_inline
 
-GOLDEN = Path(__file__).parent / "golden" / "report"
+GOLDEN = Path(__file__).parent / "golden" / "report_tables"
 COMPARED = (".md", ".csv")  # the plots and the page embed matplotlib's rendering, which varies by version
 
 
@@ -70,10 +70,11 @@ def test_the_report_of_fixed_runs_is_the_committed_one(tmp_path):
             (GOLDEN / name).parent.mkdir(parents=True, exist_ok=True)
             (GOLDEN / name).write_text(text)
     expected = {str(path.relative_to(GOLDEN)): path.read_text() for path in sorted(GOLDEN.rglob("*")) if path.is_file()}
+    assert expected, f"{GOLDEN} holds no expected files: is it committed (and not ignored by .gitignore)?"
     assert sorted(made) == sorted(expected)
     for name, text in expected.items():
         if name.endswith(".csv"):  # the same cells; numbers to 1e-9 (a library's summation order may differ)
             read = lambda text: pd.read_csv(io.StringIO(text), keep_default_na=False)  # noqa: E731
             pd.testing.assert_frame_equal(read(made[name]), read(text), check_exact=False, rtol=1e-9, obj=name)
         else:
-            assert made[name] == text, f"{name} differs from tests/golden/report/{name}"
+            assert made[name] == text, f"{name} differs from tests/golden/report_tables/{name}"
