@@ -164,9 +164,9 @@ def corruption_seed(seed: int, run_seed: int, name: str, severity: int) -> int:
 
 
 # ------------------------------------------------------------------------------------------------ one run
-def analyse(run: dict, args: argparse.Namespace) -> dict:
-    """Every corruption and transformation asked for, scored on the run's test split."""
-    job, model, batches = reopen_split(Path(run["folder"]), "test", args.device, args.workers)
+def analyse(run: dict, wanted: dict, device_name: str, workers: int) -> dict:
+    """Every corruption and transformation `wanted` (`request`) asks for, scored on the run's test split."""
+    job, model, batches = reopen_split(Path(run["folder"]), "test", device_name, workers)
     device, size = job.precision.device, job.config.image_size
     timed = TimedModel(model)
 
@@ -178,13 +178,13 @@ def analyse(run: dict, args: argparse.Namespace) -> dict:
     clean = scores(logits, labels)
     clean["recorded_top1"] = run["top1"]
     clean["reproduces_record"] = round(clean["top1"], 6) == round(run["top1"], 6)
-    wanted = request(args)
     corruption_seconds, timed.seconds = 0.0, 0.0
     corruptions, image_hits = {}, torch.zeros(len(labels), dtype=torch.float64)
     for name in wanted["corruptions"]:
         rows = []
         for severity in wanted["severities"]:
-            generator = torch.Generator(device).manual_seed(corruption_seed(args.seed, run["seed"], name, severity))
+            seed = corruption_seed(wanted["seed"], run["seed"], name, severity)
+            generator = torch.Generator(device).manual_seed(seed)
 
             def perturb(images: torch.Tensor) -> torch.Tensor:
                 nonlocal corruption_seconds
@@ -288,7 +288,7 @@ def main(argv: list[str] | None = None) -> None:
         if path.exists() and not args.force and answered(path, wanted):
             print(f"{run['folder']}: analysed already ({path.name}; --force redoes it)")
             continue
-        result = analyse(run, args)
+        result = analyse(run, wanted, args.device, args.workers)
         try:
             write_json(result, path)
         except OSError as err:
