@@ -14,8 +14,7 @@ from backbones.datasets.common.spec import DatasetSpec, PaperRecipe
 from backbones.errors import HelpFormatter, UserError
 from backbones.flags import add_device, add_workers, non_negative_int
 from backbones.loading import DataConfig
-from backbones.record import SCHEMA
-from backbones.runcheck import is_count, read_json
+from backbones.runcheck import read_json, schema_problem
 from backbones.runfolder import RunFolder
 from backbones.train_common import TrainConfig
 
@@ -266,11 +265,10 @@ def with_saved_flags(spec: DatasetSpec, argv: list[str]) -> list[str]:
             raise ValueError(problem)
         if not isinstance(saved, dict):
             raise TypeError("it holds no JSON object")
-        schema = saved.get("schema", 0)  # written before config.json was versioned: 0
-        if not is_count(schema) or schema > SCHEMA:
+        newer = schema_problem(saved, str(source))
+        if newer:
             raise UserError(
-                f"{source} is of schema {schema!r}, newer than this version of the tool reads ({SCHEMA}): its flags "
-                "may mean something else here. Update backbones to relaunch or resume that run."
+                f"{newer}: its flags may mean something else here. Update backbones to relaunch or resume that run."
             )
         script, flags = saved["script"], [str(flag) for flag in saved["argv"]]
         if not isinstance(script, str) or not isinstance(saved["argv"], list):

@@ -50,6 +50,15 @@ def is_text(value: object) -> bool:
     return isinstance(value, str) and value.isprintable()
 
 
+def schema_problem(record: dict, name: str) -> str:
+    """'' where this version reads the run file `record` (every schema up to `SCHEMA`; a file without one predates
+    versioning, schema 0), else why not: a newer version's fields may mean something else."""
+    schema = record.get("schema", 0)
+    if is_count(schema) and schema <= SCHEMA:
+        return ""
+    return f"{name} is of schema {schema!r}, newer than this version of the tool reads ({SCHEMA})"
+
+
 def check_metrics(run: dict) -> str:
     """metrics.json: every field a comparison reads, of its type and in its range."""
     for column, _, _ in METRICS:
@@ -137,9 +146,9 @@ def check_analysis(analysis: object, run: dict) -> str:
     to the one the run recorded); an analysis copied from another run, or made up, is left out."""
     if not isinstance(analysis, dict):
         return "robustness.json does not hold an analysis"
-    schema = analysis.get("schema", 0)  # written before run files were versioned: 0
-    if not is_count(schema) or schema > SCHEMA:
-        return f"robustness.json is of schema {schema!r}, newer than this version of the tool reads ({SCHEMA})"
+    problem = schema_problem(analysis, "robustness.json")
+    if problem:
+        return problem
     for field in ("request", "clean", "corruptions", "invariance", "seconds"):
         if not isinstance(analysis.get(field), dict):
             return f"robustness.json lacks {field}"

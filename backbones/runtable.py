@@ -18,8 +18,8 @@ import pandas as pd
 
 from backbones.errors import UserError
 from backbones.files import atomic_write
-from backbones.record import ADDED_LATER, METRICS, NOT_CONFIGURATION, REQUIRED, SCHEMA, SETTING_DEFAULTS
-from backbones.runcheck import check_metrics, check_test_outputs, is_count, read_json
+from backbones.record import ADDED_LATER, METRICS, NOT_CONFIGURATION, REQUIRED, SETTING_DEFAULTS
+from backbones.runcheck import check_metrics, check_test_outputs, read_json, schema_problem
 from backbones.runfolder import MARKERS, ChooseFolder, RunFolder
 
 
@@ -72,12 +72,9 @@ def read_run(folder: Path) -> tuple[dict | None, str]:
         return None, problem
     if not isinstance(run, dict):
         return None, "metrics.json does not hold a run's metrics"
-    schema = run.get("schema", 0)  # runs written before the schema was versioned have none
-    if not is_count(schema) or schema > SCHEMA:
-        return None, (
-            f"metrics.json is of schema {schema!r}, which this version of the tool (schema {SCHEMA}) cannot read; "
-            "update the tool to compare it"
-        )
+    problem = schema_problem(run, "metrics.json")
+    if problem:
+        return None, f"{problem}; update the tool to compare it"
     run = {**ADDED_LATER, **run}
     missing = [field for field in REQUIRED if field not in run]
     if missing:

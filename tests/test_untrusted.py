@@ -205,7 +205,7 @@ def test_a_run_from_before_a_metric_was_added_is_compared_and_a_newer_schema_is_
     result = make_report(runs, tmp_path / "report")
     assert result.returncode == 0, result.stderr
     printed = " ".join(result.stdout.split())
-    assert f"{runs / 'newer'}: metrics.json is of schema 2, which this version of the tool (schema 1)" in printed
+    assert f"{runs / 'newer'}: metrics.json is of schema 2, newer than this version of the tool reads (1)" in printed
     board = pd.read_csv(tmp_path / "report" / "leaderboard.csv").set_index("backbone")
     assert set(board.index) == {*BACKBONES, "convnext_tiny"}  # the older run is compared, the newer one is not
     assert board.loc["convnext_tiny", "top1_mean"] == pytest.approx(older["top1"])
