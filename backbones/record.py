@@ -122,7 +122,7 @@ ROLES: dict[str, frozenset[str]] = {
             "tensorboard",
         ),
         frozenset({"where"}),
-    ),  # fmt: skip
+    ),
     **dict.fromkeys(("model", "weights", "image_size", "compile", "eval_only"), frozenset({"run"})),
     **dict.fromkeys(("seed", "protocol"), frozenset({"run", "split"})),
     **dict.fromkeys(("train_fraction", "shots"), frozenset({"setting", "split"})),
@@ -140,6 +140,17 @@ def keys_with(*roles: str) -> frozenset[str]:
 WHERE_AND_HOW = keys_with("where")
 SPLIT_FLAGS = keys_with("split")
 NOT_CONFIGURATION = keys_with("where", "run", "setting")
+
+
+def config_differences(saved: dict, now: dict) -> list[str]:
+    """'KEY X there, Y now' for every configuration key whose value differs, those saying only where or how a run
+    happened left out: what makes a saved run another run than the one asked for now."""
+    return [
+        f"{key} {saved.get(key)!r} there, {now.get(key)!r} now"
+        for key in sorted(set(saved) | set(now))
+        if key not in WHERE_AND_HOW and saved.get(key) != now.get(key)
+    ]
+
 
 # robustness.py's analysis of a run, beside its metrics.json
 FAMILIES = ("noise", "blur", "weather", "digital")  # ImageNet-C's groups of corruptions, in its order

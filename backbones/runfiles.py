@@ -21,7 +21,7 @@ from filelock import FileLock
 from backbones.errors import UserError
 from backbones.files import atomic_write, cache_dir
 from backbones.loading import identity_differences
-from backbones.record import RESULT_COLUMNS, WHERE_AND_HOW
+from backbones.record import RESULT_COLUMNS, config_differences
 from backbones.runfolder import RunFolder
 from backbones.runtime import is_main
 
@@ -231,11 +231,7 @@ def resume_state(out: Path | None, config: dict, identity: dict) -> dict | None:
             f"--resume: the run in {out} was trained on other data or another split: {'; '.join(changed)}. "
             "Resume it with the dataset, --data and flags it was started with, or start a new run in a new --out."
         )
-    differences = [
-        f"{key} {saved.get(key)!r} there, {config.get(key)!r} now"
-        for key in sorted(set(saved) | set(config))
-        if key not in WHERE_AND_HOW and saved.get(key) != config.get(key)
-    ]
+    differences = config_differences(saved, config)
     if differences:
         raise UserError(
             f"--resume: the run in {out} was started with other flags ({'; '.join(differences)}). Resume it "

@@ -25,7 +25,7 @@ from pathlib import Path
 from backbones import datasets, models, options, report
 from backbones.errors import HelpFormatter, UserError, run_cli
 from backbones.flags import add_models
-from backbones.record import WHERE_AND_HOW
+from backbones.record import config_differences
 from backbones.runfolder import RunFolder
 
 PLACEHOLDER_MODEL = "(set by the sweep)"  # -model is required by the script's parser; the sweep gives it per run
@@ -199,12 +199,9 @@ def conflicts(jobs: list[Job], passthrough: list[str]) -> list[str]:
             continue
         command = script_parser(job.dataset).parse_args(job.command(passthrough)[5:])
         wanted = options.flag_values(options.with_protocol_defaults(datasets.spec(job.dataset), command))
-        differing = [
-            k for k in sorted(set(saved) | set(wanted)) if k not in WHERE_AND_HOW and saved.get(k) != wanted.get(k)
-        ]
+        differing = config_differences(saved, wanted)
         if differing:
-            key = differing[0]
-            found.append(f"{job.folder} ({key} {saved.get(key)!r} there, {wanted.get(key)!r} now)")
+            found.append(f"{job.folder} ({differing[0]})")
     return found
 
 
