@@ -124,10 +124,13 @@ class ChooseConfig:
     finalists: int
     seeds: list[int]
     out: Path
-    folder: ChooseFolder
     storage: str  # Optuna's storage URL
     dry_run: bool
     run_max_epochs: int | None  # the run flags' --max-epochs: a cap on the confirmation's epochs too
+
+    @property
+    def folder(self) -> ChooseFolder:
+        return ChooseFolder(self.out)
 
 
 def parse_args(argv: list[str]) -> tuple[ChooseConfig, DatasetSpec, list[str]]:
@@ -144,7 +147,6 @@ def parse_args(argv: list[str]) -> tuple[ChooseConfig, DatasetSpec, list[str]]:
     spec = datasets.spec(own.dataset)
     run_args = build_parser(spec).parse_args([*run_flags, "-model", "placeholder"])  # its errors name the flag
     out = own.out or Path("runs") / f"choose-{spec.name}"
-    folder = ChooseFolder(out)
     config = ChooseConfig(
         dataset=own.dataset,
         budget=own.budget,
@@ -157,8 +159,7 @@ def parse_args(argv: list[str]) -> tuple[ChooseConfig, DatasetSpec, list[str]]:
         finalists=own.finalists,
         seeds=own.seeds,
         out=out,
-        folder=folder,
-        storage=own.storage or f"sqlite:///{folder.study.resolve()}",
+        storage=own.storage or f"sqlite:///{ChooseFolder(out).study.resolve()}",
         dry_run=own.dry_run,
         run_max_epochs=run_args.max_epochs,
     )
