@@ -240,8 +240,7 @@ def open_run_folder(job: Prepared, params: int, argv: list[str]) -> tuple[Path, 
     log(
         f"{job.spec.title}: {job.count('train')} train / {job.count('val')} val / {job.count('test')} test images, "
         f"{len(job.catalog.classes)} classes; {config.model} ({params / 1e6:.1f}M params, weights "
-        f"{config.flags['weights']}) "
-        f"at {config.image_size[0]}x{config.image_size[1]} on {precision.device}"
+        f"{config.flags['weights']}) at {config.image_size[0]}x{config.image_size[1]} on {precision.device}"
         f"{' with ' + str(precision.amp_dtype) if precision.amp_dtype else ''}; {describe_mode(job)}; seed "
         f"{config.seed}; writing to {out}"
     )
