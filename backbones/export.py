@@ -25,7 +25,7 @@ from torch import nn
 
 from backbones import models
 from backbones.errors import HelpFormatter, UserError, run_cli
-from backbones.flags import add_workers
+from backbones.flags import add_workers, frozen
 from backbones.runfiles import library_versions, write_json
 from backbones.runmodel import FinishedRun, open_finished, reopen_split
 
@@ -37,7 +37,15 @@ FORMATS = {  # format: (file name, the packages its export and verification need
 }
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+@dataclass(frozen=True)
+class ExportConfig:
+    run: Path
+    format: str
+    out: Path
+    workers: int
+
+
+def parse_args(argv: list[str] | None = None) -> ExportConfig:
     parser = argparse.ArgumentParser(
         description="Export a finished run's fine-tuned model with a model card, after checking that the exported "
         "model classifies the run's test images as PyTorch does.",
@@ -47,7 +55,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--format", choices=list(FORMATS), default="onnx", help="what to write")
     parser.add_argument("--out", type=Path, default=Path("model"), help="a new (or empty) folder for the export")
     add_workers(parser, "data-loading processes for the verification")
-    return parser.parse_args(argv)
+    return frozen(ExportConfig, parser.parse_args(argv))
 
 
 @dataclass
@@ -312,16 +320,17 @@ def export(run: FinishedRun, fmt: str, out: Path, workers: int) -> dict:
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = parse_args(argv)
-    check_out(args.out)
-    check_packages(args.format)
-    run = open_finished(args.run)
-    card = export(run, args.format, args.out, args.workers)
+    config = parse_args(argv)
+    check_out(config.out)
+    check_packages(config.format)
+    run = open_finished(config.run)
+    card = export(run, config.format, config.out, config.workers)
     check = card["verification"]
     print(
-        f"{run.model_name} exported as {args.format} to {args.out / card['file']}, verified with {check['runtime']}: "
+        f"{run.model_name} exported as {config.format} to {config.out / card['file']}, "
+        f"verified with {check['runtime']}: "
         f"the same top-1 on {check['same_top1']}/{check['images']} test images, probabilities within "
-        f"{check['max_probability_difference']:.1e} of PyTorch's; model card in {args.out / 'model.json'}"
+        f"{check['max_probability_difference']:.1e} of PyTorch's; model card in {config.out / 'model.json'}"
     )
 
 

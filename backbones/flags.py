@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 from pathlib import Path
+from typing import TypeVar
+
+Config = TypeVar("Config")
 
 DEFAULT_WORKERS = min(4, os.cpu_count() or 1)
 
@@ -42,3 +46,13 @@ def add_runs(parser) -> None:
     parser.add_argument(
         "--runs", type=Path, nargs="+", default=[Path("runs")], help="folders holding run folders (searched deeply)"
     )
+
+
+def frozen(config_class: type[Config], parsed: argparse.Namespace, **resolved) -> Config:
+    """The tool's frozen config from its parsed flags, field by field (lists become tuples), so that no Namespace
+    leaves `parse_args`; `resolved` gives the fields computed from the flags rather than read from one."""
+    values = {}
+    for field in dataclasses.fields(config_class):
+        value = resolved[field.name] if field.name in resolved else getattr(parsed, field.name)
+        values[field.name] = tuple(value) if isinstance(value, list) else value
+    return config_class(**values)

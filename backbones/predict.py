@@ -15,7 +15,7 @@ import io
 import json
 import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,7 +27,7 @@ from torchvision.datasets.folder import IMG_EXTENSIONS
 from backbones.datasets.common.readers import open_image
 from backbones.errors import HelpFormatter, UserError, run_cli
 from backbones.files import atomic_write
-from backbones.flags import add_device, add_workers
+from backbones.flags import add_device, add_workers, frozen
 from backbones.pipeline import decode
 from backbones.runmodel import FinishedRun, load_model, open_finished, reopen_split
 from backbones.runtable import check_new_file
@@ -38,7 +38,19 @@ from backbones.train_common import progress
 SKIPPED_EXIT = 1  # some inputs could not be read; the rest were predicted
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+@dataclass(frozen=True)
+class PredictConfig:
+    inputs: tuple[Path, ...]
+    run: Path
+    out: Path
+    top_k: int
+    min_confidence: float | None
+    batch_size: int
+    device: str
+    workers: int
+
+
+def parse_args(argv: list[str] | None = None) -> PredictConfig:
     parser = argparse.ArgumentParser(
         description="Classify images with a finished run's model. Inputs are image files, folders (searched "
         "deeply for images) and lists (.csv with a 'path' column, or .txt with a path a line; relative paths are "
@@ -60,12 +72,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--batch-size", type=int, default=64, help="images per forward pass")
     add_device(parser)
     add_workers(parser, "image-decoding processes")
-    args = parser.parse_args(argv)
-    if args.top_k < 1 or args.batch_size < 1:
+    parsed = parser.parse_args(argv)
+    if parsed.top_k < 1 or parsed.batch_size < 1:
         parser.error("--top-k and --batch-size must be at least 1")
-    if args.min_confidence is not None and not 0 < args.min_confidence < 1:
-        parser.error(f"--min-confidence must lie between 0 and 1, got {args.min_confidence}")
-    return args
+    if parsed.min_confidence is not None and not 0 < parsed.min_confidence < 1:
+        parser.error(f"--min-confidence must lie between 0 and 1, got {parsed.min_confidence}")
+    return frozen(PredictConfig, parsed)
 
 
 # --------------------------------------------------------------------------------------------- the inputs
@@ -73,7 +85,7 @@ def is_image(path: Path) -> bool:
     return path.suffix.lower() in IMG_EXTENSIONS
 
 
-def collect_inputs(inputs: list[Path]) -> list[Path]:
+def collect_inputs(inputs: Sequence[Path]) -> list[Path]:
     """Every image the inputs name, in the order given (a folder's images sorted by path)."""
     found: list[Path] = []
     for entry in inputs:
@@ -246,22 +258,22 @@ def check_out(path: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = parse_args(argv)
-    check_out(args.out)
-    run = open_finished(args.run)
-    paths = collect_inputs(args.inputs)
-    precision = make_precision(resolve_device(args.device))
-    if args.min_confidence is not None:
-        print(abstention_on_validation(run, args.min_confidence, args.device, args.workers))
-    found = predict_files(run, paths, precision, args.batch_size, args.workers)
-    records = rows(run, found, args.top_k, args.min_confidence)
-    write_rows(records, args.out)
+    config = parse_args(argv)
+    check_out(config.out)
+    run = open_finished(config.run)
+    paths = collect_inputs(config.inputs)
+    precision = make_precision(resolve_device(config.device))
+    if config.min_confidence is not None:
+        print(abstention_on_validation(run, config.min_confidence, config.device, config.workers))
+    found = predict_files(run, paths, precision, config.batch_size, config.workers)
+    records = rows(run, found, config.top_k, config.min_confidence)
+    write_rows(records, config.out)
     unsure = sum(record["status"] == "unsure" for record in records)
     note = "" if run.temperature else " (the run fitted no temperature: calibrated = raw)"
     print(
         f"{len(records)} image(s) classified by {run.model_name} from {run.folder}{note}"
-        + (f", {unsure} marked unsure" if args.min_confidence is not None else "")
-        + f"; written to {args.out}"
+        + (f", {unsure} marked unsure" if config.min_confidence is not None else "")
+        + f"; written to {config.out}"
     )
     if found.skipped:
         for path, reason in found.skipped:

@@ -18,6 +18,8 @@ import shutil
 import tempfile
 import textwrap
 from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import matplotlib
@@ -31,7 +33,7 @@ from scipy.special import softmax  # noqa: E402
 from sklearn.metrics import cohen_kappa_score  # noqa: E402
 
 from backbones.errors import HelpFormatter, UserError, run_cli  # noqa: E402
-from backbones.flags import add_runs  # noqa: E402
+from backbones.flags import add_runs, frozen  # noqa: E402
 from backbones.metrics import calibration_bins  # noqa: E402
 from backbones.record import METRICS, SETTING_DEFAULTS  # noqa: E402
 from backbones.report_html import write_html  # noqa: E402
@@ -65,7 +67,15 @@ SHOWN = ("top1", "balanced_accuracy", "macro_f1", "ece", "gflops", "latency_ms_b
 PREDICTORS = {"logme": "LogME", "knn": "kNN", "linear": "linear probe", "leep": "LEEP"}  # rank.py's scores
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+@dataclass(frozen=True)
+class ReportConfig:
+    runs: tuple[Path, ...]
+    out: Path
+    seed: int
+    rankings: tuple[Path, ...]
+
+
+def parse_args(argv: list[str] | None = None) -> ReportConfig:
     parser = argparse.ArgumentParser(
         description="Compare finished runs: per-dataset leaderboards with statistical ties, the average rank per "
         "domain, accuracy-versus-cost plots with the Pareto front, error consistency between backbones, and a "
@@ -82,7 +92,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=[],
         help="CSVs written by rank.py: their predicted ranking is shown beside the measured one",
     )
-    return parser.parse_args(argv)
+    return frozen(ReportConfig, parser.parse_args(argv))
 
 
 # ------------------------------------------------------------------------------------------------ reading
@@ -171,7 +181,7 @@ def domain_tables(
 RANKING_KEY = ["dataset_fingerprint", "weights", "resolution", "train_fraction", "shots", "backbone"]
 
 
-def read_rankings(paths: list[Path], what: str = "--rankings") -> pd.DataFrame:
+def read_rankings(paths: Sequence[Path], what: str = "--rankings") -> pd.DataFrame:
     """rank.py's tables, one row per (data, weights, resolution, training data size, backbone); a later file wins.
     `what` names the file in an error (the flag that gave it)."""
     tables = []
@@ -536,16 +546,16 @@ def write_setting(runs: pd.DataFrame, setting: dict, rankings: pd.DataFrame, see
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = parse_args(argv)
-    runs, skipped = finished_runs(args.runs)
-    rankings = read_rankings(args.rankings)
-    building = prepare_out(args.out)
+    config = parse_args(argv)
+    runs, skipped = finished_runs(config.runs)
+    rankings = read_rankings(config.rankings)
+    building = prepare_out(config.out)
     try:
-        write_report(runs, skipped, rankings, args, building)
-        swap_in(building, args.out)
+        write_report(runs, skipped, rankings, config, building)
+        swap_in(building, config.out)
     finally:
         shutil.rmtree(building, ignore_errors=True)
-    print(f"\nReport written to {args.out / 'report.md'} and {args.out / 'index.html'} (one self-contained page)")
+    print(f"\nReport written to {config.out / 'report.md'} and {config.out / 'index.html'} (one self-contained page)")
 
 
 def printable(text: object) -> str:
@@ -576,17 +586,17 @@ def at_best_learning_rate(table: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]
     return table, notes
 
 
-def write_report(runs: list[dict], skipped: list, rankings: pd.DataFrame, args, out: Path) -> None:
+def write_report(runs: list[dict], skipped: list, rankings: pd.DataFrame, config: ReportConfig, out: Path) -> None:
     """Every file of the report, into the fresh folder `out`."""
     table, repeats = runs_table(runs)
     table, rates = at_best_learning_rate(table)
     skipped += repeats
-    sections = [f"# Backbone comparison\n\n{len(table)} runs from {md(', '.join(map(str, args.runs)))}."]
+    sections = [f"# Backbone comparison\n\n{len(table)} runs from {md(', '.join(map(str, config.runs)))}."]
     boards, settings, default_size = {}, {}, {}
     for key, runs_of_setting in table.groupby("setting", sort=True):
         setting = json.loads(key)
         boards[key], settings[key] = (
-            write_setting(runs_of_setting, setting, rankings, args.seed, out, sections),
+            write_setting(runs_of_setting, setting, rankings, config.seed, out, sections),
             setting,
         )
         default_size[key] = bool(runs_of_setting["default_size"].iloc[0])
@@ -608,7 +618,7 @@ def write_report(runs: list[dict], skipped: list, rankings: pd.DataFrame, args, 
             "compared at the one with the best mean validation top-1 (in brackets, each rate's):\n\n"
             + "\n".join(f"- {note}" for note in rates)
         )
-    sections += race_sections(args.runs, out)
+    sections += race_sections(config.runs, out)
     if skipped:
         listing = "\n".join(f"- {md(path)}: {md(reason)}" for path, reason in skipped)
         sections.append(f"## Skipped\n\n{listing}")

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Sequence
 from pathlib import Path
 
 import matplotlib
@@ -106,7 +107,7 @@ def plot_race(table: pd.DataFrame, title: str, path: Path) -> None:
     plt.close(figure)
 
 
-def race_sections(folders: list[Path], out: Path) -> list[str]:
+def race_sections(folders: Sequence[Path], out: Path) -> list[str]:
     """A section of report.md for each choose folder under `folders`: its race table and plot."""
     sections = []
     race_file = ChooseFolder(Path()).race.name

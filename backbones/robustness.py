@@ -14,6 +14,7 @@ import os
 import time
 from collections import Counter
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
@@ -24,7 +25,7 @@ from torchvision.transforms import v2
 
 from backbones.corruptions import CORRUPTIONS, REFERENCE_SIZE, corrupt
 from backbones.errors import HelpFormatter, UserError, run_cli
-from backbones.flags import add_device, add_runs, add_workers
+from backbones.flags import add_device, add_runs, add_workers, frozen
 from backbones.record import FAMILIES, INVARIANCE, SCHEMA
 from backbones.runfiles import library_versions, write_json
 from backbones.runfolder import RunFolder
@@ -36,7 +37,29 @@ CORRUPTION_STREAM = 11  # beside the split and augmentation streams: corruption 
 TOP_CONFUSIONS = 10
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+@dataclass(frozen=True)
+class RobustnessConfig:
+    runs: tuple[Path, ...]
+    corruptions: tuple[str, ...]
+    severities: tuple[int, ...]
+    invariance: bool
+    seed: int
+    device: str
+    workers: int
+    force: bool
+
+    @property
+    def request(self) -> dict:
+        """What an analysis was asked for: an earlier robustness.json that answers the same is not redone."""
+        return {
+            "corruptions": [name for name in CORRUPTIONS if name in self.corruptions],
+            "severities": sorted(set(self.severities)),
+            "seed": self.seed,
+            "invariance": self.invariance,
+        }
+
+
+def parse_args(argv: list[str] | None = None) -> RobustnessConfig:
     parser = argparse.ArgumentParser(
         description="Evaluate every finished run under --runs on corrupted and transformed copies of its own test "
         "split, and write robustness.json beside its metrics.json (report.py then shows the results). Runs "
@@ -63,7 +86,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add_device(parser)
     add_workers(parser)
     parser.add_argument("--force", action="store_true", help="redo runs whose robustness.json already answers this")
-    return parser.parse_args(argv)
+    parsed = parser.parse_args(argv)
+    return frozen(RobustnessConfig, parsed, invariance=not parsed.no_invariance)
 
 
 class TimedModel(nn.Module):
@@ -146,16 +170,6 @@ def confusion_pairs(logits: torch.Tensor, labels: torch.Tensor, classes: list[st
         {"true": classes[t], "predicted": classes[p], "count": n, "share_of_errors": round(n / total, 4)}
         for (t, p), n in pairs.most_common(TOP_CONFUSIONS)
     ]
-
-
-def request(args: argparse.Namespace) -> dict:
-    """What an analysis was asked for: an earlier robustness.json that answers the same is not redone."""
-    return {
-        "corruptions": [name for name in CORRUPTIONS if name in args.corruptions],
-        "severities": sorted(set(args.severities)),
-        "seed": args.seed,
-        "invariance": not args.no_invariance,
-    }
 
 
 def corruption_seed(seed: int, run_seed: int, name: str, severity: int) -> int:
@@ -274,9 +288,9 @@ def answered(path: Path, wanted: dict) -> bool:
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = parse_args(argv)
-    runs, skipped = finished_runs(args.runs)
-    wanted = request(args)
+    config = parse_args(argv)
+    runs, skipped = finished_runs(config.runs)
+    wanted = config.request
     unwritable = [run["folder"] for run in runs if not os.access(run["folder"], os.W_OK)]
     if unwritable:
         raise UserError(
@@ -285,10 +299,10 @@ def main(argv: list[str] | None = None) -> None:
         )
     for run in runs:
         path = RunFolder(Path(run["folder"])).robustness
-        if path.exists() and not args.force and answered(path, wanted):
+        if path.exists() and not config.force and answered(path, wanted):
             print(f"{run['folder']}: analysed already ({path.name}; --force redoes it)")
             continue
-        result = analyse(run, wanted, args.device, args.workers)
+        result = analyse(run, wanted, config.device, config.workers)
         try:
             write_json(result, path)
         except OSError as err:

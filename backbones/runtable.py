@@ -11,6 +11,7 @@ import os
 import unicodedata
 import zipfile
 from collections import defaultdict
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -23,7 +24,7 @@ from backbones.runcheck import check_metrics, check_test_outputs, read_json, sch
 from backbones.runfolder import MARKERS, ChooseFolder, RunFolder
 
 
-def find_runs(folders: list[Path]) -> tuple[list[dict], list[tuple[str, str]]]:
+def find_runs(folders: Sequence[Path]) -> tuple[list[dict], list[tuple[str, str]]]:
     """Every finished run under `folders`, and (folder, reason) for everything that looked like a run but isn't."""
     runs, skipped = [], []
     for folder in folders:
@@ -48,7 +49,7 @@ def find_runs(folders: list[Path]) -> tuple[list[dict], list[tuple[str, str]]]:
     return runs, skipped
 
 
-def finished_runs(folders: list[Path]) -> tuple[list[dict], list[tuple[str, str]]]:
+def finished_runs(folders: Sequence[Path]) -> tuple[list[dict], list[tuple[str, str]]]:
     """`find_runs`, refusing folders that hold no finished run at all."""
     runs, skipped = find_runs(folders)
     if not runs:

@@ -17,6 +17,7 @@ import errno
 import os
 import shutil
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +27,7 @@ from torchvision.datasets.folder import IMG_EXTENSIONS
 from backbones.datasets.common.folders import class_dirs, encode_classes, scan_class_folders
 from backbones.datasets.common.splits import TEST_STREAM, VAL_STREAM, stratified_holdout
 from backbones.errors import UserError, run_cli
+from backbones.flags import frozen
 
 
 def plan_split(input_dir: Path, test_size: float, val_size: float, seed: int) -> pd.DataFrame:
@@ -124,7 +126,17 @@ def materialise(plan: pd.DataFrame, input_dir: Path, output_dir: Path, mode: str
         raise
 
 
-def main(argv: list[str] | None = None) -> pd.DataFrame:
+@dataclass(frozen=True)
+class SplitConfig:
+    input_dir: Path
+    output_dir: Path
+    test_size: float
+    val_size: float
+    seed: int
+    mode: str
+
+
+def parse_args(argv: list[str] | None = None) -> SplitConfig:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument(
         "--input_dir", "--input-dir", dest="input_dir", type=Path, required=True,
@@ -168,28 +180,32 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
         default="copy",
         help="how files reach the output: copies, symbolic links or hard links (default: copy)",
     )
-    args = parser.parse_args(argv)
+    return frozen(SplitConfig, parser.parse_args(argv))
 
-    input_dir, output_dir = args.input_dir.resolve(), args.output_dir.resolve()
+
+def main(argv: list[str] | None = None) -> pd.DataFrame:
+    config = parse_args(argv)
+    input_dir, output_dir = config.input_dir.resolve(), config.output_dir.resolve()
     if output_dir.exists() and (not output_dir.is_dir() or any(output_dir.iterdir())):
         raise UserError(
-            f"--output_dir {args.output_dir} already exists and is not empty; split.py never "
+            f"--output_dir {config.output_dir} already exists and is not empty; split.py never "
             "overwrites. Choose a new folder or empty this one."
         )
     if output_dir == input_dir or input_dir in output_dir.parents:
         raise UserError(
-            f"--output_dir {args.output_dir} is inside --input_dir {args.input_dir}; the input must stay "
+            f"--output_dir {config.output_dir} is inside --input_dir {config.input_dir}; the input must stay "
             "untouched, and would then be re-scanned as a class. Choose a folder outside it."
         )
-    plan = plan_split(input_dir, args.test_size, args.val_size, args.seed)
+    plan = plan_split(input_dir, config.test_size, config.val_size, config.seed)
     check_links(plan, input_dir)
-    materialise(plan, input_dir, output_dir, args.mode)
+    materialise(plan, input_dir, output_dir, config.mode)
 
     counts = plan.groupby(["class", "split"]).size().unstack(fill_value=0)
     counts = counts.reindex(columns=[s for s in ("train", "val", "test") if s in counts.columns])
     counts.loc["total"] = counts.sum()
     print(counts.to_string())
-    print(f"Wrote {len(plan)} images ({args.mode}) to {args.output_dir}; manifest: {args.output_dir}/manifest.csv")
+    out = config.output_dir
+    print(f"Wrote {len(plan)} images ({config.mode}) to {out}; manifest: {out}/manifest.csv")
     return plan
 
 
