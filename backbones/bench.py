@@ -21,6 +21,7 @@ import itertools
 import platform
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
@@ -33,7 +34,7 @@ from backbones import datasets, models
 from backbones.cost import peak_memory_mb
 from backbones.datasets.common.spec import DatasetSpec
 from backbones.errors import HelpFormatter, UserError, run_cli
-from backbones.flags import add_device, add_models, add_workers
+from backbones.flags import add_device, add_models, add_workers, frozen
 from backbones.loading import DataConfig, image_cache, load_splits, split_batches
 from backbones.options import (
     add_data_arguments,
@@ -75,6 +76,32 @@ def build_parser(spec: DatasetSpec | None) -> argparse.ArgumentParser:
     if spec and spec.add_arguments:
         spec.add_arguments(parser)
     return parser
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    spec: DatasetSpec
+    models: tuple[str, ...]
+    image_sizes: tuple[tuple[int, int], ...]
+    batch_sizes: tuple[int, ...]
+    steps: int
+    warmup: int
+    weights: str
+    original: bool  # also time the original benchmark's pipeline
+    device: str
+    data: DataConfig  # at the first size and batch size; each measurement replaces both
+    out: Path
+
+
+def parse_args(argv: list[str] | None) -> BenchConfig:
+    spec, parsed = parse_dataset_args(build_parser, argv)
+    names = models.resolve_names(parsed.models)
+    for size, name in itertools.product(parsed.image_size, names):
+        models.check_input_size(name, size)
+    first = dataclasses.replace(data_config(spec, parsed), image_size=parsed.image_size[0], batch_size=parsed.bs[0])
+    out = parsed.out or Path("results") / f"bench-{spec.name}-{datetime.now():%Y%m%d-%H%M%S}.csv"
+    sizes = {"image_sizes": parsed.image_size, "batch_sizes": parsed.bs}
+    return frozen(BenchConfig, parsed, spec=spec, models=names, data=first, out=out, **sizes)
 
 
 # ------------------------------------------------------------------------------------------------ sources
@@ -168,29 +195,29 @@ def variants(device: torch.device) -> list[tuple[Precision, bool]]:
     ]
 
 
-def measure(spec, args, data: DataConfig, catalog, samples, name: str, device, cache) -> list[dict]:
+def measure(config: BenchConfig, data: DataConfig, catalog, samples, name: str, device, cache) -> list[dict]:
     """The figures of one backbone at one size and batch size (`data.image_size`, `data.batch_size`), per variant."""
+    spec, steps, warmup = config.spec, config.steps, config.warmup
     classes, size, batch_size = len(catalog.classes), data.image_size, data.batch_size
     rows, original = [], {}
-    if args.original:
+    if config.original:
         fp32 = Precision(device, None, False)
         train = samples[samples["split"] == "train"]
         source = original_batches(spec, train, catalog.read, size, batch_size, device)
         original = {
-            "original_data_img_s": images_per_s(source, batch_size, args.steps, args.warmup, device),
+            "original_data_img_s": images_per_s(source, batch_size, steps, warmup, device),
             "original_loop_img_s": images_per_s(
-                source, batch_size, args.steps, args.warmup, device, trainer(name, classes, fp32, False, args.weights)
+                source, batch_size, steps, warmup, device, trainer(name, classes, fp32, False, config.weights)
             ),
         }
     for precision, compile_model in variants(device):
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
-        step = trainer(name, classes, precision, compile_model, args.weights)
-        limit = images_per_s(synthetic(size, batch_size, classes, precision), batch_size, args.steps,
-                             args.warmup, device, step)  # fmt: skip
+        step = trainer(name, classes, precision, compile_model, config.weights)
+        limit = images_per_s(synthetic(size, batch_size, classes, precision), batch_size, steps, warmup, device, step)
         ours = endless(split_batches(spec, data, catalog, samples, "train", precision, True, cache))
-        data = images_per_s(ours, batch_size, args.steps, args.warmup, device)
-        loop = images_per_s(ours, batch_size, args.steps, args.warmup, device, step)
+        data = images_per_s(ours, batch_size, steps, warmup, device)
+        loop = images_per_s(ours, batch_size, steps, warmup, device, step)
         memory, memory_kind = peak_memory_mb(device)
         row = {
             "backbone": name,
@@ -224,42 +251,39 @@ def measure(spec, args, data: DataConfig, catalog, samples, name: str, device, c
 
 
 def main(argv: list[str] | None = None) -> pd.DataFrame:
-    spec, args = parse_dataset_args(build_parser, argv)
-    args.models = models.resolve_names(args.models)
-    for size, name in itertools.product(args.image_size, args.models):
-        models.check_input_size(name, size)
-    seed_everything(args.seed)
-    device = resolve_device(args.device)
-    base = data_config(spec, args)  # the default protocol's images; size and batch size are set per measurement below
+    config = parse_args(argv)
+    spec, base = config.spec, config.data  # the default protocol's images
+    seed_everything(base.seed)
+    device = resolve_device(config.device)
     catalog, samples = load_splits(spec, base)
     n_train = int((samples["split"] == "train").sum())
-    if n_train < max(args.bs):
+    if n_train < max(config.batch_sizes):
         raise UserError(
-            f"{spec.title} gives {n_train} training images, fewer than a batch of {max(args.bs)}; lower -bs."
+            f"{spec.title} gives {n_train} training images, fewer than a batch of {max(config.batch_sizes)}; lower -bs."
         )
-    out = args.out or Path("results") / f"bench-{spec.name}-{datetime.now():%Y%m%d-%H%M%S}.csv"
+    out = config.out
     check_new_file(out)
     print(
-        f"Benchmarking {', '.join(args.models)} on {spec.title} ({n_train} training images) on "
-        f"{device} ({torch.get_num_threads()} threads), --cache {args.cache}, {args.workers} workers; "
-        f"{args.warmup} + {args.steps} steps per figure"
+        f"Benchmarking {', '.join(config.models)} on {spec.title} ({n_train} training images) on "
+        f"{device} ({torch.get_num_threads()} threads), --cache {base.cache}, {base.workers} workers; "
+        f"{config.warmup} + {config.steps} steps per figure"
     )
     results = []
-    for size in args.image_size:
+    for size in config.image_sizes:
         at_size = dataclasses.replace(base, image_size=size)
         started = time.perf_counter()
         cache = image_cache(spec, at_size, catalog, samples, print)
         cache_seconds = time.perf_counter() - started
-        for name, batch_size in itertools.product(args.models, args.bs):
+        for name, batch_size in itertools.product(config.models, config.batch_sizes):
             one = dataclasses.replace(at_size, batch_size=batch_size)
-            for row in measure(spec, args, one, catalog, samples, name, device, cache):
+            for row in measure(config, one, catalog, samples, name, device, cache):
                 results.append({**row, "cache_seconds": cache_seconds})
     table = pd.DataFrame(results).assign(
         dataset=spec.name,
-        cache=args.cache,
-        workers=args.workers,
+        cache=base.cache,
+        workers=base.workers,
         original_workers=ORIGINAL_WORKERS,
-        steps=args.steps,
+        steps=config.steps,
         device=str(device),
         device_name=torch.cuda.get_device_name(device) if device.type == "cuda" else platform.machine(),
         cpu_threads=torch.get_num_threads(),

@@ -145,7 +145,7 @@ def parse_args(argv: list[str]) -> tuple[ChooseConfig, DatasetSpec, list[str]]:
         if name in SET_PER_RUN:
             raise UserError(f"choose sets {name} for each run itself; use {SET_PER_RUN[name]} instead.")
     spec = datasets.spec(own.dataset)
-    run_args = build_parser(spec).parse_args([*run_flags, "-model", "placeholder"])  # its errors name the flag
+    run_parsed = build_parser(spec).parse_args([*run_flags, "-model", "placeholder"])  # its errors name the flag
     out = own.out or Path("runs") / f"choose-{spec.name}"
     config = ChooseConfig(
         dataset=own.dataset,
@@ -161,7 +161,7 @@ def parse_args(argv: list[str]) -> tuple[ChooseConfig, DatasetSpec, list[str]]:
         out=out,
         storage=own.storage or f"sqlite:///{ChooseFolder(out).study.resolve()}",
         dry_run=own.dry_run,
-        run_max_epochs=run_args.max_epochs,
+        run_max_epochs=run_parsed.max_epochs,
     )
     return config, spec, run_flags
 

@@ -28,7 +28,7 @@ from backbones import datasets, models
 from backbones.datasets.common.spec import DatasetSpec
 from backbones.errors import HelpFormatter, UserError, run_cli
 from backbones.files import atomic_write, cache_dir
-from backbones.flags import add_device, add_models, add_workers
+from backbones.flags import add_device, add_models, add_workers, frozen
 from backbones.loading import DataConfig, image_cache, load_splits, split_batches, split_identity
 from backbones.options import (
     add_data_arguments,
@@ -95,11 +95,11 @@ class RankConfig:
 def parse_args(argv: list[str] | None, known_only: bool = False) -> RankConfig:
     """The ranking's flags; with `known_only`, those of `argv` this parser knows, the rest ignored (`choose.py`
     passes a fine-tuning command line)."""
-    spec, args = parse_dataset_args(build_parser, argv, known_only)
-    names = tuple(models.resolve_names(args.models))
+    spec, parsed = parse_dataset_args(build_parser, argv, known_only)
+    names = tuple(models.resolve_names(parsed.models))
     for name in names:
-        models.check_input_size(name, args.image_size)
-    return RankConfig(spec, names, args.weights, data_config(spec, args), args.device, tuple(args.runs or ()), args.out)
+        models.check_input_size(name, parsed.image_size)
+    return frozen(RankConfig, parsed, spec=spec, models=names, data=data_config(spec, parsed), runs=parsed.runs or ())
 
 
 # ----------------------------------------------------------------------------------------------- features

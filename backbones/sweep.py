@@ -18,13 +18,14 @@ import queue
 import shlex
 import subprocess
 import sys
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 from backbones import datasets, models, options, report
 from backbones.errors import HelpFormatter, UserError, run_cli
-from backbones.flags import add_models
+from backbones.flags import add_models, frozen
 from backbones.record import config_differences
 from backbones.runfolder import RunFolder
 
@@ -42,7 +43,7 @@ class Job:
     folder: Path
     lr: float | None = None  # one of --lr-grid; None: the runs' own --lr
 
-    def command(self, passthrough: list[str]) -> list[str]:
+    def command(self, passthrough: Sequence[str]) -> list[str]:
         """`python -m backbones train <dataset> <the run's flags>`: the dataset's flags start at index 5."""
         size = []
         for flag, prefix in (("--train-fraction", "fraction"), ("--shots", "shots")):
@@ -60,7 +61,24 @@ class Job:
         return "resume" if self.folder.exists() else "new"
 
 
-def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
+@dataclass(frozen=True)
+class SweepConfig:
+    models: tuple[str, ...]
+    datasets: tuple[str, ...]
+    fractions: tuple[float, ...]
+    shots: tuple[int, ...]
+    seeds: tuple[int, ...]
+    lr_grid: tuple[float, ...]
+    out: Path
+    gpus: tuple[str, ...] | None  # one run per listed GPU at a time; None: one run at a time, as the runs choose
+    launcher: str
+    timeout_min: int
+    slurm: dict  # submitit's parameters for --launcher slurm
+    dry_run: bool
+    passthrough: tuple[str, ...]  # every run's own flags (after --), --device included
+
+
+def parse_args(argv: list[str] | None) -> SweepConfig:
     argv = sys.argv[1:] if argv is None else argv
     own, passthrough = (argv[: argv.index("--")], argv[argv.index("--") + 1 :]) if "--" in argv else (argv, [])
     parser = argparse.ArgumentParser(
@@ -109,47 +127,48 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
         help="further sbatch options, e.g. constraint=a100 (submitit's slurm_additional_parameters)",
     )
     add("--dry-run", action="store_true", help="print the plan (and what is done already) without running")
-    args = parser.parse_args(own)
-    for dataset in args.datasets:
-        clash = sorted(given_settings(dataset, passthrough) & (OWN_SETTINGS | ({"lr"} if args.lr_grid else set())))
+    parsed = parser.parse_args(own)
+    for dataset in parsed.datasets:
+        clash = sorted(given_settings(dataset, passthrough) & (OWN_SETTINGS | ({"lr"} if parsed.lr_grid else set())))
         if clash:
             raise UserError(
                 f"The flags after -- set {', '.join(clash)}, which the sweep sets for each run itself (backbone, seed, "
                 "data size, folder, device, learning rate with --lr-grid): two run folders would then hold the same "
                 "run. Use --models, --seeds, --fractions/--shots, --out, --gpus and --lr-grid instead."
             )
-    bad = [f for f in args.fractions if not 0 < f <= 1] + [k for k in args.shots if k < 1]
+    bad = [f for f in parsed.fractions if not 0 < f <= 1] + [k for k in parsed.shots if k < 1]
     if bad:
         raise UserError(f"--fractions must be in (0, 1] and --shots at least 1; got {bad}.")
-    malformed = [item for item in args.slurm_extra if "=" not in item]
+    malformed = [item for item in parsed.slurm_extra if "=" not in item]
     if malformed:
         raise UserError(f"--slurm-extra takes KEY=VALUE items, e.g. constraint=a100; got {', '.join(malformed)}.")
-    slurm_values = [args.slurm_partition, args.slurm_account, args.slurm_qos, args.slurm_mem, *args.slurm_extra]
-    unsafe = [value for value in slurm_values if value is not None and not value.isprintable()]
+    slurm_values = [*slurm_parameters(parsed).values(), *parsed.slurm_extra]
+    unsafe = [value for value in slurm_values if isinstance(value, str) and not value.isprintable()]
     if unsafe:
         raise UserError(
             f"A Slurm value holds a line break or another control character ({', '.join(map(repr, unsafe))}): in the "
             "sbatch script submitit writes, it would start a line of its own, run as a shell command. Pass each "
             "value on one line (e.g. --slurm-extra constraint=a100)."
         )
-    if args.gpus and args.device not in (None, "cuda"):
-        raise UserError(f"--gpus runs each run on one of the listed GPUs, so --device {args.device} cannot apply.")
-    if args.device and not args.gpus:
-        passthrough = [*passthrough, "--device", args.device]
-    return args, passthrough
+    if parsed.gpus and parsed.device not in (None, "cuda"):
+        raise UserError(f"--gpus runs each run on one of the listed GPUs, so --device {parsed.device} cannot apply.")
+    if parsed.device and not parsed.gpus:
+        passthrough = [*passthrough, "--device", parsed.device]
+    gpus = parsed.gpus.split(",") if parsed.gpus else None
+    return frozen(SweepConfig, parsed, gpus=gpus, slurm=slurm_parameters(parsed), passthrough=passthrough)
 
 
-def slurm_parameters(args: argparse.Namespace) -> dict:
+def slurm_parameters(parsed: argparse.Namespace) -> dict:
     """What submitit's AutoExecutor is given for --launcher slurm (None values: the cluster's defaults)."""
-    extra = dict(item.split("=", 1) for item in args.slurm_extra)
+    extra = dict(item.split("=", 1) for item in parsed.slurm_extra)
     parameters = {
-        "timeout_min": args.timeout_min,
-        "gpus_per_node": args.gpus_per_task,
-        "cpus_per_task": args.cpus_per_task,
-        "slurm_partition": args.slurm_partition,
-        "slurm_account": args.slurm_account,
-        "slurm_qos": args.slurm_qos,
-        "slurm_mem": args.slurm_mem,
+        "timeout_min": parsed.timeout_min,
+        "gpus_per_node": parsed.gpus_per_task,
+        "cpus_per_task": parsed.cpus_per_task,
+        "slurm_partition": parsed.slurm_partition,
+        "slurm_account": parsed.slurm_account,
+        "slurm_qos": parsed.slurm_qos,
+        "slurm_mem": parsed.slurm_mem,
         "slurm_additional_parameters": extra,
     }
     return {key: value for key, value in parameters.items() if value not in (None, {})}
@@ -166,7 +185,7 @@ def script_parser(dataset: str) -> argparse.ArgumentParser:
     return parser
 
 
-def given_settings(dataset: str, passthrough: list[str]) -> set[str]:
+def given_settings(dataset: str, passthrough: Sequence[str]) -> set[str]:
     """The settings the flags after -- give, parsed exactly as the run's script will parse them (so `--seed=7`, an
     abbreviation such as `--see 7`, and a value the script would refuse are all caught here). argparse leaves an
     attribute the namespace already holds untouched unless a flag sets it, so every setting starts as a marker."""
@@ -189,7 +208,7 @@ def saved_config(folder: Path) -> dict | None:
     return None
 
 
-def conflicts(jobs: list[Job], passthrough: list[str]) -> list[str]:
+def conflicts(jobs: list[Job], passthrough: Sequence[str]) -> list[str]:
     """Existing run folders whose saved configuration is not the one this sweep would run there (another --lr or
     --weights after --, say): reusing them would pass old results off as new ones."""
     found = []
@@ -205,15 +224,16 @@ def conflicts(jobs: list[Job], passthrough: list[str]) -> list[str]:
     return found
 
 
-def plan(args: argparse.Namespace) -> list[Job]:
-    names = models.resolve_names(args.models)
-    sizes = [f"fraction{f:g}" if f < 1 else "full" for f in args.fractions] + [f"shots{k}" for k in args.shots]
+def plan(config: SweepConfig) -> list[Job]:
+    names = models.resolve_names(list(config.models))
+    sizes = [f"fraction{f:g}" if f < 1 else "full" for f in config.fractions] + [f"shots{k}" for k in config.shots]
     sizes = sizes or ["full"]
-    rates = dict.fromkeys(args.lr_grid) or [None]
+    rates = dict.fromkeys(config.lr_grid) or [None]
     jobs = []
-    grid = itertools.product(args.datasets, names, dict.fromkeys(sizes), rates, args.seeds)
+    grid = itertools.product(config.datasets, names, dict.fromkeys(sizes), rates, config.seeds)
     for dataset, model, size, lr, seed in grid:
-        folder = args.out / dataset / model.replace(":", "_") / size / ("" if lr is None else f"lr{lr:g}") / f"s{seed}"
+        rate = "" if lr is None else f"lr{lr:g}"
+        folder = config.out / dataset / model.replace(":", "_") / size / rate / f"s{seed}"
         jobs.append(Job(dataset, model, size, seed, folder, lr))
     return jobs
 
@@ -239,7 +259,7 @@ def run_job(command: list[str], folder: str, gpu: str | None = None) -> int:
     return code
 
 
-def run_local(jobs: list[Job], passthrough: list[str], gpus: list[str] | None) -> dict[Job, int]:
+def run_local(jobs: list[Job], passthrough: Sequence[str], gpus: Sequence[str] | None) -> dict[Job, int]:
     devices: queue.Queue = queue.Queue()
     for gpu in gpus or [None]:
         devices.put(gpu)
@@ -259,12 +279,12 @@ def run_local(jobs: list[Job], passthrough: list[str], gpus: list[str] | None) -
         return dict(zip(jobs, pool.map(one, jobs), strict=True))
 
 
-def run_submitit(jobs: list[Job], passthrough: list[str], args: argparse.Namespace) -> dict[Job, int]:
+def run_submitit(jobs: list[Job], config: SweepConfig) -> dict[Job, int]:
     """One job array through submitit: on Slurm, or with its local executor."""
     import submitit
 
-    logs = args.out / "submitit"
-    if args.launcher == "slurm":
+    logs = config.out / "submitit"
+    if config.launcher == "slurm":
         try:
             executor = submitit.AutoExecutor(folder=logs, cluster="slurm")
         except RuntimeError as err:  # submitit finds no srun/sbatch here
@@ -272,25 +292,26 @@ def run_submitit(jobs: list[Job], passthrough: list[str], args: argparse.Namespa
                 f"--launcher slurm needs a Slurm cluster, but submitit says: {err} Run the sweep from a login node "
                 "of the cluster, or use --launcher local (this machine) instead. Nothing was run."
             ) from err
-        executor.update_parameters(**slurm_parameters(args))
+        executor.update_parameters(**config.slurm)
     else:
         executor = submitit.LocalExecutor(folder=logs)
-        executor.update_parameters(timeout_min=args.timeout_min)
+        executor.update_parameters(timeout_min=config.timeout_min)
     submitted = executor.map_array(
-        run_job, [job.command(passthrough) for job in jobs], [str(job.folder) for job in jobs]
+        run_job, [job.command(config.passthrough) for job in jobs], [str(job.folder) for job in jobs]
     )
-    print(f"submitted {len(submitted)} jobs ({args.launcher}); logs in {logs}", flush=True)
+    print(f"submitted {len(submitted)} jobs ({config.launcher}); logs in {logs}", flush=True)
     return {job: handle.result() for job, handle in zip(jobs, submitted, strict=True)}
 
 
 def main(argv: list[str] | None = None) -> None:
-    args, passthrough = parse_args(argv)
-    jobs = plan(args)
+    config = parse_args(argv)
+    passthrough = config.passthrough
+    jobs = plan(config)
     clashing = conflicts(jobs, passthrough)
     if clashing:
         raise UserError(
-            f"{len(clashing)} run folder(s) under --out {args.out} hold runs of another configuration than this sweep "
-            f"asks for, e.g. {'; '.join(clashing[:3])}. Their results would be taken for this sweep's. Use a new "
+            f"{len(clashing)} run folder(s) under --out {config.out} hold runs of another configuration than this "
+            f"sweep asks for, e.g. {'; '.join(clashing[:3])}. Their results would be taken for this sweep's. Use a new "
             "--out for the new configuration, or the flags those runs were made with."
         )
     counts = {status: sum(job.status == status for job in jobs) for status in ("done", "resume", "new")}
@@ -299,22 +320,19 @@ def main(argv: list[str] | None = None) -> None:
         + (f"; every run gets: {' '.join(passthrough)}" if passthrough else ""),
         flush=True,
     )
-    if args.dry_run:
+    if config.dry_run:
         for job in jobs:
             print(f"{job.status:6s} {shlex.join(job.command(passthrough))}")  # pasted into a shell: exactly this
         return
     todo = [job for job in jobs if job.status != "done"]
-    if args.launcher == "local":
-        gpus = args.gpus.split(",") if args.gpus else None
-        codes = run_local(todo, passthrough, gpus)
-    else:
-        codes = run_submitit(todo, passthrough, args)
+    local = config.launcher == "local"
+    codes = run_local(todo, passthrough, config.gpus) if local else run_submitit(todo, config)
     failed = [job for job, code in codes.items() if code != 0]
     print(f"\n{len(todo) - len(failed)} runs finished now, {counts['done']} before, {len(failed)} failed")
     for job in failed:
         print(f"  failed: {job.folder} (see {job.folder}.error)")
     if len(failed) < len(jobs):
-        report.main(["--runs", str(args.out), "--out", str(args.out / "report")])
+        report.main(["--runs", str(config.out), "--out", str(config.out / "report")])
     if failed:
         sys.exit(1)
 

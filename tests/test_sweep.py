@@ -144,13 +144,13 @@ def test_slurm_options_reach_submitit_as_its_own_parameters(tmp_path):
     own = ["--models", "mobilenet", "--datasets", "digits", "--launcher", "slurm", "--slurm-account", "lab",
            "--slurm-qos", "high", "--slurm-mem", "32G", "--cpus-per-task", "4", "--slurm-extra", "constraint=a100",
            "--device", "cuda:1", "--", "-bs", "16"]  # fmt: skip
-    args, passthrough = sweep.parse_args(own)
-    parameters = sweep.slurm_parameters(args)
+    config = sweep.parse_args(own)
+    parameters = config.slurm
     assert parameters == {
         "timeout_min": 1440, "gpus_per_node": 1, "cpus_per_task": 4, "slurm_account": "lab", "slurm_qos": "high",
         "slurm_mem": "32G", "slurm_additional_parameters": {"constraint": "a100"},
     }  # fmt: skip
     submitit.AutoExecutor(folder=tmp_path, cluster="debug").update_parameters(**parameters)  # names it knows
-    assert passthrough == ["-bs", "16", "--device", "cuda:1"]
+    assert config.passthrough == ("-bs", "16", "--device", "cuda:1")
     with pytest.raises(UserError, match="KEY=VALUE"):
         sweep.parse_args([*own[:4], "--slurm-extra", "a100"])
