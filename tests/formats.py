@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import pickle
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -343,3 +345,45 @@ def make_galaxy10(root: Path, per_class: int = 3) -> Path:
         for key in ("ra", "dec", "redshift", "pxscale"):
             file.create_dataset(key, data=np.zeros(len(labels)))
     return path
+
+
+@dataclass(frozen=True)
+class Fixture:
+    """A small copy of one dataset in its published layout, and what its reader must find there (counted by hand
+    from the builder's arguments)."""
+
+    build: Callable[[Path], object]  # writes the dataset under the folder it is given (--data)
+    images: int
+    classes: int  # the dataset's class list as its reader declares it (the published list where it has one)
+    flags: tuple[str, ...] = ()  # the dataset's own flags
+
+
+# Every dataset script's fixture: tests/test_dataset_battery.py runs the same checks on each, and fails for a dataset
+# that has none here, so a new dataset comes with its fixture and needs no other test edit.
+FIXTURES = {
+    "breakhis": Fixture(lambda root: make_breakhis(root, per_patient=3), 30, 2, ("-mag", "100")),  # 10 patients
+    "cifar10": Fixture(make_cifar10, 5 * 10 + 20, 10),  # five batches of 10, a test batch of 20
+    "cifar100": Fixture(make_cifar100, 200 + 100, 100),
+    "cub200": Fixture(lambda root: make_cub200(root, per_class=3), 200 * 3, 200),
+    "digits": Fixture(lambda root: root.mkdir(parents=True), 1797, 10),  # bundled with scikit-learn
+    "dtd": Fixture(lambda root: make_dtd(root, per_split=1), 47 * 3, 47),  # train1, val1, test1: one a class each
+    "eurosat": Fixture(lambda root: make_eurosat(root, per_class=10), 10 * 10, 10),
+    "flowers102": Fixture(lambda root: make_flowers102(root, classes=3, per_split=2), 3 * 3 * 2, 102),
+    "food101": Fixture(lambda root: make_food101(root, train=2, test=1), 101 * 3, 101),
+    "galaxy10": Fixture(lambda root: make_galaxy10(root, per_class=10), 10 * 10, 10),
+    "imagefolder": Fixture(lambda root: make_class_folders(root, {"a": 10, "b": 6, "c": 5}), 21, 3),
+    "plantclef": Fixture(
+        lambda root: (
+            make_class_folders(root / "train", {f"s{i:02d}": 3 for i in range(20)}),
+            make_class_folders(root / "val", {f"s{i:02d}": 1 for i in range(20)}),
+        ),
+        20 * 3 + 20,
+        20,
+    ),  # fmt: skip
+    "plantvillage": Fixture(lambda root: make_plantvillage(root, {"Apple___healthy": 10, "Corn___rust": 10}), 20, 2),
+    "rsna": Fixture(lambda root: make_rsna(root, patients=16), 16, 2),  # one image a patient, however many boxes
+    "stanfordcars": Fixture(lambda root: make_stanfordcars(root, train=2, test=1), 196 * 3, 196),
+    "stanforddogs": Fixture(lambda root: make_stanforddogs(root, train=2, test=1), 120 * 3, 120),
+    "tinyimagenet": Fixture(lambda root: make_tinyimagenet(root, train=2, val=1), 200 * 3, 200),  # test/ unlabelled
+    "ucmerced": Fixture(lambda root: make_ucmerced(root, per_class=5), 21 * 5, 21),
+}
