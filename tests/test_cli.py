@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib.metadata
+import io
 import subprocess
 import sys
 
 import pytest
 from packaging.requirements import Requirement
 
+from backbones import cli
 from conftest import ROOT, assert_clean_error
 
 
@@ -17,17 +20,30 @@ def backbones(*args: str) -> subprocess.CompletedProcess:
                           timeout=300)  # fmt: skip
 
 
+def in_process(*args: str) -> subprocess.CompletedProcess:
+    """`backbones <args>` through cli.main inside the test process: the dispatch, without a start-up each time."""
+    out, err, code = io.StringIO(), io.StringIO(), 0
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            cli.main(list(args))
+        except SystemExit as exit_:
+            code = exit_.code
+    return subprocess.CompletedProcess(["backbones", *args], code, out.getvalue(), err.getvalue())
+
+
 @pytest.mark.slow
 def test_the_command_reaches_training_and_every_tool():
-    train = backbones("train", "digits", "--help")
+    train = backbones("train", "digits", "--help")  # the installed module's entry point, in a process of its own
     assert train.returncode == 0 and "Digits (scikit-learn)" in train.stdout and "--batch-size" in train.stdout
-    for tool, phrase in (("report", "--rankings"), ("rank", "--runs"), ("sweep", "--launcher"), ("split", "--val_size"),
-                         ("bench", "--steps"), ("predict", "--min-confidence"), ("export", "--format"),
-                         ("robustness", "--corruptions"), ("choose", "--lr-grid")):  # fmt: skip
-        result = backbones(tool, "--help")
+    help_phrases = {"report": "--rankings", "rank": "--runs", "sweep": "--launcher", "split": "--val_size",
+                    "bench": "--steps", "predict": "--min-confidence", "export": "--format",
+                    "robustness": "--corruptions", "choose": "--lr-grid"}  # fmt: skip
+    assert sorted([*help_phrases, "train"]) == sorted(cli.TOOLS)  # a new tool is checked here too
+    for tool, phrase in help_phrases.items():
+        result = in_process(tool, "--help")
         assert result.returncode == 0 and phrase in result.stdout, (tool, result.stderr[-500:])
-    assert_clean_error(backbones("report", "--runs", ROOT / "no-such-folder"), "is not a folder")
-    wrong = backbones("train", "mnist")
+    assert_clean_error(in_process("report", "--runs", str(ROOT / "no-such-folder")), "is not a folder")
+    wrong = in_process("train", "mnist")
     assert wrong.returncode == 2 and "train needs a dataset first, one of: breakhis" in wrong.stderr
 
 

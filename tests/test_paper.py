@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import math
 import re
+import runpy
+import subprocess
+import sys
 from types import SimpleNamespace
 
 import numpy as np
@@ -19,7 +24,7 @@ from backbones.options import RunConfig, resolve
 from backbones.pipeline import sample_seeds
 from backbones.runtime import make_precision
 from backbones.train_common import evaluate
-from conftest import assert_clean_error, finished_run, run_inline, run_script
+from conftest import ROOT, assert_clean_error, finished_run, run_inline, run_script
 from formats import make_breakhis, make_cifar10, make_flowers102
 
 PAPER = ["--protocol", "paper", "--no-download", "--workers", "0", "--cache", "off"]
@@ -233,6 +238,13 @@ def test_the_recipe_log_names_the_statistics_it_used():
     assert said("stanforddogs") == "ImageNet's statistics"
 
 
-def test_ucmercedlanduse_is_the_originals_name_for_ucmerced(tmp_path):
-    result = run_script("ucmercedlanduse.py", "-model", "mobilenet", "--data", tmp_path, "--no-download")
+def test_ucmercedlanduse_is_the_originals_name_for_ucmerced(tmp_path, monkeypatch):
+    """The file itself, run as a script, inside the test process (no interpreter start-up to pay for)."""
+    argv = ["ucmercedlanduse.py", "-model", "mobilenet", "--data", str(tmp_path), "--no-download"]
+    monkeypatch.setattr(sys, "argv", argv)
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err), pytest.raises(SystemExit) as exit_:
+        runpy.run_path(str(ROOT / "ucmercedlanduse.py"), run_name="__main__")
+    result = subprocess.CompletedProcess(argv, exit_.value.code, out.getvalue(), err.getvalue())
     assert_clean_error(result, "UC Merced")
+    assert result.returncode == 2
