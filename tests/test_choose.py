@@ -114,10 +114,13 @@ def race_decisions(out: Path) -> tuple[pd.DataFrame, dict]:
 
 @pytest.mark.slow
 def test_a_choose_killed_mid_race_resumes_to_the_same_decisions(tmp_path):
+    # the race is what is killed: one seed, and a budget of 20 epochs (4 pairs x 1 epoch, the best 2 to 3 epochs;
+    # then 3 epochs a phase for each finalist's confirmation run) is enough here
+    one_seed = ("--seeds", "0")
     reference = tmp_path / "reference"
-    choose.main(choose_args(reference, "40"))
+    choose.main(choose_args(reference, "20", *one_seed))
     killed = tmp_path / "killed"
-    command = [sys.executable, str(ROOT / "choose.py"), *choose_args(killed, "40")]
+    command = [sys.executable, str(ROOT / "choose.py"), *choose_args(killed, "20", *one_seed)]
     process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     third_pair = killed / "race" / "timm_test_efficientnet-lr0.001" / "history.csv"  # the race's third pair
     deadline = time.monotonic() + 600
@@ -126,7 +129,7 @@ def test_a_choose_killed_mid_race_resumes_to_the_same_decisions(tmp_path):
     os.kill(process.pid, signal.SIGKILL)
     process.wait()
     assert not (killed / "answer.json").exists()  # killed in the race, not after it
-    choose.main(choose_args(killed, "40"))
+    choose.main(choose_args(killed, "20", *one_seed))
     table, answer = race_decisions(killed)
     expected_table, expected_answer = race_decisions(reference)
     pd.testing.assert_frame_equal(table, expected_table)
