@@ -5,6 +5,8 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import pytest
+
 from conftest import ROOT
 
 WITHOUT_UNIX_MODULES = """
@@ -32,6 +34,7 @@ print("imported", len(names), peak_memory_mb(torch.device("cpu")))
 """
 
 
+@pytest.mark.slow  # a fresh interpreter importing everything: 7 s, and an edit rarely touches what it checks
 def test_every_module_imports_without_unix_only_modules():
     result = subprocess.run(
         [sys.executable, "-c", WITHOUT_UNIX_MODULES, str(ROOT)],
