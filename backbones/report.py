@@ -39,7 +39,6 @@ from backbones.record import METRICS, SETTING_DEFAULTS  # noqa: E402
 from backbones.report_html import write_html  # noqa: E402
 from backbones.report_race import race_sections  # noqa: E402
 from backbones.report_robustness import robustness_section  # noqa: E402
-from backbones.runfolder import RunFolder  # noqa: E402
 from backbones.runtable import (  # noqa: E402
     correct_vector,
     describe,
@@ -437,7 +436,7 @@ def plot_training(runs: pd.DataFrame, title: str, path: Path) -> None:
     palette = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     colours = {label: palette[i % len(palette)] for i, label in enumerate(sorted(runs["label"].unique()))}
     for row in runs.itertuples():
-        history = pd.DataFrame(json.loads(RunFolder(Path(row.folder)).metrics.read_text())["history"])
+        history = pd.DataFrame(row.history)
         if history.empty:
             continue
         selected = next(c for c in history.columns if c.endswith("_top1") and c != "train_top1")

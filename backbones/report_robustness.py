@@ -200,12 +200,12 @@ def mistakes(runs: pd.DataFrame) -> str:
     confusions, per_class, classes = {}, {}, None
     for label, rows in runs.groupby("label", sort=False):
         counts, hits, totals = Counter(), 0, 0
-        for folder in rows["folder"]:
+        for folder, names in zip(rows["folder"], rows["classes"], strict=True):
             saved = test_outputs(folder)
             if saved is None:
                 continue
             labels, predicted = saved[1], saved[0].argmax(1)
-            classes = classes or json.loads(RunFolder(Path(folder)).metrics.read_text())["classes"]
+            classes = classes or names
             wrong = labels != predicted
             counts.update(zip(labels[wrong].tolist(), predicted[wrong].tolist(), strict=True))
             size = len(classes)

@@ -163,6 +163,8 @@ def runs_table(runs: list[dict]) -> tuple[pd.DataFrame, list[tuple[str, str]]]:
                 "selection_top1": math.nan if selected is None else float(selected),  # what the run selected on
                 "finished": run["finished"],
                 "folder": run["folder"],
+                "history": run.get("history", []),  # as validated with the record: the plots read no file again
+                "classes": run["classes"],
             }
         )
     table = pd.DataFrame(rows).sort_values(["finished", "folder"], ascending=False)
