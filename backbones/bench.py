@@ -34,7 +34,7 @@ from backbones import datasets, models
 from backbones.cost import peak_memory_mb
 from backbones.datasets.common.spec import DatasetSpec
 from backbones.errors import HelpFormatter, UserError, run_cli
-from backbones.flags import add_device, add_models, add_workers, frozen
+from backbones.flags import add_device, add_models, add_out, add_workers, frozen
 from backbones.loading import DataConfig, image_cache, load_splits, split_batches
 from backbones.options import (
     add_data_arguments,
@@ -72,7 +72,7 @@ def build_parser(spec: DatasetSpec | None) -> argparse.ArgumentParser:
     add("--original", action=argparse.BooleanOptionalAction, default=True, help="also time the original pipeline")
     add_device(parser)
     add("--seed", type=int, default=0, help="seeds the splits, init and data order")
-    add("--out", type=Path, default=None, help="CSV to write (default: results/bench-<dataset>-<time>.csv)")
+    add_out(parser, None, "CSV to write (default: results/bench-<dataset>-<time>.csv)")
     if spec and spec.add_arguments:
         spec.add_arguments(parser)
     return parser

@@ -30,7 +30,7 @@ import pandas as pd
 from backbones import datasets, finetune, models, rank, report
 from backbones.datasets.common.spec import DatasetSpec
 from backbones.errors import HelpFormatter, UserError, run_cli
-from backbones.flags import add_models
+from backbones.flags import add_models, add_out
 from backbones.options import build_parser, positive_float, positive_int
 from backbones.race import Pair, RaceState, Rung, next_rung, plan, survivors
 from backbones.report_race import plot_race, race_markdown, rung_column
@@ -103,7 +103,7 @@ def build_own_parser() -> argparse.ArgumentParser:
     add("--race-share", type=float, default=0.5, help="share of the budget for the race; the rest confirms")
     add("--finalists", type=positive_int, default=2, help="backbones confirmed with --seeds")
     add("--seeds", type=int, nargs="+", default=[0, 1, 2], help="seeds of the confirmation (the race uses the first)")
-    add("--out", type=Path, default=None, help="choose's folder (default: runs/choose-<dataset>)")
+    add_out(parser, None, "choose's folder (default: runs/choose-<dataset>)")
     add("--storage", default=None, help="Optuna storage URL for the race (default: sqlite:///<out>/race.db)")
     add("--dry-run", action="store_true", help="print what an epoch budget buys (rungs, confirmation) and stop")
     return parser

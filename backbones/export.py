@@ -25,7 +25,7 @@ from torch import nn
 
 from backbones import models
 from backbones.errors import HelpFormatter, UserError, run_cli
-from backbones.flags import add_workers, frozen
+from backbones.flags import add_out, add_workers, frozen
 from backbones.runfiles import library_versions, write_json
 from backbones.runmodel import FinishedRun, open_finished, reopen_split
 
@@ -53,7 +53,7 @@ def parse_args(argv: list[str] | None = None) -> ExportConfig:
     )
     parser.add_argument("--run", type=Path, required=True, help="the folder of a finished run (runs/<run>)")
     parser.add_argument("--format", choices=list(FORMATS), default="onnx", help="what to write")
-    parser.add_argument("--out", type=Path, default=Path("model"), help="a new (or empty) folder for the export")
+    add_out(parser, Path("model"), "a new (or empty) folder for the export")
     add_workers(parser, "data-loading processes for the verification")
     return frozen(ExportConfig, parser.parse_args(argv))
 

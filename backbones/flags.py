@@ -20,8 +20,9 @@ def non_negative_int(text: str) -> int:
     return value
 
 
-def add_device(parser, what: str = "where to run") -> None:
-    parser.add_argument("--device", default="auto", help=f"{what}: auto, cpu, cuda, cuda:N or mps")
+def add_device(parser, what: str = "where to run", default: str | None = "auto") -> None:
+    """--device; sweep.py's default None leaves the choice to each run."""
+    parser.add_argument("--device", default=default, help=f"{what}: auto, cpu, cuda, cuda:N or mps")
 
 
 def add_workers(parser, what: str = "data-loading processes") -> None:
@@ -42,10 +43,14 @@ def add_models(parser, default: list[str] | None, what: str = "backbones") -> No
     )
 
 
-def add_runs(parser) -> None:
-    parser.add_argument(
-        "--runs", type=Path, nargs="+", default=[Path("runs")], help="folders holding run folders (searched deeply)"
-    )
+def add_runs(parser, what: str = "folders holding run folders (searched deeply)", default=(Path("runs"),)) -> None:
+    """--runs; rank.py's default None checks against no runs."""
+    parser.add_argument("--runs", type=Path, nargs="+", default=None if default is None else list(default), help=what)
+
+
+def add_out(parser, default: Path | None, what: str) -> None:
+    """--out: what the tool writes, a file or a folder, with the tool's own default (None: one named in `what`)."""
+    parser.add_argument("--out", type=Path, default=default, help=what)
 
 
 def frozen(config_class: type[Config], parsed: argparse.Namespace, **resolved) -> Config:

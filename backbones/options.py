@@ -12,7 +12,7 @@ from pathlib import Path
 from backbones import datasets, models
 from backbones.datasets.common.spec import DatasetSpec, PaperRecipe
 from backbones.errors import HelpFormatter, UserError
-from backbones.flags import add_device, add_workers, non_negative_int
+from backbones.flags import add_device, add_out, add_workers, non_negative_int
 from backbones.loading import DataConfig
 from backbones.runcheck import read_json, schema_problem
 from backbones.runfolder import RunFolder
@@ -237,7 +237,7 @@ def add_run_arguments(group) -> None:
         help="also log every epoch's numbers for TensorBoard, in <out>/tensorboard/ (needs: pip install tensorboard)",
     )
     add("--eval-only", action="store_true", help="evaluate --weights FILE on the test split without training")
-    add("--out", type=Path, default=None, help="this run's folder (default: a new folder under runs/)")
+    add_out(group, None, "this run's folder (default: a new folder under runs/)")
     add(
         "--resume",
         action="store_true",

@@ -27,7 +27,7 @@ from torchvision.datasets.folder import IMG_EXTENSIONS
 from backbones.datasets.common.readers import open_image
 from backbones.errors import HelpFormatter, UserError, run_cli
 from backbones.files import atomic_write
-from backbones.flags import add_device, add_workers, frozen
+from backbones.flags import add_device, add_out, add_workers, frozen
 from backbones.pipeline import decode
 from backbones.runmodel import FinishedRun, load_model, open_finished, reopen_split
 from backbones.runtable import check_new_file
@@ -59,10 +59,11 @@ def parse_args(argv: list[str] | None = None) -> PredictConfig:
     )
     parser.add_argument("inputs", type=Path, nargs="+", help="image files, folders of images, or .csv/.txt lists")
     parser.add_argument("--run", type=Path, required=True, help="the folder of a finished run (runs/<run>)")
-    parser.add_argument(
-        "--out", type=Path, default=Path("predictions.csv"),
-        help="where to write the predictions: .csv, or .jsonl for JSON lines; an existing file is never overwritten",
-    )  # fmt: skip
+    add_out(
+        parser,
+        Path("predictions.csv"),
+        "where to write the predictions: .csv, or .jsonl for JSON lines; an existing file is never overwritten",
+    )
     parser.add_argument("--top-k", type=int, default=5, help="how many labels to list per image (at most the classes)")
     parser.add_argument(
         "--min-confidence", type=float, default=None, metavar="P",

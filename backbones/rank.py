@@ -28,7 +28,7 @@ from backbones import datasets, models
 from backbones.datasets.common.spec import DatasetSpec
 from backbones.errors import HelpFormatter, UserError, run_cli
 from backbones.files import atomic_write, cache_dir
-from backbones.flags import add_device, add_models, add_workers, frozen
+from backbones.flags import add_device, add_models, add_out, add_runs, add_workers, frozen
 from backbones.loading import DataConfig, image_cache, load_splits, split_batches, split_identity
 from backbones.options import (
     add_data_arguments,
@@ -72,8 +72,8 @@ def build_parser(spec: DatasetSpec | None) -> argparse.ArgumentParser:
     add("-bs", "--batch-size", dest="bs", type=positive_int, default=64, help="batch size for feature extraction")
     add_workers(parser)
     add_device(parser)
-    add("--runs", type=Path, nargs="+", default=None, help="folders of fine-tuned runs to check the ranking against")
-    add("--out", type=Path, default=None, help="CSV to write (default: results/rank-<dataset>-<time>.csv)")
+    add_runs(parser, "folders of fine-tuned runs to check the ranking against", default=None)
+    add_out(parser, None, "CSV to write (default: results/rank-<dataset>-<time>.csv)")
     if spec and spec.add_arguments:
         spec.add_arguments(parser)
     return parser

@@ -33,7 +33,7 @@ from scipy.special import softmax  # noqa: E402
 from sklearn.metrics import cohen_kappa_score  # noqa: E402
 
 from backbones.errors import HelpFormatter, UserError, run_cli  # noqa: E402
-from backbones.flags import add_runs, frozen  # noqa: E402
+from backbones.flags import add_out, add_runs, frozen  # noqa: E402
 from backbones.metrics import calibration_bins  # noqa: E402
 from backbones.record import METRICS, SETTING_DEFAULTS  # noqa: E402
 from backbones.report_html import write_html  # noqa: E402
@@ -82,7 +82,7 @@ def parse_args(argv: list[str] | None = None) -> ReportConfig:
         formatter_class=HelpFormatter,
     )
     add_runs(parser)
-    parser.add_argument("--out", type=Path, default=Path("report"), help="folder the report is written to")
+    add_out(parser, Path("report"), "folder the report is written to")
     parser.add_argument("--seed", type=int, default=0, help="seed of the bootstrap used for single-seed ties")
     parser.add_argument(
         "--rankings",

@@ -25,7 +25,7 @@ from pathlib import Path
 
 from backbones import datasets, models, options, report
 from backbones.errors import HelpFormatter, UserError, run_cli
-from backbones.flags import add_models, frozen
+from backbones.flags import add_device, add_models, add_out, frozen
 from backbones.record import config_differences
 from backbones.runfolder import RunFolder
 
@@ -101,9 +101,9 @@ def parse_args(argv: list[str] | None) -> SweepConfig:
         help="AdamW learning rates: every run with each, in <size>/lr<LR>/s<seed>; the report then compares each "
         "backbone at the rate with its best validation top-1 (default: the runs' one --lr)",
     )
-    add("--out", type=Path, default=Path("runs/sweep"), help="the sweep's folder: one subfolder per run")
+    add_out(parser, Path("runs/sweep"), "the sweep's folder: one subfolder per run")
     add("--gpus", default=None, help="comma-separated GPU ids: one run per GPU at a time (default: one at a time)")
-    add("--device", default=None, help="every run's --device (auto, cpu, cuda, cuda:N, mps; default: the runs' auto)")
+    add_device(parser, "every run's --device (default: the runs' own, auto)", default=None)
     add(
         "--launcher",
         choices=("local", "slurm", "submitit-local"),
