@@ -142,8 +142,9 @@ def parse_args(argv: list[str] | None) -> SweepConfig:
     malformed = [item for item in parsed.slurm_extra if "=" not in item]
     if malformed:
         raise UserError(f"--slurm-extra takes KEY=VALUE items, e.g. constraint=a100; got {', '.join(malformed)}.")
-    slurm_values = [*slurm_parameters(parsed).values(), *parsed.slurm_extra]
-    unsafe = [value for value in slurm_values if isinstance(value, str) and not value.isprintable()]
+    slurm = slurm_parameters(parsed)
+    texts = [value for value in slurm.values() if isinstance(value, str)] + parsed.slurm_extra  # the sbatch lines
+    unsafe = [value for value in texts if not value.isprintable()]
     if unsafe:
         raise UserError(
             f"A Slurm value holds a line break or another control character ({', '.join(map(repr, unsafe))}): in the "
@@ -155,7 +156,7 @@ def parse_args(argv: list[str] | None) -> SweepConfig:
     if parsed.device and not parsed.gpus:
         passthrough = [*passthrough, "--device", parsed.device]
     gpus = parsed.gpus.split(",") if parsed.gpus else None
-    return frozen(SweepConfig, parsed, gpus=gpus, slurm=slurm_parameters(parsed), passthrough=passthrough)
+    return frozen(SweepConfig, parsed, gpus=gpus, slurm=slurm, passthrough=passthrough)
 
 
 def slurm_parameters(parsed: argparse.Namespace) -> dict:
