@@ -66,22 +66,28 @@ def run_inline(
     else:
         tool = importlib.import_module(f"backbones.{name}")
         target = lambda: run_cli(lambda: tool.main(argv))  # noqa: E731
-    out, err, code = io.StringIO(), io.StringIO(), 0
     saved_env, saved_cwd = dict(os.environ), os.getcwd()
     try:
         if env is not None:
             os.environ.clear()
             os.environ.update(env)
         os.chdir(cwd or ROOT)
-        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-            target()
-    except SystemExit as exit_:
-        code = exit_.code if isinstance(exit_.code, int) else (0 if exit_.code is None else 1)
+        return call_captured(target, [script, *argv])
     finally:
         os.chdir(saved_cwd)
         os.environ.clear()
         os.environ.update(saved_env)
-    return subprocess.CompletedProcess([script, *argv], code, out.getvalue(), err.getvalue())
+
+
+def call_captured(target, command: list[str]) -> subprocess.CompletedProcess:
+    """`target()` inside the test process, with the exit code and output running `command` would give."""
+    out, err, code = io.StringIO(), io.StringIO(), 0
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            target()
+    except SystemExit as exit_:
+        code = exit_.code if isinstance(exit_.code, int) else (0 if exit_.code is None else 1)
+    return subprocess.CompletedProcess(command, code, out.getvalue(), err.getvalue())
 
 
 def run_script(

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import contextlib
 import importlib.metadata
-import io
 import subprocess
 import sys
 
@@ -12,7 +10,7 @@ import pytest
 from packaging.requirements import Requirement
 
 from backbones import cli
-from conftest import ROOT, assert_clean_error
+from conftest import ROOT, assert_clean_error, call_captured
 
 
 def backbones(*args: str) -> subprocess.CompletedProcess:
@@ -22,13 +20,7 @@ def backbones(*args: str) -> subprocess.CompletedProcess:
 
 def in_process(*args: str) -> subprocess.CompletedProcess:
     """`backbones <args>` through cli.main inside the test process: the dispatch, without a start-up each time."""
-    out, err, code = io.StringIO(), io.StringIO(), 0
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        try:
-            cli.main(list(args))
-        except SystemExit as exit_:
-            code = exit_.code
-    return subprocess.CompletedProcess(["backbones", *args], code, out.getvalue(), err.getvalue())
+    return call_captured(lambda: cli.main(list(args)), ["backbones", *args])
 
 
 @pytest.mark.slow

@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 import math
 import re
 import runpy
-import subprocess
 import sys
 from types import SimpleNamespace
 
@@ -24,7 +21,7 @@ from backbones.options import RunConfig, resolve
 from backbones.pipeline import sample_seeds
 from backbones.runtime import make_precision
 from backbones.train_common import evaluate
-from conftest import ROOT, assert_clean_error, finished_run, run_inline, run_script
+from conftest import ROOT, assert_clean_error, call_captured, finished_run, run_inline, run_script
 from formats import make_breakhis, make_cifar10, make_flowers102
 
 PAPER = ["--protocol", "paper", "--no-download", "--workers", "0", "--cache", "off"]
@@ -242,9 +239,6 @@ def test_ucmercedlanduse_is_the_originals_name_for_ucmerced(tmp_path, monkeypatc
     """The file itself, run as a script, inside the test process (no interpreter start-up to pay for)."""
     argv = ["ucmercedlanduse.py", "-model", "mobilenet", "--data", str(tmp_path), "--no-download"]
     monkeypatch.setattr(sys, "argv", argv)
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err), pytest.raises(SystemExit) as exit_:
-        runpy.run_path(str(ROOT / "ucmercedlanduse.py"), run_name="__main__")
-    result = subprocess.CompletedProcess(argv, exit_.value.code, out.getvalue(), err.getvalue())
+    result = call_captured(lambda: runpy.run_path(str(ROOT / "ucmercedlanduse.py"), run_name="__main__"), argv)
     assert_clean_error(result, "UC Merced")
     assert result.returncode == 2
