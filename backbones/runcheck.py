@@ -74,6 +74,11 @@ def check_metrics(run: dict) -> str:
     selected = run.get("best_selection_top1")  # absent from older runs, None for --eval-only
     if selected is not None and not (is_number(selected) and 0 <= selected <= 100):
         return f"best_selection_top1 is {selected!r}, not a top-1 in 0-100%"
+    temperature = run.get("temperature")  # None under --protocol paper (no validation split to fit it on)
+    if temperature is not None and not (is_number(temperature) and temperature > 0):
+        return f"temperature is {temperature!r}, not a number above 0"
+    if "data" in run and not is_text(run["data"]):
+        return f"data is {run['data']!r}, not a folder's path"
     if run["ece"] > 1 or run["brier"] > 2:
         return f"ece {run['ece']} or brier {run['brier']} is beyond its largest possible value"
     if run["dataset"] not in datasets.NAMES:

@@ -4,7 +4,6 @@ differently from the run that trained it."""
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -93,7 +92,9 @@ def reopen_split(folder: Path, split: str, device: str, workers: int) -> tuple[P
         if not path.exists():
             raise UserError(f"{folder} has no {path.name}, so its {split} split or weights cannot be read back.")
     files = RunFolder(folder)
-    record = json.loads(files.metrics.read_text())
+    record, reason = read_run(folder)  # checked again: the folder may have changed since it was listed
+    if record is None or "data" not in record:
+        raise UserError(f"{folder} cannot be read back: {reason or 'metrics.json does not say where its data is'}.")
     spec = datasets.spec(record["dataset"])
     evaluation = ["--weights", str(files.best), "--eval-only", "--data", record["data"]]
     argv = with_saved_flags(spec, ["--config", str(files.config), *evaluation])

@@ -175,6 +175,9 @@ DAMAGED = {
     "size-of-three": ({"image_size": [32, 32, 3]}, "image_size is [32, 32, 3], not [height, width]"),
     "model-with-a-newline": ({"model": "resnet50\nx"}, "is not a backbone name"),
     "seed-a-float": ({"seed": 0.5}, "seed is 0.5, not a whole number"),
+    "temperature-zero": ({"temperature": 0}, "temperature is 0, not a number above 0"),
+    "temperature-text": ({"temperature": "1"}, "temperature is '1', not a number above 0"),
+    "data-a-list": ({"data": ["/etc"]}, "data is ['/etc'], not a folder's path"),
 }
 
 
@@ -192,6 +195,16 @@ def test_damaged_metrics_are_skipped_with_their_reason(tmp_path):
         assert f"{runs / name}: metrics.json is malformed: " in printed and reason in printed, name
     assert f"{runs / 'deep'}: metrics.json is nested too deeply" in printed
     assert "4 runs from" in (tmp_path / "report" / "report.md").read_text()
+
+
+def test_predict_refuses_a_run_whose_temperature_would_reorder_or_break_its_probabilities(tmp_path):
+    write_run(tmp_path / "run", temperature=-1.0)
+    for name in ("best.pt", "split.csv"):
+        (tmp_path / "run" / name).write_text("")
+    (tmp_path / "cat.png").write_bytes(b"")
+    result = run_inline("predict.py", tmp_path / "cat.png", "--run", tmp_path / "run", "--out", tmp_path / "p.csv")
+    assert_clean_error(result, "temperature is -1.0, not a number above 0")
+    assert not (tmp_path / "p.csv").exists()
 
 
 def test_a_run_from_before_a_metric_was_added_is_compared_and_a_newer_schema_is_skipped(tmp_path):
