@@ -101,12 +101,21 @@ def reopen_split(folder: Path, split: str, device: str, workers: int) -> tuple[P
     argv = [flag for flag in argv if flag not in ("--tensorboard", "--compile")]
     argv += ["--device", device, "--workers", str(workers)]
     job = prepare(spec, argv)  # refuses a split other than the one recorded in best.pt
-    saved = pd.read_csv(files.split, dtype={"sample": str})
     now = job.samples.loc[job.samples["split"] == split, ["sample", "label"]].reset_index(drop=True)
-    if not saved.loc[saved["split"] == split, ["sample", "label"]].reset_index(drop=True).equals(now):
+    if not saved_split(files.split, split).equals(now):
         raise UserError(
             f"{folder}/split.csv lists other {split} images than the data under {record['data']} gives for this "
             "run now; the run's split cannot be reproduced. Was the data changed after the run?"
         )
     trainee, _ = build_model(job)
     return job, trainee.model, job.batches(lambda message: None, (split,))(split)
+
+
+def saved_split(path: Path, split: str) -> pd.DataFrame:
+    """The (sample, label) rows of `split` in a run's split.csv; a file that is not one reads as holding none, so
+    that it fails the comparison with a clear message rather than a traceback."""
+    try:
+        saved = pd.read_csv(path, dtype={"sample": str})
+        return saved.loc[saved["split"] == split, ["sample", "label"]].reset_index(drop=True)
+    except (OSError, ValueError, KeyError, pd.errors.ParserError):
+        return pd.DataFrame(columns=["sample", "label"])

@@ -3,6 +3,7 @@ run's own saved test outputs, reruns are skipped or reproduced exactly; and the 
 
 from __future__ import annotations
 
+import csv
 import json
 import shutil
 from collections import Counter
@@ -14,6 +15,7 @@ import torch
 
 from backbones.corruptions import CORRUPTIONS
 from backbones.robustness import TRANSFORMS, confusion_pairs, scores
+from backbones.runmodel import saved_split
 from conftest import FAST, assert_clean_error, finished_run, run_inline, run_script
 from formats import make_class_folders
 
@@ -151,6 +153,20 @@ def test_a_class_named_with_a_carriage_return_reads_back_as_its_own_split(tmp_pa
     result = run_inline("robustness.py", "--runs", tmp_path / "runs", *SUBSET)
     assert result.returncode == 0, result.stderr
     assert read(out)["clean"]["top1"] == pytest.approx(run["top1"], abs=1e-6)
+
+
+def test_a_split_file_that_is_not_one_holds_no_images_to_compare(tmp_path):
+    """A shared run's split.csv is untrusted: one that lacks a column or is not CSV compares as a changed split
+    (a clear message), never as a traceback."""
+    path = tmp_path / "split.csv"
+    rows = {"sample": ["cat/0001.png", "dog/2.png", "owl/3.png"], "label": [0, 1, 2], "split": ["test", "val", "test"]}
+    pd.DataFrame(rows).to_csv(path, index=False, quoting=csv.QUOTE_NONNUMERIC)
+    assert saved_split(path, "test").values.tolist() == [["cat/0001.png", 0], ["owl/3.png", 2]]
+    for damaged in ("", "sample,label\ncat/1.png,0\n", "\x00\x01\x02"):
+        path.write_text(damaged)
+        assert saved_split(path, "test").empty, repr(damaged)
+    path.unlink()
+    assert saved_split(path, "test").empty
 
 
 def test_no_runs_is_a_clear_error(tmp_path):
