@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import importlib.metadata
 import subprocess
 import sys
@@ -9,7 +10,7 @@ import sys
 import pytest
 from packaging.requirements import Requirement
 
-from backbones import cli
+from backbones import cli, datasets
 from conftest import ROOT, assert_clean_error, call_captured
 
 
@@ -57,3 +58,24 @@ def test_the_report_layer_loads_no_pytorch():
     )
     result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0 and result.stdout.strip() == "[]", result.stderr[-2000:] + result.stdout
+
+
+def test_every_flag_has_a_kebab_case_spelling(monkeypatch):
+    """The original's spellings (`-model`, `-bs`, `--input_dir`, BreakHis's `-mag`) keep working, and each has a
+    `--kebab-case` twin, as users of other command lines expect; checked on every parser that --help shows."""
+    parsers = []
+    show = argparse.ArgumentParser.print_help
+    monkeypatch.setattr(argparse.ArgumentParser, "print_help", lambda self, *a: (parsers.append(self), show(self, *a)))
+    commands = [[tool, "--help"] for tool in cli.TOOLS if tool != "train"]
+    commands += [["train", name, "--help"] for name in datasets.NAMES]
+    for command in commands:
+        assert in_process(*command).returncode == 0, command
+    assert len(parsers) == len(commands)
+    missing = {
+        (parser.prog, "/".join(action.option_strings))
+        for parser in parsers
+        for action in parser._actions
+        if any("_" in name or not name.startswith("--") for name in action.option_strings if name != "-h")
+        and not any(name.startswith("--") and "_" not in name for name in action.option_strings)
+    }
+    assert not missing, sorted(missing)

@@ -18,7 +18,13 @@ MAGNIFICATIONS = (40, 100, 200, 400)
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "-mag", type=int, choices=MAGNIFICATIONS, default=40, help="magnification to use, in X (default: 40)"
+        "-mag",
+        "--magnification",
+        dest="mag",
+        type=int,
+        choices=MAGNIFICATIONS,
+        default=40,
+        help="magnification to use, in X (default: 40)",
     )
 
 
