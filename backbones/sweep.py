@@ -10,9 +10,7 @@ the sweep goes on. Flags after `--` go to every run. At the end the report is wr
 from __future__ import annotations
 
 import argparse
-import contextlib
 import itertools
-import json
 import os
 import queue
 import shlex
@@ -27,6 +25,7 @@ from backbones import datasets, models, options, report
 from backbones.errors import HelpFormatter, UserError, run_cli
 from backbones.flags import add_device, add_models, add_out, frozen
 from backbones.record import config_differences
+from backbones.runcheck import read_json
 from backbones.runfolder import RunFolder
 
 PLACEHOLDER_MODEL = "(set by the sweep)"  # -model is required by the script's parser; the sweep gives it per run
@@ -204,8 +203,9 @@ def given_settings(dataset: str, passthrough: Sequence[str]) -> set[str]:
 def saved_config(folder: Path) -> dict | None:
     """The configuration an existing run folder was started with (config.json, or a finished run's metrics)."""
     for path in (RunFolder(folder).config, RunFolder(folder).metrics):
-        with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
-            return dict(json.loads(path.read_text())["config"])
+        saved, problem = read_json(path) if path.exists() else (None, "absent")
+        if not problem and isinstance(saved, dict) and isinstance(saved.get("config"), dict):
+            return saved["config"]
     return None
 
 

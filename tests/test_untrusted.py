@@ -315,6 +315,20 @@ def test_a_slurm_value_with_a_line_break_is_refused(tmp_path):
         )
 
 
+def test_a_sweep_over_folders_with_damaged_configs_plans_them_without_a_traceback(tmp_path):
+    """sweep.py reads each existing run folder's config.json to refuse another configuration's runs: one nested
+    too deeply for the parser, or holding no configuration, reads as no saved configuration (run anew)."""
+    out = tmp_path / "sweep"
+    command = ("sweep.py", "--models", "mobilenet", "--datasets", "digits", "--seeds", "0", "1", "--out", out)
+    for seed, text in ((0, "[" * 100_000 + "]" * 100_000), (1, '{"config": ["not", "flags"]}')):
+        folder = out / "digits" / "mobilenet_v3_large" / "full" / f"s{seed}"
+        folder.mkdir(parents=True)
+        (folder / "config.json").write_text(text)
+    result = run_inline(*command, "--dry-run")
+    assert result.returncode == 0, result.stderr
+    assert "2 runs: 0 finished (skipped), 2 to resume, 0 new" in result.stdout
+
+
 def test_a_dry_run_prints_commands_quoted_for_the_shell(tmp_path):
     import shlex
 
