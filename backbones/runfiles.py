@@ -202,14 +202,28 @@ def library_versions() -> dict[str, str]:
     }
 
 
+# what a killed run's checkpoint.pt holds (train_common.save_progress): the states, where the fit stood, its flags
+RESUME_KEYS = ("model", "optimizer", "scaler", "rng", "config", "phase", "stale", "phase_epochs", "best", "history")
+
+
 def read_resume_file(path: Path) -> dict:
+    """A killed run's checkpoint.pt, refused with advice if it cannot be read or is not such a state."""
+    restart = (
+        "Delete it to restart this run from its first epoch in the same folder, or start a new run in a new --out."
+    )
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # torch.load raises many types for a truncated or foreign file
         raise UserError(
-            f"--resume: {path} cannot be read ({type(err).__name__}: {err}); it is damaged or truncated. Delete it to "
-            "restart this run from its first epoch in the same folder, or start a new run with a new --out."
+            f"--resume: {path} cannot be read ({type(err).__name__}: {err}); it is damaged or truncated. {restart}"
         ) from err
+    missing = [key for key in RESUME_KEYS if key not in state] if isinstance(state, dict) else list(RESUME_KEYS)
+    if missing or not isinstance(state["config"], str) or not isinstance(state["history"], list):
+        raise UserError(
+            f"--resume: {path} is not the state a killed run of this tool leaves (it lacks or garbles "
+            f"{', '.join(missing) or 'config or history'}). {restart}"
+        )
+    return state
 
 
 def resume_state(out: Path | None, config: dict, identity: dict) -> dict | None:

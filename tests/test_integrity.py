@@ -29,7 +29,7 @@ from backbones.datasets.common.spec import ReadOptions
 from backbones.errors import UserError
 from backbones.loading import load_splits, split_identity
 from backbones.options import RunConfig, build_parser, resolve
-from backbones.runfiles import append_result, check_results_table
+from backbones.runfiles import RESUME_KEYS, append_result, check_results_table
 from conftest import FAST, assert_clean_error, run_inline, run_script
 from formats import make_cifar10, make_class_folders, make_flowers102
 
@@ -350,7 +350,8 @@ def resume_file(folder: Path, config: RunConfig) -> None:
     catalog, samples = load_splits(config.spec, config.data)
     folder.mkdir(parents=True)
     identity = split_identity(config.spec, config.data, catalog, samples)
-    torch.save({"config": json.dumps(config.flags), "identity": identity}, folder / "checkpoint.pt")
+    state = {**dict.fromkeys(RESUME_KEYS, {}), "history": [], "config": json.dumps(config.flags), "identity": identity}
+    torch.save(state, folder / "checkpoint.pt")
 
 
 @pytest.mark.slow

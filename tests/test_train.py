@@ -17,6 +17,7 @@ import torch
 
 from backbones import record
 from backbones.models import create_model
+from backbones.runfiles import RESUME_KEYS
 from backbones.runtime import seed_everything
 from conftest import FAST, ROOT, assert_clean_error, finished_run, run_inline, run_script
 from formats import make_class_folders
@@ -288,7 +289,8 @@ def test_resume_refuses_other_flags_and_finished_runs(tmp_path, uninterrupted):
     shutil.copytree(uninterrupted, out)
     assert_clean_error(run_script("digits.py", *RESUMABLE, "--out", out, "--resume"), "already finished")
     (out / "metrics.json").rename(out / "metrics.moved")
-    torch.save({"config": json.dumps({"lr": 0.5})}, out / "checkpoint.pt")
+    state = {**dict.fromkeys(RESUME_KEYS, {}), "history": [], "config": json.dumps({"lr": 0.5})}
+    torch.save(state, out / "checkpoint.pt")
     before = sorted(p.name for p in out.iterdir())
     result = run_script("digits.py", *RESUMABLE, "--out", out, "--resume")
     assert_clean_error(result, "started with other flags", "lr 0.5 there, 0.001 now")

@@ -435,6 +435,22 @@ def test_a_failed_checkpoint_save_keeps_the_previous_one_and_says_how_to_continu
     assert torch.load(path) == {"epoch": 1} and list(tmp_path.iterdir()) == [path]
 
 
+def test_a_checkpoint_that_is_not_a_killed_runs_state_is_refused_before_resuming(tmp_path):
+    import torch
+
+    from backbones.errors import UserError
+    from backbones.runfiles import RESUME_KEYS, read_resume_file
+
+    path = tmp_path / "checkpoint.pt"
+    whole = {**dict.fromkeys(RESUME_KEYS, {}), "config": "{}", "history": []}
+    torch.save(whole, path)
+    assert read_resume_file(path).keys() == whole.keys()
+    for foreign in ({"epoch": 1}, torch.zeros(3), {**whole, "config": {"lr": 0.1}}, {**whole, "history": "epochs"}):
+        torch.save(foreign, path)
+        with pytest.raises(UserError, match="is not the state a killed run of this tool leaves.*Delete it"):
+            read_resume_file(path)
+
+
 def test_a_truncated_feature_cache_file_is_extracted_again(tmp_path):
     from backbones.rank import read_features
 
