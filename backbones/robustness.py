@@ -9,7 +9,6 @@ Usage: python robustness.py --runs runs/ [more folders ...]   (writes robustness
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import time
 from collections import Counter
@@ -27,6 +26,7 @@ from backbones.corruptions import CORRUPTIONS, REFERENCE_SIZE, corrupt
 from backbones.errors import HelpFormatter, UserError, run_cli
 from backbones.flags import add_device, add_runs, add_workers, frozen
 from backbones.record import FAMILIES, INVARIANCE, SCHEMA
+from backbones.runcheck import read_json
 from backbones.runfiles import library_versions, write_json
 from backbones.runfolder import RunFolder
 from backbones.runmodel import reopen_split
@@ -281,10 +281,8 @@ def relative_drop(clean: float, corrupted: float | None) -> float | None:
 
 def answered(path: Path, wanted: dict) -> bool:
     """Whether an earlier robustness.json holds exactly the analysis asked for."""
-    try:
-        return json.loads(path.read_text()).get("request") == wanted
-    except (OSError, ValueError):
-        return False
+    earlier, problem = read_json(path)
+    return not problem and isinstance(earlier, dict) and earlier.get("request") == wanted
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from backbones.corruptions import CORRUPTIONS
-from backbones.robustness import TRANSFORMS, confusion_pairs, scores
+from backbones.robustness import TRANSFORMS, answered, confusion_pairs, scores
 from backbones.runmodel import saved_split
 from conftest import FAST, assert_clean_error, finished_run, run_inline, run_script
 from formats import make_class_folders
@@ -167,6 +167,15 @@ def test_a_split_file_that_is_not_one_holds_no_images_to_compare(tmp_path):
         assert saved_split(path, "test").empty, repr(damaged)
     path.unlink()
     assert saved_split(path, "test").empty
+
+
+def test_an_earlier_analysis_is_reused_only_when_it_answers_the_same_request(tmp_path):
+    path, wanted = tmp_path / "robustness.json", {"corruptions": ["fog"], "severities": [1]}
+    path.write_text(json.dumps({"request": wanted}))
+    assert answered(path, wanted) and not answered(path, {**wanted, "severities": [2]})
+    for damaged in ("[" * 100_000 + "]" * 100_000, '["request"]', "{"):  # analysed again, not a traceback
+        path.write_text(damaged)
+        assert not answered(path, wanted)
 
 
 def test_no_runs_is_a_clear_error(tmp_path):
