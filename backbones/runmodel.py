@@ -117,5 +117,5 @@ def saved_split(path: Path, split: str) -> pd.DataFrame:
     try:
         saved = pd.read_csv(path, dtype={"sample": str})
         return saved.loc[saved["split"] == split, ["sample", "label"]].reset_index(drop=True)
-    except (OSError, ValueError, KeyError, pd.errors.ParserError):
+    except (OSError, ValueError, KeyError):  # pandas' parser errors are ValueErrors
         return pd.DataFrame(columns=["sample", "label"])

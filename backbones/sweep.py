@@ -203,7 +203,7 @@ def given_settings(dataset: str, passthrough: Sequence[str]) -> set[str]:
 def saved_config(folder: Path) -> dict | None:
     """The configuration an existing run folder was started with (config.json, or a finished run's metrics)."""
     for path in (RunFolder(folder).config, RunFolder(folder).metrics):
-        saved, problem = read_json(path) if path.exists() else (None, "absent")
+        saved, problem = read_json(path)  # a missing file is a problem too
         if not problem and isinstance(saved, dict) and isinstance(saved.get("config"), dict):
             return saved["config"]
     return None
