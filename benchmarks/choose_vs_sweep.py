@@ -2,11 +2,13 @@
 that prints figures, not a test.
 
 Usage: python benchmarks/choose_vs_sweep.py --dataset digits --out bench/choose [--models all] [--seeds 0 1 2]
-           [--share 0.25] [--keep 4] -- -bs 64 --weights none --max-epochs 3 --patience 2 --workers 0
+           [--share 0.25] [--budget-in epochs] [--keep 4] -- -bs 64 --weights none --max-epochs 3 --patience 2
+           --workers 0
 
   sweep     every backbone x every seed, fine-tuned by sweep.py at the default learning rate, then ranked with the
             report's tie statistics: its best and the set tied with it
-  choose    choose.py with --budget = share x the epochs the sweep trained (rank, race, confirm)
+  choose    choose.py with --budget = share x the epochs the sweep trained (rank, race, confirm), or with
+            --budget-in seconds, share x the seconds it trained (a time budget, as `--budget 4h` gives one)
   ratio     choose / sweep, in training seconds (both count the seconds spent training and selecting, as each
             run's train_seconds does, plus the ranking's for choose) and in training images seen
 
@@ -36,7 +38,10 @@ def main() -> None:
     parser.add_argument("--out", type=Path, required=True, help="folder for the sweep and the choose")
     parser.add_argument("--models", nargs="+", default=["all"], help="candidates (default: the eleven)")
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2], help="seeds of both (default: 0 1 2)")
-    parser.add_argument("--share", type=float, default=0.25, help="choose's budget as a share of the sweep's epochs")
+    parser.add_argument("--share", type=float, default=0.25, help="choose's budget as a share of the sweep's")
+    parser.add_argument("--budget-in", choices=["epochs", "seconds"], default="epochs",
+                        help="what choose's budget counts: the sweep's epochs, or its training seconds (a time "
+                        "budget; choose's folder is then choose-seconds) (default: epochs)")  # fmt: skip
     parser.add_argument("--keep", type=int, default=None, help="choose's --keep (default: race every candidate)")
     parser.add_argument("--choose-flags", nargs=argparse.REMAINDER, default=[], help="further flags for choose.py")
     args = parser.parse_args(own)
@@ -53,10 +58,13 @@ def main() -> None:
     sweep_seconds = sum(run["train_seconds"] for run in runs)
     n_train = runs[0]["n_train"]
 
-    budget = math.floor(args.share * sweep_epochs)
+    if args.budget_in == "epochs":
+        budget, folder = str(math.floor(args.share * sweep_epochs)), "choose"
+    else:
+        budget, folder = f"{math.floor(args.share * sweep_seconds)}s", "choose-seconds"
     started = time.perf_counter()
-    command = ["--dataset", args.dataset, "--budget", str(budget), "--models", *names, "--seeds", *seeds,
-               "--out", str(args.out / "choose"), *(["--keep", str(args.keep)] if args.keep else []),
+    command = ["--dataset", args.dataset, "--budget", budget, "--models", *names, "--seeds", *seeds,
+               "--out", str(args.out / folder), *(["--keep", str(args.keep)] if args.keep else []),
                *args.choose_flags, *run_flags]  # fmt: skip
     result = choose.main(command)
     choose_wall = time.perf_counter() - started
@@ -73,7 +81,7 @@ def main() -> None:
         "choose_pick_lr": result["pick_lr"],
         "pick_in_sweep_tied_set": result["pick"] in tied,
         "sweep_epochs": sweep_epochs,
-        "choose_budget_epochs": budget,
+        "choose_budget": budget,
         "choose_epochs": result["epochs"],
         "sweep_train_seconds": round(sweep_seconds, 1),
         "choose_seconds": result["seconds"],
@@ -85,7 +93,7 @@ def main() -> None:
         "choose_wall_seconds_this_call": round(choose_wall, 1),
     }
     print("\n" + "\n".join(f"{key:32s} {value}" for key, value in figures.items()))
-    (args.out / "figures.json").write_text(json.dumps(figures, indent=2) + "\n")
+    (args.out / f"figures-{folder}.json").write_text(json.dumps(figures, indent=2) + "\n")
 
 
 if __name__ == "__main__":
