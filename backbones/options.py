@@ -125,6 +125,7 @@ def parse_dataset_args(
     -mag, ...) exist and the defaults shown by --help."""
     first = argparse.ArgumentParser(add_help=False)
     first.add_argument("--dataset")
+    first.add_argument("--data")  # declared, so that `--data DIR` is not read as an abbreviation of --dataset
     known, _ = first.parse_known_args(argv)
     spec = datasets.spec(known.dataset) if known.dataset in datasets.NAMES else None
     parser = build_parser(spec)

@@ -13,6 +13,7 @@ import torch
 from backbones import models
 from backbones.transferability import agreement, logme
 from conftest import SWEEP_BACKBONES, assert_clean_error, plant_imagenet_weights, run_inline, run_script, setting_folder
+from formats import make_class_folders
 
 RANK = ["--dataset", "digits", "--workers", "0", "-bs", "128"]
 
@@ -22,6 +23,19 @@ def rank(tmp_path, *args: str, env: dict | None = None):
     result = run_script("rank.py", *RANK, *args, "--out", out, env=env)
     assert result.returncode == 0, result.stderr[-3000:]
     return result.stdout, pd.read_csv(out).set_index("backbone")
+
+
+def test_ranks_an_image_folder_whose_own_flags_follow_data(tmp_path, monkeypatch):
+    """`--data` is a prefix of `--dataset`: given after it, it must not hide which dataset's own flags
+    (imagefolder's --test-size) exist. Half of each class held out for test leaves 5 + 5 of 20 to rank on."""
+    monkeypatch.setenv("BACKBONES_CACHE", str(tmp_path / "cache"))
+    photos = make_class_folders(tmp_path / "photos", {"cat": 10, "dog": 10})
+    out = tmp_path / "rank.csv"
+    flags = ["--models", "timm:test_resnet", "--weights", "none", "--image-size", "32", "--workers", "0", "--out", out]
+    result = run_inline("rank.py", "--dataset", "imagefolder", "--data", photos, "--test-size", "0.5", *flags)
+    assert result.returncode == 0, result.stderr
+    table = pd.read_csv(out)
+    assert table["n_train"].iloc[0] + table["n_val"].iloc[0] == 10
 
 
 @pytest.mark.slow
