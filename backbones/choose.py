@@ -376,6 +376,12 @@ def confirm_epochs(own: ChooseConfig, costs: list[float], left: float) -> int:
     return min(cap, own.run_max_epochs) if own.run_max_epochs else cap
 
 
+def capped(own: ChooseConfig, cap: int) -> bool:
+    """Whether the budget, not the run flags, capped the confirmation runs: then they are shorter than a sweep's runs
+    and a sweep estimated from their length is a lower bound."""
+    return own.run_max_epochs is None or cap < own.run_max_epochs
+
+
 def confirm(own: ChooseConfig, spec: DatasetSpec, run_flags: list[str], chosen: list[Pair], cap: int) -> Path:
     """Each finalist with each seed under the normal protocol: the test set is read once per run, at its end."""
     root = own.folder.confirmation
@@ -530,10 +536,11 @@ def main(argv: list[str] | None = None) -> dict:
     costs = [cost_per_epoch(own.budget.unit, table, pair.model, estimate[pair.model]) for pair in chosen]
     cap = state.remember("confirm epochs", lambda: confirm_epochs(own, costs, own.budget.amount - spent))
     result = answer(own, spec, table, ranked, confirm(own, spec, run_flags, chosen, cap), cap)
+    bound = "at least" if capped(own, cap) else "about"
     print(
         f"\nPick: {result['pick']} (lr {result['pick_lr']:g}). Best: {result['best']}; tied with it: "
         f"{', '.join(result['tied'])}. choose spent {result['epochs']} epochs and {result['seconds']:.0f} s; the "
-        f"full sweep would take about {result['sweep_epochs_estimated']:.0f} epochs and "
+        f"full sweep would take {bound} {result['sweep_epochs_estimated']:.0f} epochs and "
         f"{seconds_text(result['sweep_seconds_estimated'])} s. Details in {own.folder.summary}."
     )
     return result

@@ -154,6 +154,14 @@ def test_a_dry_run_prints_what_an_epoch_budget_buys(tmp_path):
     assert not (tmp_path / "c").exists()
 
 
+def test_the_sweep_estimate_is_a_lower_bound_where_the_budget_shortened_the_confirmation(tmp_path):
+    """The sweep is estimated at the confirmation runs' length: a sweep's runs are as short only where the run
+    flags' --max-epochs, not the budget, capped them."""
+    unbounded, _, _ = choose.parse_args(choose_args(tmp_path / "a", "40"))
+    bounded, _, _ = choose.parse_args(choose_args(tmp_path / "b", "40", "--max-epochs", "4"))
+    assert [choose.capped(unbounded, 9), choose.capped(bounded, 2), choose.capped(bounded, 4)] == [True, True, False]
+
+
 def test_rerunning_with_other_flags_is_refused_and_nothing_is_lost(tmp_path):
     out = tmp_path / "choose"
     out.mkdir()
