@@ -40,10 +40,25 @@ FAST = [
 def pytest_configure(config: pytest.Config) -> None:
     """The fast tier (-m "not slow") runs PyTorch on one intra-op thread, in its scripts too: its operations are too
     small to gain from a second, and handing work between threads cost more than it saved (measured on 2 cores: 87 s
-    of wall time and 85 s of CPU with one thread, 102 s and 114 s with two). The slow tier's training runs keep
-    every core."""
-    if config.option.markexpr.replace("'", '"') == "not slow" and "torch" not in sys.modules:
+    of wall time and 85 s of CPU with one thread, 102 s and 114 s with two). So do pytest-xdist's workers (`-n`),
+    which already keep every core busy with tests; the slow tier run alone keeps every core for its training runs."""
+    fast_tier = config.option.markexpr.replace("'", '"') == "not slow"
+    parallel = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")) > 1
+    if (fast_tier or parallel) and "torch" not in sys.modules:
         os.environ.setdefault("OMP_NUM_THREADS", "1")  # read once, when PyTorch loads
+
+
+TRAINED_FIXTURES = ("digits_sweep", "digits_run", "folder_runs")  # session fixtures that train, slowest first
+
+
+@pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the groups
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Under pytest-xdist (`--dist loadgroup`), the tests that read a trained session fixture run on one worker, so
+    that each fixture trains once rather than once per worker."""
+    for item in items:
+        used = [name for name in TRAINED_FIXTURES if name in item.fixturenames]
+        if used:
+            item.add_marker(pytest.mark.xdist_group(used[0]))
 
 
 def quick_start_commands() -> list[str]:
