@@ -231,19 +231,22 @@ def kept(own: ChooseConfig, table: pd.DataFrame) -> list[str]:
 
 
 # ----------------------------------------------------------------------------------------------- 2. race
-def check_minimum(own: ChooseConfig, pairs: int, per_epoch: float, backbones: int) -> None:
-    """A budget that cannot pay for the first rung and one epoch per phase of each confirmation run is refused."""
+def check_minimum(own: ChooseConfig, pairs: int, per_epoch: float, backbones: int, ranked: float = 0.0) -> None:
+    """A budget that cannot pay for the first rung and one epoch per phase of each confirmation run is refused. The
+    race has its share of the budget; the confirmation has what is left after the race and the ranking (`ranked`:
+    the seconds a time budget has already spent on it)."""
     race = pairs * own.min_epochs * per_epoch
     confirm = min(own.finalists, backbones) * len(own.seeds) * PHASES * per_epoch
-    minimum = max(race / own.race_share, confirm / (1 - own.race_share))
+    minimum = max(race / own.race_share, (confirm + ranked) / (1 - own.race_share))
     if own.budget.amount < minimum:
         unit = own.budget.unit if own.budget.unit == "epochs" else "seconds (estimated from the ranking's speed)"
+        ranking = f", after the ranking's {ranked:.0f}" if ranked else ""
         raise UserError(
             f"--budget {own.budget} cannot pay for one rung: racing {pairs} pairs for {own.min_epochs} epoch(s) "
             f"each costs {race:.0f} {unit}, within --race-share {own.race_share:g} of the budget, and confirming "
-            f"{min(own.finalists, backbones)} finalist(s) with {len(own.seeds)} seed(s) at least {confirm:.0f}. "
-            f"The minimum is {math.ceil(minimum)} {unit}. Raise --budget, or race fewer pairs (--keep, a shorter "
-            "--lr-grid)."
+            f"{min(own.finalists, backbones)} finalist(s) with {len(own.seeds)} seed(s) at least {confirm:.0f}"
+            f"{ranking}. The minimum is {math.ceil(minimum)} {unit}. Raise --budget, or race fewer pairs (--keep, a "
+            "shorter --lr-grid)."
         )
 
 
@@ -524,7 +527,8 @@ def main(argv: list[str] | None = None) -> dict:
     racing = kept(own, ranked)
     estimate = {name: estimate_epoch_seconds(ranked.loc[name]) for name in racing}
     if own.budget.unit == "seconds" and not any(math.isnan(v) for v in estimate.values()):
-        check_minimum(own, racing_count * len(own.lr_grid), sum(estimate.values()) / len(racing), racing_count)
+        per_epoch = sum(estimate.values()) / len(racing)
+        check_minimum(own, racing_count * len(own.lr_grid), per_epoch, racing_count, rank_seconds(ranked))
     state = RaceState(own.storage, "race", [Pair(m, lr) for m in racing for lr in own.lr_grid],
                       str(ranked["dataset_fingerprint"].iloc[0]))  # fmt: skip
     rungs = race(own, spec, run_flags, state, estimate)

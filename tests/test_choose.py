@@ -15,6 +15,7 @@ import pandas as pd
 import pytest
 
 from backbones import choose, finetune, rank
+from backbones.errors import UserError
 from backbones.race import Rung, keep_count, plan, survivors
 from conftest import ROOT, assert_clean_error, run_inline
 
@@ -152,6 +153,15 @@ def test_a_dry_run_prints_what_an_epoch_budget_buys(tmp_path):
         "Race: 15 epochs of its 30. Confirmation: 2 finalist(s) x 2 seed(s), at most 5 epoch(s) per phase" in lines[3]
     )
     assert not (tmp_path / "c").exists()
+
+
+def test_a_time_budget_counts_what_the_ranking_already_spent(tmp_path):
+    """2 backbones x 2 rates at 5 s an epoch: the race's half pays for 4 x 5 = 20 s from 40 s on. The confirmation,
+    2 finalists x 2 seeds x 2 phases x 5 s = 40 s, plus the ranking's 40 s, needs the other half to be 80 s: 160."""
+    own, _, _ = choose.parse_args(choose_args(tmp_path / "c", "100s", "--race-share", "0.5"))
+    choose.check_minimum(own, pairs=4, per_epoch=5.0, backbones=2)  # 100 s pays for it all without a ranking
+    with pytest.raises(UserError, match="after the ranking's 40. The minimum is 160 seconds"):
+        choose.check_minimum(own, pairs=4, per_epoch=5.0, backbones=2, ranked=40.0)
 
 
 def test_the_sweep_estimate_is_a_lower_bound_where_the_budget_shortened_the_confirmation(tmp_path):
