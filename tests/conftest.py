@@ -48,13 +48,14 @@ def pytest_configure(config: pytest.Config) -> None:
         os.environ.setdefault("OMP_NUM_THREADS", "1")  # read once, when PyTorch loads
 
 
-TRAINED_FIXTURES = ("digits_sweep", "digits_run", "folder_runs")  # session fixtures that train, slowest first
+# fixtures that train, shared by several tests (session-wide, or test_train.py's `uninterrupted`), slowest first
+TRAINED_FIXTURES = ("digits_sweep", "digits_run", "uninterrupted", "folder_runs")
 
 
 @pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the groups
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Under pytest-xdist (`--dist loadgroup`), the tests that read a trained session fixture run on one worker, so
-    that each fixture trains once rather than once per worker."""
+    """Under pytest-xdist (`--dist loadgroup`), the tests that read a trained fixture run on one worker, so that
+    each fixture trains once rather than once per worker."""
     for item in items:
         used = [name for name in TRAINED_FIXTURES if name in item.fixturenames]
         if used:
