@@ -70,7 +70,7 @@ def parse_args(argv: list[str] | None = None) -> PredictConfig:
         help="mark predictions whose calibrated probability is below P as 'unsure', and print what P gives on the "
         "run's validation split (needs the run's data where it was)",
     )  # fmt: skip
-    parser.add_argument("--batch-size", type=int, default=64, help="images per forward pass")
+    parser.add_argument("-bs", "--batch-size", dest="batch_size", type=int, default=64, help="images per forward pass")
     add_device(parser)
     add_workers(parser, "image-decoding processes")
     parsed = parser.parse_args(argv)

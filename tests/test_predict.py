@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 import torch
 
-from backbones.predict import predict_files
+from backbones.predict import parse_args, predict_files
 from backbones.runmodel import open_finished
 from backbones.runtime import make_precision
 from conftest import assert_clean_error, run_inline
@@ -112,6 +112,12 @@ def test_min_confidence_marks_unsure_and_reports_what_it_keeps_on_validation(fol
     share = f"{100 * kept.mean():.1f}%"
     accuracy = f"{100 * (predicted.numpy()[kept] == labels[kept]).mean():.2f}%" if kept.any() else "nan%"
     assert f"({len(labels)} images): keeps {share} of them, {accuracy} of which are right" in result.stdout
+
+
+def test_batch_size_is_spelled_as_the_other_tools_spell_it():
+    """`-bs`, as the training scripts, rank.py and bench.py take it, beside `--batch-size`."""
+    short, long = (parse_args(["--run", "runs/x", "a.png", flag, "8"]).batch_size for flag in ("-bs", "--batch-size"))
+    assert short == long == 8
 
 
 def test_refusals_are_clear(folder_runs, tmp_path):
