@@ -28,6 +28,7 @@ from backbones.datasets.common.readers import open_image
 from backbones.errors import HelpFormatter, UserError, run_cli
 from backbones.files import atomic_write
 from backbones.flags import add_device, add_out, add_workers, frozen
+from backbones.options import positive_int
 from backbones.pipeline import decode
 from backbones.runmodel import FinishedRun, load_model, open_finished, reopen_split
 from backbones.runtable import check_new_file
@@ -64,18 +65,20 @@ def parse_args(argv: list[str] | None = None) -> PredictConfig:
         Path("predictions.csv"),
         "where to write the predictions: .csv, or .jsonl for JSON lines; an existing file is never overwritten",
     )
-    parser.add_argument("--top-k", type=int, default=5, help="how many labels to list per image (at most the classes)")
+    parser.add_argument(
+        "--top-k", type=positive_int, default=5, help="how many labels to list per image (at most the classes)"
+    )
     parser.add_argument(
         "--min-confidence", type=float, default=None, metavar="P",
         help="mark predictions whose calibrated probability is below P as 'unsure', and print what P gives on the "
         "run's validation split (needs the run's data where it was)",
     )  # fmt: skip
-    parser.add_argument("-bs", "--batch-size", dest="batch_size", type=int, default=64, help="images per forward pass")
+    parser.add_argument(
+        "-bs", "--batch-size", dest="batch_size", type=positive_int, default=64, help="images per forward pass"
+    )
     add_device(parser)
     add_workers(parser, "image-decoding processes")
     parsed = parser.parse_args(argv)
-    if parsed.top_k < 1 or parsed.batch_size < 1:
-        parser.error("--top-k and --batch-size must be at least 1")
     if parsed.min_confidence is not None and not 0 < parsed.min_confidence < 1:
         parser.error(f"--min-confidence must lie between 0 and 1, got {parsed.min_confidence}")
     return frozen(PredictConfig, parsed)

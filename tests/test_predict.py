@@ -118,6 +118,9 @@ def test_batch_size_is_spelled_as_the_other_tools_spell_it():
     """`-bs`, as the training scripts, rank.py and bench.py take it, beside `--batch-size`."""
     short, long = (parse_args(["--run", "runs/x", "a.png", flag, "8"]).batch_size for flag in ("-bs", "--batch-size"))
     assert short == long == 8
+    for flag in ("-bs", "--top-k"):
+        refused = run_inline("predict.py", "--run", "runs/x", "a.png", flag, "0")
+        assert refused.returncode == 2 and "must be at least 1, got 0" in refused.stderr
 
 
 def test_refusals_are_clear(folder_runs, tmp_path):
