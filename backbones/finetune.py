@@ -39,9 +39,9 @@ from backbones.loading import (
     warn_on_stderr,
 )
 from backbones.metrics import class_weighted_batch_accuracy, fit_temperature, quality, reliability_diagram
-from backbones.options import RunConfig, resolve, with_saved_flags
 from backbones.pipeline import DeviceBatches
 from backbones.record import SCHEMA
+from backbones.runconfig import RunConfig, resolve
 from backbones.runfiles import (
     RunLog,
     append_result,
@@ -105,10 +105,9 @@ class Prepared:
 def main(spec: DatasetSpec, argv: list[str] | None = None) -> dict:
     """Fine-tune (or with --eval-only, evaluate) one backbone on one dataset; returns the metrics written."""
     warned: list[str] = []  # shown at once, and kept in log.txt once the run folder exists
-    argv = with_saved_flags(spec, sys.argv[1:] if argv is None else argv)
-    job = prepare(spec, argv, warned)
+    job = prepare(spec, sys.argv[1:] if argv is None else argv, warned)
     trainee, params = build_model(job)
-    out, log, resumed = open_run_folder(job, params, argv)
+    out, log, resumed = open_run_folder(job, params)
     for message in warned:
         log.to_file(f"warning: {message}")
     config = job.config
@@ -144,10 +143,12 @@ def main(spec: DatasetSpec, argv: list[str] | None = None) -> dict:
     return metrics
 
 
-def prepare(spec: DatasetSpec, argv: list[str] | None, warned: list[str] | None = None) -> Prepared:
-    """Parse and check everything a run needs before it touches a model: the flags, the checkpoint to evaluate,
-    the device, the data and its split."""
-    config = resolve(spec, argv)
+def prepare(
+    spec: DatasetSpec, argv: list[str] | None, warned: list[str] | None = None, base: dict | None = None
+) -> Prepared:
+    """Parse and check everything a run needs before it touches a model: the flags (on top of `base`, as
+    `resolve` takes them), the checkpoint to evaluate, the device, the data and its split."""
+    config = resolve(spec, argv, base)
     if not config.eval_only:
         check_results_table(config.results)
     seed_everything(config.seed)
@@ -222,7 +223,7 @@ def build_model(job: Prepared) -> tuple[Trainee, int]:
     return Trainee(model, forward, train_forward), params
 
 
-def open_run_folder(job: Prepared, params: int, argv: list[str]) -> tuple[Path, RunLog, dict | None]:
+def open_run_folder(job: Prepared, params: int) -> tuple[Path, RunLog, dict | None]:
     """The run's folder (new, or the killed run's with --resume), its config.json, split.csv and first log lines."""
     config = job.config
     name = f"{job.spec.name}-{config.model.replace(':', '_')}-s{config.seed}"
@@ -233,8 +234,7 @@ def open_run_folder(job: Prepared, params: int, argv: list[str]) -> tuple[Path, 
     out = out[0]
     files = RunFolder(out)
     if is_main() and not files.config.exists():  # the command as given; a resumed run keeps the first
-        script = f"{job.spec.name}.py"
-        write_json({"schema": SCHEMA, "script": script, "argv": argv, "config": config.flags}, files.config)
+        write_json(config.to_json(), files.config)
     log = RunLog(files.log)
     precision = job.precision
     log(

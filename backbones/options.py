@@ -1,22 +1,18 @@
-"""The command line: argument types, the flags each tool shares, and the typed configurations built from them."""
+"""The command line: argument types, the flags each tool shares, and the data configuration built from them
+(`runconfig` resolves a fine-tuning run's whole configuration)."""
 
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 from backbones import datasets, models
 from backbones.datasets.common.spec import DatasetSpec, PaperRecipe
-from backbones.errors import HelpFormatter, UserError
+from backbones.errors import HelpFormatter
 from backbones.flags import add_device, add_out, add_workers, non_negative_int
 from backbones.loading import DataConfig
-from backbones.runcheck import read_json, schema_problem
-from backbones.runfolder import RunFolder
-from backbones.train_common import TrainConfig
 
 
 def positive_int(text: str) -> int:
@@ -248,56 +244,6 @@ def add_run_arguments(group) -> None:
     add("--results", type=Path, default=Path("results/results.csv"), help="results table to append a row to")
 
 
-def with_saved_flags(spec: DatasetSpec, argv: list[str]) -> list[str]:
-    """`argv` with the flags of an earlier run in front, so that the flags given now win: those of `--config FILE`
-    (its folder and --resume left out, so a relaunch is a new run), or with `--resume --out DIR` those DIR's run
-    was started with."""
-    wanted = argparse.ArgumentParser(add_help=False)
-    wanted.add_argument("--config", type=Path)
-    wanted.add_argument("--resume", action="store_true")
-    wanted.add_argument("--out", type=Path)
-    given, _ = wanted.parse_known_args(argv)
-    source = given.config or (RunFolder(given.out).config if given.resume and given.out else None)
-    if source is None or (given.resume and not source.exists()):  # a run killed before writing it: flags as given
-        return argv
-    saved, problem = read_json(source)
-    try:
-        if problem:
-            raise ValueError(problem)
-        if not isinstance(saved, dict):
-            raise TypeError("it holds no JSON object")
-        newer = schema_problem(saved, str(source))
-        if newer:
-            raise UserError(
-                f"{newer}: its flags may mean something else here. Update backbones to relaunch or resume that run."
-            )
-        script, flags = saved["script"], [str(flag) for flag in saved["argv"]]
-        if not isinstance(script, str) or not isinstance(saved["argv"], list):
-            raise TypeError("script or argv is of another type")
-    except (ValueError, KeyError, TypeError) as err:
-        raise UserError(
-            f"{source} cannot be read as a run's config.json ({err}). Pass the config.json a run wrote in its folder."
-        ) from err
-    if script != f"{spec.name}.py":
-        raise UserError(f"{source} is a run of {script}, not of {spec.name}.py; relaunch it with {script}.")
-    if given.config is not None:
-        flags = without_flags(flags, ("--out", "--resume", "--config"))
-    return [*flags, *without_flags(argv, ("--config",))]
-
-
-def without_flags(argv: list[str], names: tuple[str, ...]) -> list[str]:
-    """`argv` less the flags `names` and their values (`--out DIR` and `--out=DIR`; `--resume` takes none)."""
-    kept, skip = [], False
-    for token in argv:
-        if skip:
-            skip = False
-        elif token.split("=", 1)[0] in names:
-            skip = "=" not in token and token != "--resume"
-        else:
-            kept.append(token)
-    return kept
-
-
 def dataset_options(spec: DatasetSpec, args: argparse.Namespace) -> dict:
     """The values of the dataset's own flags (BreakHis's -mag, ...): they choose which data a run saw."""
     return {name: getattr(args, name) for name in spec.own_options}
@@ -325,124 +271,3 @@ def data_config(spec: DatasetSpec, args: argparse.Namespace, paper: PaperRecipe 
         train_fraction=args.train_fraction,
         shots=args.shots,
     )
-
-
-def train_config(args: argparse.Namespace, paper: PaperRecipe | None) -> TrainConfig:
-    return TrainConfig(
-        lr=args.lr,
-        weight_decay=args.weight_decay,
-        sgd_lr=args.sgd_lr,
-        patience=args.patience,
-        sgd_patience=args.sgd_patience,
-        max_epochs=args.max_epochs,
-        bn_images=args.bn_images,
-        paper=paper,
-        log_every=args.log_every,
-    )
-
-
-def with_protocol_defaults(spec: DatasetSpec, args: argparse.Namespace) -> argparse.Namespace:
-    """`args` with the flags whose default depends on the protocol filled in, so that the saved configuration holds
-    the values used (a copy: what was parsed is left as it was)."""
-    paper = paper_recipe(spec, args)
-    defaults = {"patience": 10, "lr": 1e-3, "bn_images": 2048} if paper is None else {
-        "patience": paper.patience[0], "lr": paper.lr, "bn_images": 0, "sgd_patience": paper.patience[1]
-    }  # fmt: skip
-    if args.patience is not None or paper is None:  # a patience the user gave applies to both phases
-        defaults["sgd_patience"] = args.patience or defaults["patience"]
-    filled = {name: value for name, value in defaults.items() if getattr(args, name) is None}
-    return argparse.Namespace(**{**vars(args), **filled})
-
-
-@dataclass(frozen=True)
-class Protocol:
-    """How a run selects its checkpoints: 'val' on the validation split, or 'paper', the original's recipe for the
-    dataset, selecting on the test set."""
-
-    name: str
-    recipe: PaperRecipe | None = None
-
-    @property
-    def selection(self) -> str:
-        """The split checkpoints are chosen on."""
-        return "test" if self.recipe is not None else "val"
-
-
-@dataclass(frozen=True)
-class RunConfig:
-    """One fine-tuning run as its command line defines it, every default resolved: built once by `resolve`, read
-    everywhere after it. `flags` is the same configuration by flag name, as config.json and the results table
-    store it."""
-
-    spec: DatasetSpec
-    model: str  # the registry's name (an alias resolved)
-    weights: models.Weights
-    finetune: str  # 'full' or 'head'
-    compile: bool
-    protocol: Protocol
-    data: DataConfig
-    train: TrainConfig
-    device: str
-    tensorboard: bool
-    eval_only: bool
-    out: Path | None
-    resume: bool
-    results: Path
-    flags: dict
-
-    @property
-    def seed(self) -> int:
-        return self.data.seed
-
-    @property
-    def image_size(self) -> tuple[int, int]:
-        return self.data.image_size
-
-    @property
-    def batch_size(self) -> int:
-        return self.data.batch_size
-
-
-def resolve(spec: DatasetSpec, argv: list[str]) -> RunConfig:
-    """The run `argv` asks for, checked: the protocol's defaults filled in and, with no --seed, the seed recorded in
-    a --weights checkpoint (0 otherwise). A `UserError` names a flag that cannot work."""
-    args = with_protocol_defaults(spec, build_parser(spec).parse_args(argv))
-    if args.eval_only and args.weights in ("imagenet", "none"):
-        raise UserError(
-            "--eval-only evaluates a trained checkpoint: pass it with --weights FILE (e.g. runs/<run>/best.pt)."
-        )
-    weights = models.Weights.parse(args.weights)  # a file is read here, once
-    if args.seed is None:
-        args = argparse.Namespace(**{**vars(args), "seed": int(weights.meta.get("seed", 0))})
-    model = models.resolve_name(args.model)
-    models.check_input_size(model, args.image_size)
-    if args.tensorboard and importlib.util.find_spec("tensorboard") is None:
-        raise UserError(
-            "--tensorboard needs the tensorboard package, which is not installed: pip install tensorboard. Or leave "
-            "the flag out: history.csv in the run folder holds the same numbers."
-        )
-    recipe = paper_recipe(spec, args)
-    return RunConfig(
-        spec=spec,
-        model=model,
-        weights=weights,
-        finetune=args.finetune,
-        compile=args.compile,
-        protocol=Protocol(args.protocol, recipe),
-        data=data_config(spec, args, recipe),
-        train=train_config(args, recipe),
-        device=args.device,
-        tensorboard=args.tensorboard,
-        eval_only=args.eval_only,
-        out=args.out,
-        resume=args.resume,
-        results=args.results,
-        flags=flag_values(args),
-    )
-
-
-def flag_values(args: argparse.Namespace) -> dict:
-    """Every flag's value as JSON-ready data, by its argparse name (the `config` of config.json)."""
-    return {
-        k: (list(v) if isinstance(v, tuple) else str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()
-    }

@@ -16,8 +16,8 @@ from backbones.datasets.common.spec import Normalisation
 from backbones.errors import UserError
 from backbones.finetune import Prepared, build_model, prepare
 from backbones.loading import evaluation_normalisation
-from backbones.options import with_saved_flags
 from backbones.pipeline import DeviceBatches
+from backbones.runconfig import RELAUNCH_DROPS, read_command
 from backbones.runfolder import RunFolder
 from backbones.runtable import read_run
 
@@ -96,11 +96,11 @@ def reopen_split(folder: Path, split: str, device: str, workers: int) -> tuple[P
     if record is None or "data" not in record:
         raise UserError(f"{folder} cannot be read back: {reason or 'metrics.json does not say where its data is'}.")
     spec = datasets.spec(record["dataset"])
+    trained = read_command(spec, files.config)
+    base = {name: value for name, value in trained.items() if name not in (*RELAUNCH_DROPS, "tensorboard", "compile")}
     evaluation = ["--weights", str(files.best), "--eval-only", "--data", record["data"]]
-    argv = with_saved_flags(spec, ["--config", str(files.config), *evaluation])
-    argv = [flag for flag in argv if flag not in ("--tensorboard", "--compile")]
-    argv += ["--device", device, "--workers", str(workers)]
-    job = prepare(spec, argv)  # refuses a split other than the one recorded in best.pt
+    # refuses a split other than the one recorded in best.pt
+    job = prepare(spec, [*evaluation, "--device", device, "--workers", str(workers)], base=base)
     now = job.samples.loc[job.samples["split"] == split, ["sample", "label"]].reset_index(drop=True)
     if not saved_split(files.split, split).equals(now):
         raise UserError(

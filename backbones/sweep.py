@@ -21,7 +21,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-from backbones import datasets, models, options, report
+from backbones import datasets, models, options, report, runconfig
 from backbones.errors import HelpFormatter, UserError, run_cli
 from backbones.flags import add_device, add_models, add_out, frozen
 from backbones.record import config_differences
@@ -218,7 +218,7 @@ def conflicts(jobs: list[Job], passthrough: Sequence[str]) -> list[str]:
         if saved is None:
             continue
         command = script_parser(job.dataset).parse_args(job.command(passthrough)[5:])
-        wanted = options.flag_values(options.with_protocol_defaults(datasets.spec(job.dataset), command))
+        wanted = runconfig.json_ready(runconfig.with_protocol_defaults(datasets.spec(job.dataset), command))
         differing = config_differences(saved, wanted)
         if differing:
             found.append(f"{job.folder} ({differing[0]})")

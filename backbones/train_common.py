@@ -182,7 +182,7 @@ def recompute_bn_stats(model, loader, precision: Precision, max_images: int) -> 
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """How the two phases train and when they stop: built once from the command line (`options.train_config`)."""
+    """How the two phases train and when they stop: built once from the command line (`runconfig.train_config`)."""
 
     lr: float
     weight_decay: float

@@ -8,7 +8,7 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from backbones import datasets, options
+from backbones import datasets, runconfig
 from backbones.errors import UserError
 from backbones.loading import load_splits
 from conftest import FAST
@@ -18,7 +18,7 @@ from formats import FIXTURES
 def load(name: str, data, *extra: str) -> tuple:
     """(spec, catalog, samples, warnings): the data as the script reads and splits it, from its own flags."""
     spec = datasets.spec(name)
-    config = options.resolve(spec, [*FAST, "--data", str(data), "--no-download", *FIXTURES[name].flags, *extra])
+    config = runconfig.resolve(spec, [*FAST, "--data", str(data), "--no-download", *FIXTURES[name].flags, *extra])
     warnings: list[str] = []
     catalog, samples = load_splits(spec, config.data, warnings.append)
     return spec, catalog, samples, warnings

@@ -28,7 +28,8 @@ from backbones.datasets.common import download, folders, readers, splits
 from backbones.datasets.common.spec import ReadOptions
 from backbones.errors import UserError
 from backbones.loading import load_splits, split_identity
-from backbones.options import RunConfig, build_parser, resolve
+from backbones.options import build_parser
+from backbones.runconfig import RunConfig, resolve
 from backbones.runfiles import RESUME_KEYS, append_result, check_results_table
 from conftest import FAST, assert_clean_error, run_inline, run_script
 from formats import make_cifar10, make_class_folders, make_flowers102

@@ -17,8 +17,8 @@ from torchvision.transforms import v2
 
 from backbones.datasets import breakhis, cifar10, digits, flowers102
 from backbones.loading import DataConfig, load_splits, split_batches
-from backbones.options import RunConfig, resolve
 from backbones.pipeline import sample_seeds
+from backbones.runconfig import RunConfig, resolve
 from backbones.runtime import make_precision
 from backbones.train_common import evaluate
 from conftest import ROOT, assert_clean_error, call_captured, finished_run, run_inline, run_script

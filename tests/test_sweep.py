@@ -122,7 +122,7 @@ def test_a_learning_rate_grid_gives_each_rate_its_folders_and_owns_the_lr_flag(t
 @pytest.mark.slow
 def test_a_run_folder_of_another_configuration_is_never_reused(tmp_path):
     from backbones.datasets import digits
-    from backbones.options import resolve
+    from backbones.runconfig import resolve
 
     out = tmp_path / "sweep"
     folder = out / "digits" / "mobilenet_v3_large" / "full" / "s0"
