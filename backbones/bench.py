@@ -34,14 +34,13 @@ from backbones import datasets, models
 from backbones.cost import peak_memory_mb
 from backbones.datasets.common.spec import DatasetSpec
 from backbones.errors import HelpFormatter, UserError, run_cli
-from backbones.flags import add_device, add_models, add_out, add_workers, frozen
+from backbones.flags import add_batch_size, add_device, add_models, add_out, add_workers, frozen, positive_int
 from backbones.loading import DataConfig, image_cache, load_splits, split_batches
 from backbones.options import (
     add_data_arguments,
     data_config,
     image_size,
     parse_dataset_args,
-    positive_int,
 )
 from backbones.pipeline import DeviceBatches
 from backbones.runfiles import git_commit, library_versions
@@ -63,7 +62,7 @@ def build_parser(spec: DatasetSpec | None) -> argparse.ArgumentParser:
     add_models(parser, ["mobilenet_v3_large"], "backbones to measure")
     default_size = "x".join(map(str, spec.image_size)) if spec else "the dataset's"
     add("--image-size", type=image_size, nargs="+", default=[default_size], help="resolutions, S or HxW each")
-    add("-bs", "--batch-size", dest="bs", type=positive_int, nargs="+", default=[64], help="batch sizes")
+    add_batch_size(parser, [64], "batch sizes")
     add("--steps", type=positive_int, default=20, help="timed training steps (or batches) per measurement")
     add("--warmup", type=positive_int, default=3, help="untimed steps before each measurement")
     add("--weights", default="none", help="'none' or 'imagenet': the weights' values do not change the speed")

@@ -30,14 +30,14 @@ import pandas as pd
 from backbones import datasets, finetune, models, rank, report
 from backbones.datasets.common.spec import DatasetSpec
 from backbones.errors import HelpFormatter, UserError, run_cli
-from backbones.flags import add_models, add_out
-from backbones.options import build_parser, positive_float, positive_int
+from backbones.flags import add_models, add_out, positive_int
+from backbones.options import build_parser, positive_float
 from backbones.race import Pair, RaceState, Rung, next_rung, plan, survivors
 from backbones.report_race import plot_race, race_markdown, rung_column
 from backbones.runcheck import read_json
 from backbones.runfiles import RunLog, read_resume_file, write_history, write_json
 from backbones.runfolder import ChooseFolder, RunFolder
-from backbones.runtable import finished_runs, md, runs_table, write_csv
+from backbones.runtable import finished_runs, md, read_rankings, runs_table, write_csv
 from backbones.train_common import FitData, RunOutput, fit
 
 PHASES = 2  # a confirmation run trains AdamW, then SGD: its epoch cap applies to each
@@ -210,11 +210,11 @@ def ranking(own: ChooseConfig, spec: DatasetSpec, run_flags: list[str]) -> pd.Da
     path = own.folder.ranking
     what = "choose's ranking (delete it to rank again)"  # read back as input: checked, the fingerprint kept as text
     if path.exists():
-        return report.read_rankings([path], what).set_index("backbone")
+        return read_rankings([path], what).set_index("backbone")
     argv = ["--dataset", spec.name, "--models", *own.models, "--seed", str(own.seeds[0]), "--out", str(path)]
     config = rank.parse_args([*argv, *run_flags], known_only=True)
     rank.rank(dataclasses.replace(config, models=tuple(own.models), runs=()), path)
-    return report.read_rankings([path], what).set_index("backbone")
+    return read_rankings([path], what).set_index("backbone")
 
 
 def kept(own: ChooseConfig, table: pd.DataFrame) -> list[str]:

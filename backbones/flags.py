@@ -20,6 +20,19 @@ def non_negative_int(text: str) -> int:
     return value
 
 
+def positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def add_batch_size(parser, default: int | list[int], what: str, dest: str = "bs") -> None:
+    """-bs/--batch-size, the original's spelling first; a list `default` takes several (bench.py's)."""
+    many = {"nargs": "+"} if isinstance(default, list) else {}
+    parser.add_argument("-bs", "--batch-size", dest=dest, type=positive_int, default=default, help=what, **many)
+
+
 def add_device(parser, what: str = "where to run", default: str | None = "auto") -> None:
     """--device; sweep.py's default None leaves the choice to each run."""
     parser.add_argument("--device", default=default, help=f"{what}: auto, cpu, cuda, cuda:N or mps")

@@ -11,15 +11,8 @@ from pathlib import Path
 from backbones import datasets, models
 from backbones.datasets.common.spec import DatasetSpec, PaperRecipe
 from backbones.errors import HelpFormatter
-from backbones.flags import add_device, add_out, add_workers, non_negative_int
+from backbones.flags import add_batch_size, add_device, add_out, add_workers, non_negative_int, positive_int
 from backbones.loading import DataConfig
-
-
-def positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
 
 
 def positive_float(text: str) -> float:
@@ -151,7 +144,7 @@ def add_model_arguments(group, spec: DatasetSpec) -> None:
     add = group.add_argument
     names = ", ".join(models.list_models())
     add("-model", "--model", dest="model", required=True, help=f"backbone: {names}, an alias, or timm:<name>")
-    add("-bs", "--batch-size", dest="bs", type=positive_int, default=32, help="batch size")
+    add_batch_size(group, 32, "batch size")
     add("--weights", default="imagenet", help="'imagenet' (pretrained), 'none' (random init) or a checkpoint FILE")
     add("--image-size", type=image_size, default=f"{height}x{width}", help="training/evaluation size, S or HxW")
     add(

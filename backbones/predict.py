@@ -27,8 +27,7 @@ from torchvision.datasets.folder import IMG_EXTENSIONS
 from backbones.datasets.common.readers import open_image
 from backbones.errors import HelpFormatter, UserError, run_cli
 from backbones.files import atomic_write
-from backbones.flags import add_device, add_out, add_workers, frozen
-from backbones.options import positive_int
+from backbones.flags import add_batch_size, add_device, add_out, add_workers, frozen, positive_int
 from backbones.pipeline import decode
 from backbones.runmodel import FinishedRun, load_model, open_finished, reopen_split
 from backbones.runtable import check_new_file
@@ -73,9 +72,7 @@ def parse_args(argv: list[str] | None = None) -> PredictConfig:
         help="mark predictions whose calibrated probability is below P as 'unsure', and print what P gives on the "
         "run's validation split (needs the run's data where it was)",
     )  # fmt: skip
-    parser.add_argument(
-        "-bs", "--batch-size", dest="batch_size", type=positive_int, default=64, help="images per forward pass"
-    )
+    add_batch_size(parser, 64, "images per forward pass", dest="batch_size")
     add_device(parser)
     add_workers(parser, "image-decoding processes")
     parsed = parser.parse_args(argv)

@@ -28,15 +28,15 @@ from backbones import datasets, models
 from backbones.datasets.common.spec import DatasetSpec
 from backbones.errors import HelpFormatter, UserError, run_cli
 from backbones.files import atomic_write, cache_dir
-from backbones.flags import add_device, add_models, add_out, add_runs, add_workers, frozen
+from backbones.flags import add_batch_size, add_device, add_models, add_out, add_runs, add_workers, frozen
 from backbones.loading import DataConfig, image_cache, load_splits, split_batches, split_identity
 from backbones.options import (
     add_data_arguments,
     data_config,
     image_size,
     parse_dataset_args,
-    positive_int,
 )
+from backbones.record import RANKING_SCORES
 from backbones.runtable import (
     check_new_file,
     dataset_label,
@@ -52,7 +52,7 @@ from backbones.train_common import predict
 from backbones.transferability import agreement, knn_accuracy, leep, linear_probe_accuracy, logme
 
 # (column, heading, decimals): higher is better for every score
-SCORES = (("logme", "LogME", 4), ("knn", "kNN top-1 %", 2), ("linear", "linear probe top-1 %", 2), ("leep", "LEEP", 4))
+SCORES = tuple((column, name + unit, decimals) for column, name, unit, decimals in RANKING_SCORES)  # as shown
 
 
 def build_parser(spec: DatasetSpec | None) -> argparse.ArgumentParser:
@@ -69,7 +69,7 @@ def build_parser(spec: DatasetSpec | None) -> argparse.ArgumentParser:
     add("--image-size", type=image_size, default=default_size, help="feature-extraction size, S or HxW")
     add_data_arguments(parser, spec.default_data if spec else "data")
     add("--seed", type=int, default=0, help="seeds the splits (as in training), random init and the probe")
-    add("-bs", "--batch-size", dest="bs", type=positive_int, default=64, help="batch size for feature extraction")
+    add_batch_size(parser, 64, "batch size for feature extraction")
     add_workers(parser)
     add_device(parser)
     add_runs(parser, "folders of fine-tuned runs to check the ranking against", default=None)

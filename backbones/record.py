@@ -1,5 +1,6 @@
 """The run record, defined once: what a finished run's `metrics.json` must hold, which of it the results table
-carries, the scores a comparison averages, and which configuration keys only say where or how a run happened.
+carries, the scores a comparison averages, what rank.py's table holds, and which configuration keys only say where
+or how a run happened.
 The writer (`finetune.py`), `report.py`, `rank.py` and the tests all read it from here."""
 
 from __future__ import annotations
@@ -98,6 +99,16 @@ METRICS = (
     ("train_seconds", "train s", 0),
     ("peak_memory_mb", "peak MB", 0),
 )
+
+# rank.py's table, one row per backbone and setting: its scores, each the higher the better (column, name, unit,
+# decimals), and the columns that identify a row (a later table's row with the same key replaces an earlier one)
+RANKING_SCORES = (
+    ("logme", "LogME", "", 4),
+    ("knn", "kNN", " top-1 %", 2),
+    ("linear", "linear probe", " top-1 %", 2),
+    ("leep", "LEEP", "", 4),
+)
+RANKING_KEY = ("dataset_fingerprint", "weights", "resolution", "train_fraction", "shots", "backbone")
 
 # What each key of a run's configuration (a run flag, by its argparse name) says about the run, declared once.
 #   where:   where its files are or how it was computed, not what it measured: resuming may change it, comparisons

@@ -18,7 +18,6 @@ import shutil
 import tempfile
 import textwrap
 from collections import defaultdict
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,7 +34,7 @@ from sklearn.metrics import cohen_kappa_score  # noqa: E402
 from backbones.errors import HelpFormatter, UserError, run_cli  # noqa: E402
 from backbones.flags import add_out, add_runs, frozen  # noqa: E402
 from backbones.metrics import calibration_bins  # noqa: E402
-from backbones.record import METRICS, SETTING_DEFAULTS  # noqa: E402
+from backbones.record import METRICS, RANKING_SCORES, SETTING_DEFAULTS  # noqa: E402
 from backbones.report_html import write_html  # noqa: E402
 from backbones.report_race import race_sections  # noqa: E402
 from backbones.report_robustness import robustness_section  # noqa: E402
@@ -47,6 +46,7 @@ from backbones.runtable import (  # noqa: E402
     md,
     mean_std,
     number,
+    read_rankings,
     row_label,
     runs_table,
     test_outputs,
@@ -63,7 +63,6 @@ from backbones.transferability import agreement  # noqa: E402
 
 DOMAINS = ("natural", "texture", "remote sensing", "plant", "astronomy", "medical")
 SHOWN = ("top1", "balanced_accuracy", "macro_f1", "ece", "gflops", "latency_ms_batch1")  # in the terminal
-PREDICTORS = {"logme": "LogME", "knn": "kNN", "linear": "linear probe", "leep": "LEEP"}  # rank.py's scores
 
 
 @dataclass(frozen=True)
@@ -177,44 +176,6 @@ def domain_tables(
     return tables
 
 
-RANKING_KEY = ["dataset_fingerprint", "weights", "resolution", "train_fraction", "shots", "backbone"]
-
-
-def read_rankings(paths: Sequence[Path], what: str = "--rankings") -> pd.DataFrame:
-    """rank.py's tables, one row per (data, weights, resolution, training data size, backbone); a later file wins.
-    `what` names the file in an error (the flag that gave it)."""
-    tables = []
-    for path in paths:
-        try:
-            text_columns = ("dataset_fingerprint", "weights", "resolution", "backbone")  # a hash of digits stays text
-            tables.append(pd.read_csv(path, dtype=dict.fromkeys(text_columns, str)))
-        except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError) as err:
-            raise UserError(f"{what} {path} cannot be read ({err}); pass CSVs written by rank.py.") from err
-        if not {*RANKING_KEY, *PREDICTORS} <= set(tables[-1].columns):
-            raise UserError(
-                f"{what} {path} is not a table written by this version of rank.py (it lacks some of the columns "
-                f"{', '.join(RANKING_KEY)}); rerun rank.py to get one."
-            )
-        problem = check_ranking(tables[-1])
-        if problem:
-            raise UserError(f"{what} {path} is not a table rank.py wrote: {problem}. Rerun rank.py to get one.")
-    if not tables:
-        return pd.DataFrame()
-    return pd.concat(tables).drop_duplicates(RANKING_KEY, keep="last")
-
-
-def check_ranking(table: pd.DataFrame) -> str:
-    """A ranking table's scores must be numbers (blank where a score does not apply), its names lines of text."""
-    for column in (*PREDICTORS, "train_fraction"):
-        values = pd.to_numeric(table[column], errors="coerce")
-        if (values.isna() & table[column].notna()).any() or np.isinf(values).any():
-            return f"its column {column} holds something other than finite numbers"
-    for column in ("dataset_fingerprint", "weights", "resolution", "backbone"):
-        if not table[column].map(lambda v: isinstance(v, str) and v.isprintable()).all():
-            return f"its column {column} holds something other than one line of text"
-    return ""
-
-
 def predicted_ranking(
     board: pd.DataFrame, setting: dict, runs: pd.DataFrame, rankings: pd.DataFrame
 ) -> tuple[pd.DataFrame, str]:
@@ -236,7 +197,7 @@ def predicted_ranking(
         return board, ""
     measured = board.set_index("backbone")["top1_mean"]
     lines = []
-    for column, heading in PREDICTORS.items():
+    for column, heading, _, _ in RANKING_SCORES:
         ranks = match[column].reindex(board["backbone"]).rank(ascending=False, method="min")  # among these rows
         board[f"{column}_predicted_rank"] = ranks.to_numpy()
         result = agreement(match[column], measured)
@@ -267,7 +228,7 @@ def leaderboard_markdown(board: pd.DataFrame, metrics: tuple = METRICS) -> str:
         if board[f"{column}_mean"].notna().any():  # top-5 with five classes or fewer has no value at all
             columns[heading] = mean_std(board, column, decimals)
     columns["params M"] = [number(v, 1) for v in board["params_m"]]
-    for column, heading in PREDICTORS.items():
+    for column, heading, _, _ in RANKING_SCORES:
         if f"{column}_predicted_rank" in board:
             columns[f"{heading} rank"] = [number(v, 0) for v in board[f"{column}_predicted_rank"]]
     columns.update(tie_columns(board, "tied with best"))

@@ -10,9 +10,10 @@ import re
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 
 from backbones import datasets
-from backbones.record import FAMILIES, METRICS, SCHEMA
+from backbones.record import FAMILIES, METRICS, RANKING_KEY, RANKING_SCORES, SCHEMA
 
 PERCENT = {"top1", "top5", "balanced_accuracy", "macro_f1"}
 OPTIONAL_NUMBERS = {"top5", "ece_temperature_scaled", "peak_memory_mb"}  # None where not applicable or measurable
@@ -185,4 +186,23 @@ def check_analysis(analysis: object, run: dict) -> str:
             isinstance(r, dict) and is_number(r.get("top1")) and is_number(r.get("severity")) for r in rows
         ):
             return f"robustness.json's rows for {name!r} are not numbers per severity"
+    return ""
+
+
+def check_ranking(table: pd.DataFrame) -> str:
+    """rank.py's table: its key and scores present, the scores and timings numbers (a score blank where it does not
+    apply), the names lines of text."""
+    missing = [column for column in (*RANKING_KEY, *(score for score, *_ in RANKING_SCORES)) if column not in table]
+    if missing:
+        return f"it lacks the columns {', '.join(missing)}"
+    timings = [column for column in ("features_seconds", "score_seconds") if column in table]
+    for column in (*(score for score, *_ in RANKING_SCORES), "train_fraction", *timings):
+        values = pd.to_numeric(table[column], errors="coerce")
+        if (values.isna() & table[column].notna()).any() or np.isinf(values).any():
+            return f"its column {column} holds something other than finite numbers"
+        if column in timings and (values < 0).any():
+            return f"its column {column} holds a negative time"
+    for column in ("dataset_fingerprint", "weights", "resolution", "backbone"):
+        if not table[column].map(lambda v: isinstance(v, str) and v.isprintable()).all():
+            return f"its column {column} holds something other than one line of text"
     return ""

@@ -19,8 +19,8 @@ import pandas as pd
 
 from backbones.errors import UserError
 from backbones.files import atomic_write
-from backbones.record import ADDED_LATER, METRICS, NOT_CONFIGURATION, REQUIRED, SETTING_DEFAULTS
-from backbones.runcheck import check_metrics, check_test_outputs, read_json, schema_problem
+from backbones.record import ADDED_LATER, METRICS, NOT_CONFIGURATION, RANKING_KEY, REQUIRED, SETTING_DEFAULTS
+from backbones.runcheck import check_metrics, check_ranking, check_test_outputs, read_json, schema_problem
 from backbones.runfolder import MARKERS, ChooseFolder, RunFolder
 
 
@@ -274,3 +274,21 @@ def markdown_table(columns: dict[str, list]) -> str:
     lines = ["| " + " | ".join(map(md, headings)) + " |", "|" + "|".join(" --- " for _ in headings) + "|"]
     lines += ["| " + " | ".join(md(v) for v in row) + " |" for row in zip(*columns.values(), strict=True)]
     return "\n".join(lines)
+
+
+def read_rankings(paths: Sequence[Path], what: str = "--rankings") -> pd.DataFrame:
+    """rank.py's tables, one row per (data, weights, resolution, training data size, backbone); a later file wins.
+    `what` names the file in an error (the flag that gave it)."""
+    tables = []
+    for path in paths:
+        try:
+            text_columns = ("dataset_fingerprint", "weights", "resolution", "backbone")  # a hash of digits stays text
+            tables.append(pd.read_csv(path, dtype=dict.fromkeys(text_columns, str)))
+        except (OSError, UnicodeDecodeError, pd.errors.ParserError, pd.errors.EmptyDataError) as err:
+            raise UserError(f"{what} {path} cannot be read ({err}); pass CSVs written by rank.py.") from err
+        problem = check_ranking(tables[-1])
+        if problem:
+            raise UserError(f"{what} {path} is not a table rank.py wrote: {problem}. Rerun rank.py to get one.")
+    if not tables:
+        return pd.DataFrame()
+    return pd.concat(tables).drop_duplicates(list(RANKING_KEY), keep="last")

@@ -187,5 +187,5 @@ def test_a_damaged_ranking_read_back_is_a_clear_error(tmp_path):
     choose.open_folder(own, run_flags)  # a choose killed after its folder was made
     own.folder.ranking.write_text('backbone,logme\n"timm:test_resnet",not-a-number\n')
     result = run_inline("choose.py", *argv)
-    assert_clean_error(result, "choose's ranking (delete it to rank again)", "is not a table written by")
+    assert_clean_error(result, "choose's ranking (delete it to rank again)", "is not a table rank.py wrote: it lacks the columns dataset_fingerprint")
     assert result.returncode == 2

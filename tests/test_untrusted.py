@@ -595,3 +595,25 @@ def test_each_backbone_is_compared_at_the_learning_rate_it_validated_best(tmp_pa
     assert board.set_index("backbone").loc["resnet50", "top1_mean"] == pytest.approx(expected, abs=1e-9)
     markdown = (tmp_path / "report" / "report.md").read_text()
     assert "- resnet50 (imagefolder photos): lr 0.001 (90.00%), over 0.003 (80.00%)" in markdown
+
+
+def test_a_ranking_table_is_checked_column_by_column_before_choose_prices_an_epoch_from_it():
+    import pandas as pd
+
+    from backbones.runcheck import check_ranking
+
+    row = {"dataset_fingerprint": "0123456789abcdef", "weights": "none", "resolution": "32x32", "train_fraction": 1.0,
+           "shots": None, "backbone": "resnet50", "logme": 0.5, "knn": 50.0, "linear": 50.0, "leep": None,
+           "features_seconds": 3.0, "score_seconds": 1.0}  # fmt: skip
+    assert check_ranking(pd.DataFrame([row])) == ""
+    assert check_ranking(pd.DataFrame([{**row, "features_seconds": -3.0}])) == (
+        "its column features_seconds holds a negative time"
+    )
+    assert check_ranking(pd.DataFrame([{**row, "score_seconds": "soon"}])) == (
+        "its column score_seconds holds something other than finite numbers"
+    )
+    without = pd.DataFrame([{k: v for k, v in row.items() if k not in ("leep", "shots")}])
+    assert check_ranking(without) == "it lacks the columns shots, leep"
+    assert check_ranking(pd.DataFrame([{**row, "backbone": "a\nb"}])) == (
+        "its column backbone holds something other than one line of text"
+    )
