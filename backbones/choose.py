@@ -5,7 +5,7 @@ Usage: python choose.py --dataset imagefolder --data ~/my_photos --budget 4h    
 1. Rank every candidate from frozen features (rank.py); with --keep K only the best K by LogME race.
 2. Race (backbone, learning rate) pairs by successive halving on the validation split (`race.py`): a few AdamW
    epochs each, the best 1/eta go on, continuing from where they stopped, until the race's share of the budget
-   is spent.
+   is spent. A time budget first prices an epoch of each racing backbone by timing a few training steps.
 3. Confirm the finalists, each at its best learning rate, with several seeds under the normal protocol (both
    phases, selection on validation, the test set evaluated once per run, at the end).
 4. Answer with the report's tie statistics: the best, the tied set and the cheapest of it, what it cost against
@@ -22,12 +22,14 @@ import dataclasses
 import math
 import re
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
+import torch
 
-from backbones import datasets, finetune, models, rank, report
+from backbones import bench, datasets, finetune, models, rank, report
 from backbones.datasets.common.spec import DatasetSpec
 from backbones.errors import HelpFormatter, UserError, run_cli
 from backbones.flags import add_models, add_out, positive_int
@@ -38,7 +40,7 @@ from backbones.runcheck import read_json
 from backbones.runfiles import RunLog, read_resume_file, write_history, write_json
 from backbones.runfolder import ChooseFolder, RunFolder
 from backbones.runtable import finished_runs, md, read_rankings, runs_table, write_csv
-from backbones.train_common import FitData, RunOutput, fit
+from backbones.train_common import FitData, RunOutput, fit, reestimated_norms, train_one_epoch
 
 PHASES = 2  # a confirmation run trains AdamW, then SGD: its epoch cap applies to each
 SET_PER_RUN = {  # run flags choose sets itself, and what to use instead
@@ -230,6 +232,48 @@ def kept(own: ChooseConfig, table: pd.DataFrame) -> list[str]:
     return order[:keep]
 
 
+# --------------------------------------------------------------------- 2. race: the price of an epoch (time budget)
+PRICE_STEPS = 3  # training steps timed per racing backbone, after one untimed, to price its epoch
+
+
+def price_epochs(
+    own: ChooseConfig, spec: DatasetSpec, run_flags: list[str], racing: list[str], ranked: pd.DataFrame
+) -> dict:
+    """With a time budget: the seconds an epoch of each racing backbone costs here, measured before the race spends
+    any ({'prices': {backbone: seconds}, 'seconds': what measuring took}). A training step costs two to three
+    forward passes depending on the architecture, so the ranking's speed alone cannot price it."""
+    started, prices = time.perf_counter(), {}
+    for name in racing:
+        argv = [*run_flags, "-model", name, "--seed", str(own.seeds[0]), "--results", str(own.folder.results)]
+        prices[name] = price_epoch(finetune.prepare(spec, argv), ranked.loc[name])
+    return {"prices": prices, "seconds": time.perf_counter() - started}
+
+
+def price_epoch(job: finetune.Prepared, ranked: pd.Series) -> float:
+    """One epoch of the run `job`: `PRICE_STEPS` training steps timed on its own batches with the model a run
+    builds, scaled to the training split; the BatchNorm re-estimation and the validation pass are forward passes at
+    the ranking's speed (`ranked`: the backbone's row), or where it read cached features, a third of a step's."""
+    trainee, _ = finetune.build_model(job)
+    optimizer = torch.optim.AdamW([p for p in trainee.model.parameters() if p.requires_grad])
+    precision, batch_size = job.precision, job.config.batch_size
+    scaler = torch.amp.GradScaler(precision.device.type, enabled=precision.amp_dtype == torch.float16)
+    batches = bench.endless(job.batches(lambda line: None, ("train",))("train", True))
+
+    def step(steps) -> None:
+        train_one_epoch(trainee.train_forward, steps, optimizer, scaler, precision, "pricing", math.inf)
+
+    per_step = batch_size / bench.images_per_s(batches, batch_size, PRICE_STEPS, 1, precision.device, step)
+    n_train, n_val = job.count("train"), job.count("val")
+    if str(ranked.get("features_cached")) == "True":
+        forward = per_step / batch_size / 3
+    else:
+        forward = float(ranked["features_seconds"]) / (n_train + n_val)
+    reestimated = min(job.config.train.bn_images, n_train) if reestimated_norms(trainee.model) else 0
+    price = math.ceil(n_train / batch_size) * per_step + forward * (n_val + reestimated)
+    print(f"An epoch of {job.config.model} priced at {price:.1f} s ({per_step:.2f} s a training step).")
+    return price
+
+
 # ----------------------------------------------------------------------------------------------- 2. race
 def check_minimum(own: ChooseConfig, pairs: int, per_epoch: float, backbones: int, ranked: float = 0.0) -> None:
     """A budget that cannot pay for the first rung and one epoch per phase of each confirmation run is refused. The
@@ -239,7 +283,7 @@ def check_minimum(own: ChooseConfig, pairs: int, per_epoch: float, backbones: in
     confirm = min(own.finalists, backbones) * len(own.seeds) * PHASES * per_epoch
     minimum = max(race / own.race_share, (confirm + ranked) / (1 - own.race_share))
     if own.budget.amount < minimum:
-        unit = own.budget.unit if own.budget.unit == "epochs" else "seconds (estimated from the ranking's speed)"
+        unit = own.budget.unit if own.budget.unit == "epochs" else "seconds (at the measured price of an epoch)"
         ranking = f", after the ranking's {ranked:.0f}" if ranked else ""
         raise UserError(
             f"--budget {own.budget} cannot pay for one rung: racing {pairs} pairs for {own.min_epochs} epoch(s) "
@@ -402,7 +446,13 @@ def confirm(own: ChooseConfig, spec: DatasetSpec, run_flags: list[str], chosen: 
 
 # ----------------------------------------------------------------------------------------------- 4. answer
 def answer(
-    own: ChooseConfig, spec: DatasetSpec, table: pd.DataFrame, ranked: pd.DataFrame, root: Path, cap: int
+    own: ChooseConfig,
+    spec: DatasetSpec,
+    table: pd.DataFrame,
+    ranked: pd.DataFrame,
+    root: Path,
+    cap: int,
+    priced: float = 0.0,
 ) -> dict:
     """The recommendation and its cost against the full sweep's; answer.json, choose.md, race.csv and race.png."""
     runs, _ = finished_runs([root])
@@ -416,7 +466,7 @@ def answer(
         "pick": cheapest["backbone"],
         "pick_lr": learning_rate[cheapest["backbone"]],
         "confirm_epochs_per_phase_cap": cap,
-        **cost(own, table, ranked, runs),
+        **cost(own, table, ranked, runs, priced),
     }
     write_csv(table, own.folder.race)
     plot_race(table, f"The race on {spec.title}", own.folder.race_plot)
@@ -425,9 +475,10 @@ def answer(
     return result
 
 
-def cost(own: ChooseConfig, table: pd.DataFrame, ranked: pd.DataFrame, runs: list[dict]) -> dict:
-    """What choose spent (epochs, seconds, training images) and what the full sweep of every candidate with every
-    seed would, at the confirmation runs' mean length and each backbone's measured seconds per epoch."""
+def cost(own: ChooseConfig, table: pd.DataFrame, ranked: pd.DataFrame, runs: list[dict], priced: float = 0.0) -> dict:
+    """What choose spent (epochs, seconds, training images; `priced`: the seconds a time budget's pricing took) and
+    what the full sweep of every candidate with every seed would, at the confirmation runs' mean length and each
+    backbone's measured seconds per epoch."""
     run_epochs = [len(run["history"]) for run in runs]
     measured = {run["model"]: run["train_seconds"] / max(len(run["history"]), 1) for run in runs}
     per_epoch = {
@@ -437,13 +488,15 @@ def cost(own: ChooseConfig, table: pd.DataFrame, ranked: pd.DataFrame, runs: lis
     mean_epochs = sum(run_epochs) / len(run_epochs)
     spent = {
         "rank_seconds": round(rank_seconds(ranked), 1),
+        "price_seconds": round(priced, 1),
         "race_epochs": int(table["epochs"].sum()),
         "race_seconds": round(float(table["seconds"].sum()), 1),
         "confirm_epochs": int(sum(run_epochs)),
         "confirm_seconds": round(float(sum(run["train_seconds"] for run in runs)), 1),
     }
     spent["epochs"] = spent["race_epochs"] + spent["confirm_epochs"]
-    spent["seconds"] = round(spent["rank_seconds"] + spent["race_seconds"] + spent["confirm_seconds"], 1)
+    parts = ("rank_seconds", "price_seconds", "race_seconds", "confirm_seconds")
+    spent["seconds"] = round(sum(spent[part] for part in parts), 1)
     spent["training_images"] = spent["epochs"] * int(runs[0]["n_train"])
     spent["sweep_epochs_estimated"] = round(len(ranked) * len(own.seeds) * mean_epochs, 1)
     seconds = len(own.seeds) * mean_epochs * sum(per_epoch.values())  # NaN: a backbone's speed is unknown
@@ -487,6 +540,7 @@ best. Finalists: {md(", ".join(pair.model for pair in chosen_pairs(table)))}.
 | | epochs | seconds |
 |---|---|---|
 | ranking ({len(own.models)} candidates, {table["backbone"].nunique()} raced) | 0 | {result["rank_seconds"]:.0f} |
+| pricing an epoch of each raced backbone (a time budget only) | 0 | {result["price_seconds"]:.0f} |
 | race | {result["race_epochs"]} | {result["race_seconds"]:.0f} |
 | confirmation | {result["confirm_epochs"]} | {result["confirm_seconds"]:.0f} |
 | **choose in all** | **{result["epochs"]}** | **{result["seconds"]:.0f}** |
@@ -525,21 +579,25 @@ def main(argv: list[str] | None = None) -> dict:
     open_folder(own, run_flags)
     ranked = ranking(own, spec, run_flags)
     racing = kept(own, ranked)
-    estimate = {name: estimate_epoch_seconds(ranked.loc[name]) for name in racing}
-    if own.budget.unit == "seconds" and not any(math.isnan(v) for v in estimate.values()):
-        per_epoch = sum(estimate.values()) / len(racing)
-        check_minimum(own, racing_count * len(own.lr_grid), per_epoch, racing_count, rank_seconds(ranked))
     state = RaceState(own.storage, "race", [Pair(m, lr) for m in racing for lr in own.lr_grid],
                       str(ranked["dataset_fingerprint"].iloc[0]))  # fmt: skip
+    estimate, priced = {name: estimate_epoch_seconds(ranked.loc[name]) for name in racing}, 0.0
+    if own.budget.unit == "seconds":  # measured once: a continued choose prices as the first one did
+        measured = state.remember("epoch prices", lambda: price_epochs(own, spec, run_flags, racing, ranked))
+        estimate, priced = measured["prices"], measured["seconds"]
+        per_epoch = sum(estimate.values()) / len(racing)
+        check_minimum(own, racing_count * len(own.lr_grid), per_epoch, racing_count, rank_seconds(ranked) + priced)
     rungs = race(own, spec, run_flags, state, estimate)
     table = standings(state, rungs, ranked["logme"], own.finalists)
     chosen = chosen_pairs(table)
     close_race(state, table, chosen)
     print("\nFinalists: " + ", ".join(f"{pair.model} (lr {pair.lr:g})" for pair in chosen))
-    spent = table["epochs"].sum() if own.budget.unit == "epochs" else rank_seconds(ranked) + table["seconds"].sum()
+    spent = table["epochs"].sum() if own.budget.unit == "epochs" else (
+        rank_seconds(ranked) + priced + table["seconds"].sum()
+    )  # fmt: skip
     costs = [cost_per_epoch(own.budget.unit, table, pair.model, estimate[pair.model]) for pair in chosen]
     cap = state.remember("confirm epochs", lambda: confirm_epochs(own, costs, own.budget.amount - spent))
-    result = answer(own, spec, table, ranked, confirm(own, spec, run_flags, chosen, cap), cap)
+    result = answer(own, spec, table, ranked, confirm(own, spec, run_flags, chosen, cap), cap, priced)
     bound = "at least" if capped(own, cap) else "about"
     print(
         f"\nPick: {result['pick']} (lr {result['pick_lr']:g}). Best: {result['best']}; tied with it: "

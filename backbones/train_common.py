@@ -33,6 +33,16 @@ def frozen_norms(model: nn.Module) -> list[nn.Module]:
     ]
 
 
+def reestimated_norms(model: nn.Module) -> list[nn.Module]:
+    """The BatchNorm layers whose statistics `recompute_bn_stats` re-estimates: tracked, and not frozen."""
+    frozen = frozen_norms(model)
+    return [
+        m
+        for m in model.modules()
+        if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats and m not in frozen
+    ]
+
+
 def train_mode(model: nn.Module) -> None:
     model.train()
     for norm in frozen_norms(model):
@@ -152,12 +162,7 @@ def recompute_bn_stats(model, loader, precision: Precision, max_images: int) -> 
     describe the initial weights and evaluation falls to chance. A cumulative average over fresh batches fixes
     that for every backbone, and is what the checkpoint then stores.
     """
-    frozen = frozen_norms(model)
-    norms = [
-        m
-        for m in model.modules()
-        if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats and m not in frozen
-    ]
+    norms = reestimated_norms(model)
     if not norms or max_images <= 0:
         return
     momenta = [m.momentum for m in norms]

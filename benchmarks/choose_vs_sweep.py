@@ -2,8 +2,8 @@
 that prints figures, not a test.
 
 Usage: python benchmarks/choose_vs_sweep.py --dataset digits --out bench/choose [--models all] [--seeds 0 1 2]
-           [--share 0.25] [--budget-in epochs] [--keep 4] -- -bs 64 --weights none --max-epochs 3 --patience 2
-           --workers 0
+           [--share 0.25 | --budget B] [--budget-in epochs] [--keep 4] -- -bs 64 --weights none --max-epochs 3
+           --patience 2 --workers 0
 
   sweep     every backbone x every seed, fine-tuned by sweep.py at the default learning rate, then ranked with the
             report's tie statistics: its best and the set tied with it
@@ -27,6 +27,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from backbones import choose, models, report, sweep  # noqa: E402
+from backbones.errors import run_cli  # noqa: E402
 from backbones.runtable import finished_runs, runs_table  # noqa: E402
 
 
@@ -42,6 +43,9 @@ def main() -> None:
     parser.add_argument("--budget-in", choices=["epochs", "seconds"], default="epochs",
                         help="what choose's budget counts: the sweep's epochs, or its training seconds (a time "
                         "budget; choose's folder is then choose-seconds) (default: epochs)")  # fmt: skip
+    parser.add_argument("--budget", default=None,
+                        help="choose's budget as choose.py takes it (100, 300s), in place of --share's; where the "
+                        "share is below the minimum choose refuses, this gives it that minimum")  # fmt: skip
     parser.add_argument("--keep", type=int, default=None, help="choose's --keep (default: race every candidate)")
     parser.add_argument("--choose-flags", nargs=argparse.REMAINDER, default=[], help="further flags for choose.py")
     args = parser.parse_args(own)
@@ -62,6 +66,7 @@ def main() -> None:
         budget, folder = str(math.floor(args.share * sweep_epochs)), "choose"
     else:
         budget, folder = f"{math.floor(args.share * sweep_seconds)}s", "choose-seconds"
+    budget = args.budget or budget
     started = time.perf_counter()
     command = ["--dataset", args.dataset, "--budget", budget, "--models", *names, "--seeds", *seeds,
                "--out", str(args.out / folder), *(["--keep", str(args.keep)] if args.keep else []),
@@ -97,4 +102,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main)

@@ -4,6 +4,7 @@ guarantee that the test split waits for the confirmation, and a killed choose re
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 import subprocess
@@ -164,6 +165,33 @@ def test_a_time_budget_counts_what_the_ranking_already_spent(tmp_path):
         choose.check_minimum(own, pairs=4, per_epoch=5.0, backbones=2, ranked=40.0)
 
 
+def test_a_time_budget_prices_an_epoch_from_timed_training_steps_before_the_race(tmp_path, monkeypatch):
+    """An epoch's price: the training split's batches at the timed step's speed, plus the validation images and
+    the BatchNorm re-estimation's (every training image, fewer than --bn-images' 2048) at the ranking's speed per
+    image. Worked out here from the counts rank.py wrote and the speed the timing returned."""
+    rates = []
+    timed = choose.bench.images_per_s
+
+    def recorded(*args, **kwargs):
+        rates.append(timed(*args, **kwargs))
+        return rates[-1]
+
+    monkeypatch.setattr(choose.bench, "images_per_s", recorded)
+    own, spec, run_flags = choose.parse_args(choose_args(tmp_path / "c", "1s"))
+    choose.open_folder(own, run_flags)
+    ranked = choose.ranking(own, spec, run_flags)
+    measured = choose.price_epochs(own, spec, run_flags, list(TINY), ranked)
+    assert len(rates) == len(TINY) and measured["seconds"] > 0
+    for name, rate in zip(TINY, rates, strict=True):
+        row = ranked.loc[name]
+        n_train, n_val = int(row["n_train"]), int(row["n_val"])
+        forward = row["features_seconds"] / (n_train + n_val)
+        expected = math.ceil(n_train / 64) * 64 / rate + forward * (n_val + n_train)  # both backbones have BN
+        assert measured["prices"][name] == pytest.approx(expected, rel=1e-9)
+    with pytest.raises(UserError, match=r"The minimum is \d+ seconds \(at the measured price of an epoch\)"):
+        choose.main(choose_args(tmp_path / "c", "1s"))  # one second buys nothing: refused before the race
+
+
 def test_the_sweep_estimate_is_a_lower_bound_where_the_budget_shortened_the_confirmation(tmp_path):
     """The sweep is estimated at the confirmation runs' length: a sweep's runs are as short only where the run
     flags' --max-epochs, not the budget, capped them."""
@@ -187,5 +215,9 @@ def test_a_damaged_ranking_read_back_is_a_clear_error(tmp_path):
     choose.open_folder(own, run_flags)  # a choose killed after its folder was made
     own.folder.ranking.write_text('backbone,logme\n"timm:test_resnet",not-a-number\n')
     result = run_inline("choose.py", *argv)
-    assert_clean_error(result, "choose's ranking (delete it to rank again)", "is not a table rank.py wrote: it lacks the columns dataset_fingerprint")
+    assert_clean_error(
+        result,
+        "choose's ranking (delete it to rank again)",
+        "is not a table rank.py wrote: it lacks the columns dataset_fingerprint",
+    )
     assert result.returncode == 2
