@@ -137,10 +137,11 @@ def resolve(spec: DatasetSpec, argv: list[str], base: dict | None = None) -> Run
 def given_flags(spec: DatasetSpec, argv: list[str]) -> dict:
     """The flags `argv` gives, by argparse name, typed as the parser reads them; those left to their default are
     absent."""
-    parser = build_parser(spec)
-    for action in parser._actions:  # argparse tells which flags were given only when nothing else is filled in
+    parser, quiet = build_parser(spec), build_parser(spec)
+    for action in quiet._actions:  # argparse tells which flags were given only when nothing else is filled in
         action.default, action.required = argparse.SUPPRESS, False
-    return vars(parser.parse_args(argv))
+    quiet.format_usage, quiet.format_help = parser.format_usage, parser.format_help  # --help shows the defaults
+    return vars(quiet.parse_args(argv))
 
 
 def saved_flags(spec: DatasetSpec, now: dict) -> dict:

@@ -119,3 +119,15 @@ def test_the_command_line_of_given_flags_parses_back_to_them():
         "--no-download",
     ]  # fmt: skip
     assert given_flags(digits.SPEC, tokens) == {**given, "image_size": (24, 32)}
+
+
+def test_help_and_usage_show_the_defaults_and_the_required_flag(capsys):
+    with pytest.raises(SystemExit) as exited:
+        resolve(digits.SPEC, ["--help"])
+    shown = " ".join(capsys.readouterr().out.split())
+    assert exited.value.code == 0
+    assert "[-h] -model MODEL [-bs BS]" in shown  # -model required, not in brackets
+    assert "batch size (default: 32)" in shown and "(default: 0.1)" in shown
+    with pytest.raises(SystemExit):
+        resolve(digits.SPEC, ["-model", "resnet50", "-bs", "0"])
+    assert "[-h] -model MODEL" in capsys.readouterr().err
