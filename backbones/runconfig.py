@@ -11,6 +11,7 @@ from pathlib import Path
 from backbones import models
 from backbones.datasets.common.spec import DatasetSpec, PaperRecipe
 from backbones.errors import UserError
+from backbones.flags import frozen
 from backbones.loading import DataConfig
 from backbones.options import build_parser, data_config, paper_recipe
 from backbones.record import SCHEMA
@@ -241,17 +242,7 @@ def command_line(spec: DatasetSpec, given: dict) -> list[str]:
 
 
 def train_config(args: argparse.Namespace, paper: PaperRecipe | None) -> TrainConfig:
-    return TrainConfig(
-        lr=args.lr,
-        weight_decay=args.weight_decay,
-        sgd_lr=args.sgd_lr,
-        patience=args.patience,
-        sgd_patience=args.sgd_patience,
-        max_epochs=args.max_epochs,
-        bn_images=args.bn_images,
-        paper=paper,
-        log_every=args.log_every,
-    )
+    return frozen(TrainConfig, args, paper=paper, sgd_phase=True)  # the race alone trains AdamW only
 
 
 def with_protocol_defaults(spec: DatasetSpec, args: argparse.Namespace) -> argparse.Namespace:
