@@ -177,6 +177,7 @@ def test_a_time_budget_prices_an_epoch_from_timed_training_steps_before_the_race
         return rates[-1]
 
     monkeypatch.setattr(choose.bench, "images_per_s", recorded)
+    monkeypatch.setenv("BACKBONES_CACHE", str(tmp_path / "cache"))  # features extracted here, not read back
     own, spec, run_flags = choose.parse_args(choose_args(tmp_path / "c", "1s"))
     choose.open_folder(own, run_flags)
     ranked = choose.ranking(own, spec, run_flags)
@@ -184,10 +185,18 @@ def test_a_time_budget_prices_an_epoch_from_timed_training_steps_before_the_race
     assert len(rates) == len(TINY) and measured["seconds"] > 0
     for name, rate in zip(TINY, rates, strict=True):
         row = ranked.loc[name]
+        assert not row["features_cached"]
         n_train, n_val = int(row["n_train"]), int(row["n_val"])
         forward = row["features_seconds"] / (n_train + n_val)
         expected = math.ceil(n_train / 64) * 64 / rate + forward * (n_val + n_train)  # both backbones have BN
         assert measured["prices"][name] == pytest.approx(expected, rel=1e-9)
+    # where the ranking read its features from the cache it timed no forward pass: a third of a step's, per image
+    rates.clear()
+    cached = choose.price_epochs(own, spec, run_flags, list(TINY), ranked.assign(features_cached=True))
+    for name, rate in zip(TINY, rates, strict=True):
+        n_train, n_val = int(ranked.loc[name, "n_train"]), int(ranked.loc[name, "n_val"])
+        expected = math.ceil(n_train / 64) * 64 / rate + (1 / rate / 3) * (n_val + n_train)
+        assert cached["prices"][name] == pytest.approx(expected, rel=1e-9)
     with pytest.raises(UserError, match=r"The minimum is \d+ seconds \(at the measured price of an epoch\)"):
         choose.main(choose_args(tmp_path / "c", "1s"))  # one second buys nothing: refused before the race
 
