@@ -46,7 +46,7 @@ from backbones.pipeline import DeviceBatches
 from backbones.runfiles import git_commit, library_versions
 from backbones.runtable import check_new_file, write_csv
 from backbones.runtime import Precision, make_precision, resolve_device, seed_everything
-from backbones.train_common import train_one_epoch
+from backbones.train_common import grad_scaler, train_one_epoch
 
 ORIGINAL_WORKERS = 2
 
@@ -175,10 +175,15 @@ def trainer(name: str, classes: int, precision: Precision, compile_model: bool, 
     model = models.create_model(name, classes, weights).to(precision.device)
     if precision.channels_last:
         model.to(memory_format=torch.channels_last)
-    forward = torch.compile(model) if compile_model else model
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.01)
-    scaler = torch.amp.GradScaler(precision.device.type, enabled=precision.amp_dtype == torch.float16)
-    return lambda batches: train_one_epoch(forward, batches, optimizer, scaler, precision, "bench")
+    return training_steps(torch.compile(model) if compile_model else model, model.parameters(), precision, "bench")
+
+
+def training_steps(forward, parameters, precision: Precision, desc: str, log_every: float = 30.0):
+    """A function training `forward` on an iterable of batches as a run's AdamW phase does (its default learning
+    rate and weight decay: a step's time does not depend on them)."""
+    optimizer = torch.optim.AdamW(parameters, lr=1e-3, weight_decay=0.01)
+    scaler = grad_scaler(precision)
+    return lambda batches: train_one_epoch(forward, batches, optimizer, scaler, precision, desc, log_every)
 
 
 def variants(device: torch.device) -> list[tuple[Precision, bool]]:

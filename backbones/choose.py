@@ -27,7 +27,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
-import torch
 
 from backbones import bench, datasets, finetune, models, rank, report
 from backbones.datasets.common.spec import DatasetSpec
@@ -40,7 +39,7 @@ from backbones.runcheck import read_json
 from backbones.runfiles import RunLog, read_resume_file, write_history, write_json
 from backbones.runfolder import ChooseFolder, RunFolder
 from backbones.runtable import finished_runs, md, read_rankings, runs_table, write_csv
-from backbones.train_common import FitData, RunOutput, fit, reestimated_norms, train_one_epoch
+from backbones.train_common import FitData, RunOutput, fit, reestimated_norms
 
 PHASES = 2  # a confirmation run trains AdamW, then SGD: its epoch cap applies to each
 SET_PER_RUN = {  # run flags choose sets itself, and what to use instead
@@ -254,20 +253,15 @@ def price_epoch(job: finetune.Prepared, ranked: pd.Series) -> float:
     builds, scaled to the training split; the BatchNorm re-estimation and the validation pass are forward passes at
     the ranking's speed (`ranked`: the backbone's row), or where it read cached features, a third of a step's."""
     trainee, _ = finetune.build_model(job)
-    optimizer = torch.optim.AdamW([p for p in trainee.model.parameters() if p.requires_grad])
     precision, batch_size = job.precision, job.config.batch_size
-    scaler = torch.amp.GradScaler(precision.device.type, enabled=precision.amp_dtype == torch.float16)
+    trainable = [p for p in trainee.model.parameters() if p.requires_grad]
+    step = bench.training_steps(trainee.train_forward, trainable, precision, "pricing", math.inf)
     batches = bench.endless(job.batches(lambda line: None, ("train",))("train", True))
-
-    def step(steps) -> None:
-        train_one_epoch(trainee.train_forward, steps, optimizer, scaler, precision, "pricing", math.inf)
-
     per_step = batch_size / bench.images_per_s(batches, batch_size, PRICE_STEPS, 1, precision.device, step)
     n_train, n_val = job.count("train"), job.count("val")
-    if str(ranked.get("features_cached")) == "True":
+    forward = forward_seconds(ranked)
+    if math.isnan(forward):
         forward = per_step / batch_size / 3
-    else:
-        forward = float(ranked["features_seconds"]) / (n_train + n_val)
     reestimated = min(job.config.train.bn_images, n_train) if reestimated_norms(trainee.model) else 0
     price = math.ceil(n_train / batch_size) * per_step + forward * (n_val + reestimated)
     print(f"An epoch of {job.config.model} priced at {price:.1f} s ({per_step:.2f} s a training step).")
@@ -275,16 +269,16 @@ def price_epoch(job: finetune.Prepared, ranked: pd.Series) -> float:
 
 
 # ----------------------------------------------------------------------------------------------- 2. race
-def check_minimum(own: ChooseConfig, pairs: int, per_epoch: float, backbones: int, ranked: float = 0.0) -> None:
+def check_minimum(own: ChooseConfig, pairs: int, per_epoch: float, backbones: int, spent: float = 0.0) -> None:
     """A budget that cannot pay for the first rung and one epoch per phase of each confirmation run is refused. The
-    race has its share of the budget; the confirmation has what is left after the race and the ranking (`ranked`:
-    the seconds a time budget has already spent on it)."""
+    race has its share of the budget; the confirmation has what is left after the race and what a time budget has
+    already spent (`spent`: the seconds the ranking and the pricing of an epoch took)."""
     race = pairs * own.min_epochs * per_epoch
     confirm = min(own.finalists, backbones) * len(own.seeds) * PHASES * per_epoch
-    minimum = max(race / own.race_share, (confirm + ranked) / (1 - own.race_share))
+    minimum = max(race / own.race_share, (confirm + spent) / (1 - own.race_share))
     if own.budget.amount < minimum:
         unit = own.budget.unit if own.budget.unit == "epochs" else "seconds (at the measured price of an epoch)"
-        ranking = f", after the ranking's {ranked:.0f}" if ranked else ""
+        ranking = f", after the {spent:.0f} the ranking and the pricing took" if spent else ""
         raise UserError(
             f"--budget {own.budget} cannot pay for one rung: racing {pairs} pairs for {own.min_epochs} epoch(s) "
             f"each costs {race:.0f} {unit}, within --race-share {own.race_share:g} of the budget, and confirming "
@@ -514,13 +508,18 @@ def seconds_text(seconds: float | None) -> str:
     return "unknown" if seconds is None else f"{seconds:.0f}"
 
 
-def estimate_epoch_seconds(row: pd.Series) -> float:
-    """A training epoch as about three forward passes over the training images plus one over the validation
-    images, from the ranking's extraction time; NaN where the ranking read its features from the cache."""
+def forward_seconds(row: pd.Series) -> float:
+    """One image's forward pass, from the ranking's extraction time (`row`: the backbone's row of the ranking); NaN
+    where the ranking read its features from the cache."""
     if str(row.get("features_cached")) == "True":
         return math.nan
-    n_train, n_val = float(row["n_train"]), float(row["n_val"])
-    return float(row["features_seconds"]) * (3 * n_train + n_val) / (n_train + n_val)
+    return float(row["features_seconds"]) / (float(row["n_train"]) + float(row["n_val"]))
+
+
+def estimate_epoch_seconds(row: pd.Series) -> float:
+    """A training epoch as about three forward passes over the training images plus one over the validation
+    images (NaN where the ranking timed none)."""
+    return forward_seconds(row) * (3 * float(row["n_train"]) + float(row["n_val"]))
 
 
 def write_summary(own: ChooseConfig, spec: DatasetSpec, board: pd.DataFrame, table: pd.DataFrame, result: dict) -> None:

@@ -109,6 +109,7 @@ RANKING_SCORES = (
     ("leep", "LEEP", "", 4),
 )
 RANKING_KEY = ("dataset_fingerprint", "weights", "resolution", "train_fraction", "shots", "backbone")
+RANKING_TEXT = ("dataset_fingerprint", "weights", "resolution", "backbone")  # read as text: a hash of digits stays one
 
 # What each key of a run's configuration (a run flag, by its argparse name) says about the run, declared once.
 #   where:   where its files are or how it was computed, not what it measured: resuming may change it, comparisons

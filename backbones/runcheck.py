@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 
 from backbones import datasets
-from backbones.record import FAMILIES, METRICS, RANKING_KEY, RANKING_SCORES, SCHEMA
+from backbones.record import FAMILIES, METRICS, RANKING_KEY, RANKING_SCORES, RANKING_TEXT, SCHEMA
 
 PERCENT = {"top1", "top5", "balanced_accuracy", "macro_f1"}
 OPTIONAL_NUMBERS = {"top5", "ece_temperature_scaled", "peak_memory_mb"}  # None where not applicable or measurable
@@ -202,7 +202,7 @@ def check_ranking(table: pd.DataFrame) -> str:
             return f"its column {column} holds something other than finite numbers"
         if column in timings and (values < 0).any():
             return f"its column {column} holds a negative time"
-    for column in ("dataset_fingerprint", "weights", "resolution", "backbone"):
+    for column in RANKING_TEXT:
         if not table[column].map(lambda v: isinstance(v, str) and v.isprintable()).all():
             return f"its column {column} holds something other than one line of text"
     return ""

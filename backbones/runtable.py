@@ -19,7 +19,15 @@ import pandas as pd
 
 from backbones.errors import UserError
 from backbones.files import atomic_write
-from backbones.record import ADDED_LATER, METRICS, NOT_CONFIGURATION, RANKING_KEY, REQUIRED, SETTING_DEFAULTS
+from backbones.record import (
+    ADDED_LATER,
+    METRICS,
+    NOT_CONFIGURATION,
+    RANKING_KEY,
+    RANKING_TEXT,
+    REQUIRED,
+    SETTING_DEFAULTS,
+)
 from backbones.runcheck import check_metrics, check_ranking, check_test_outputs, read_json, schema_problem
 from backbones.runfolder import MARKERS, ChooseFolder, RunFolder
 
@@ -282,8 +290,7 @@ def read_rankings(paths: Sequence[Path], what: str = "--rankings") -> pd.DataFra
     tables = []
     for path in paths:
         try:
-            text_columns = ("dataset_fingerprint", "weights", "resolution", "backbone")  # a hash of digits stays text
-            tables.append(pd.read_csv(path, dtype=dict.fromkeys(text_columns, str)))
+            tables.append(pd.read_csv(path, dtype=dict.fromkeys(RANKING_TEXT, str)))
         except (OSError, UnicodeDecodeError, pd.errors.ParserError, pd.errors.EmptyDataError) as err:
             raise UserError(f"{what} {path} cannot be read ({err}); pass CSVs written by rank.py.") from err
         problem = check_ranking(tables[-1])

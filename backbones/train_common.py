@@ -49,6 +49,11 @@ def train_mode(model: nn.Module) -> None:
         norm.eval()
 
 
+def grad_scaler(precision: Precision) -> torch.amp.GradScaler:
+    """The loss scaler of a training loop: active only under float16 autocast, which needs it."""
+    return torch.amp.GradScaler(precision.device.type, enabled=precision.amp_dtype == torch.float16)
+
+
 def train_one_epoch(
     model, loader, optimizer, scaler, precision: Precision, desc: str, log_every: float = 30.0
 ) -> tuple[float, float]:
@@ -252,7 +257,7 @@ def fit(
     """The two-phase protocol. Every improvement is saved to best.pt, and each phase ends by reloading it, so
     phase 2 starts from the best weights so far and the model leaves `fit` at the selected checkpoint."""
     model = trainee.model
-    scaler = torch.amp.GradScaler(precision.device.type, enabled=precision.amp_dtype == torch.float16)
+    scaler = grad_scaler(precision)
     progress = Progress()
     phases = optimizer_phases(config, run.log)
     if resumed is not None:

@@ -161,8 +161,8 @@ def test_a_time_budget_counts_what_the_ranking_already_spent(tmp_path):
     2 finalists x 2 seeds x 2 phases x 5 s = 40 s, plus the ranking's 40 s, needs the other half to be 80 s: 160."""
     own, _, _ = choose.parse_args(choose_args(tmp_path / "c", "100s", "--race-share", "0.5"))
     choose.check_minimum(own, pairs=4, per_epoch=5.0, backbones=2)  # 100 s pays for it all without a ranking
-    with pytest.raises(UserError, match="after the ranking's 40. The minimum is 160 seconds"):
-        choose.check_minimum(own, pairs=4, per_epoch=5.0, backbones=2, ranked=40.0)
+    with pytest.raises(UserError, match="after the 40 the ranking and the pricing took. The minimum is 160 seconds"):
+        choose.check_minimum(own, pairs=4, per_epoch=5.0, backbones=2, spent=40.0)
 
 
 def test_a_time_budget_prices_an_epoch_from_timed_training_steps_before_the_race(tmp_path, monkeypatch):
