@@ -12,7 +12,8 @@ Usage: python choose.py --dataset imagefolder --data ~/my_photos --budget 4h    
    the full sweep, and where every other pair left the race.
 
 Every flag of the dataset's script is accepted too (-bs, --weights, --image-size, --data, ...) and passed to every
-run. Run the same command again to continue a killed `choose`: the race's state is an Optuna study in --out.
+run. Run the same command again to continue a killed `choose`: the race's state is an Optuna study in --out. Run it
+several times at once (on machines sharing --out, with a database --storage) and the workers share the training.
 """
 
 from __future__ import annotations
@@ -23,14 +24,17 @@ import math
 import re
 import sys
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
+from filelock import FileLock
 
 from backbones import bench, datasets, finetune, models, rank, report
 from backbones.datasets.common.spec import DatasetSpec
 from backbones.errors import HelpFormatter, UserError, run_cli
+from backbones.files import claim
 from backbones.flags import add_models, add_out, positive_int
 from backbones.options import build_parser, positive_float
 from backbones.race import Pair, RaceState, Rung, next_rung, plan, survivors
@@ -168,8 +172,9 @@ def parse_args(argv: list[str]) -> tuple[ChooseConfig, DatasetSpec, list[str]]:
 
 
 # ----------------------------------------------------------------------------------------------- the folder
-def open_folder(own: ChooseConfig, run_flags: list[str]) -> None:
-    """choose's folder: new, or the same choose's to continue (its flags saved in choose.json must match)."""
+def open_folder(own: ChooseConfig, run_flags: list[str]) -> FileLock:
+    """choose's folder: new, or the same choose's to continue (its flags saved in choose.json must match); returns
+    the lock a worker holds while it takes a decision every worker of this choose shares."""
     settings = {
         "dataset": own.dataset,
         "budget": dataclasses.asdict(own.budget),
@@ -177,28 +182,39 @@ def open_folder(own: ChooseConfig, run_flags: list[str]) -> None:
         **{key: getattr(own, key) for key in ("finalists", "seeds")},
         "run_flags": run_flags,
     }
-    path = own.folder.settings
-    if path.exists():
-        saved, problem = read_json(path)
-        if problem or not isinstance(saved, dict):
-            raise UserError(
-                f"{path} cannot be read ({problem or 'not a JSON object'}), so what this choose was started with is "
-                "unknown. Give a new --out."
-            )
-        if saved != settings and only_budget_changed(saved, settings) and not own.folder.pairs.exists():
-            write_json(settings, path)  # the race has not started: nothing the budget decides was decided yet
-        elif saved != settings:
-            changed = [key for key in settings if saved.get(key) != settings[key]]
-            raise UserError(
-                f"{own.out} holds a choose started with other settings ({', '.join(changed)}); rerunning continues "
-                "it only with the same flags. Give those, or a new --out."
-            )
-        print(f"Continuing the choose in {own.out}")
-        return
-    if own.out.exists() and any(own.out.iterdir()):
+    path, shared = own.folder.settings, FileLock(own.folder.lock)
+    if path.exists():  # written whole (write_json), so it is read without the lock, and a refusal leaves no lock file
+        check_settings(own, settings)
+        return shared
+    if own.out.exists() and any(item.name != own.folder.lock.name for item in own.out.iterdir()):
         raise UserError(f"--out {own.out} exists and is not a choose's folder; give a new --out.")
     own.out.mkdir(parents=True, exist_ok=True)
-    write_json(settings, path)
+    with shared:  # workers started together: the first writes choose.json, the others find it
+        if path.exists():
+            check_settings(own, settings)
+        else:
+            write_json(settings, path)
+    return shared
+
+
+def check_settings(own: ChooseConfig, settings: dict) -> None:
+    """The same choose continues only with the same settings; the budget may change until the race starts."""
+    path = own.folder.settings
+    saved, problem = read_json(path)
+    if problem or not isinstance(saved, dict):
+        raise UserError(
+            f"{path} cannot be read ({problem or 'not a JSON object'}), so what this choose was started with is "
+            "unknown. Give a new --out."
+        )
+    if saved != settings and only_budget_changed(saved, settings) and not own.folder.pairs.exists():
+        write_json(settings, path)  # the race has not started: nothing the budget decides was decided yet
+    elif saved != settings:
+        changed = [key for key in settings if saved.get(key) != settings[key]]
+        raise UserError(
+            f"{own.out} holds a choose started with other settings ({', '.join(changed)}); rerunning continues "
+            "it only with the same flags. Give those, or a new --out."
+        )
+    print(f"Continuing the choose in {own.out}")
 
 
 def only_budget_changed(saved: dict, settings: dict) -> bool:
@@ -269,6 +285,28 @@ def price_epoch(job: finetune.Prepared, ranked: pd.Series) -> float:
 
 
 # ----------------------------------------------------------------------------------------------- 2. race
+WAIT_SECONDS = 5.0  # how often a worker looks again for the work other workers hold
+
+
+def share_work(folders: Sequence[Path], done: Callable[[int], bool], work: Callable[[int], None], what: str) -> None:
+    """Do every task not done yet (task i trains in `folders[i]`), sharing them with the other workers of this choose:
+    a worker takes a task by claiming its folder, leaves those another holds, and then waits until they are done.
+    A task is done once, whichever worker does it; a dead worker's claim passes to the next that asks."""
+    waiting = False
+    while pending := [i for i in range(len(folders)) if not done(i)]:
+        for i in pending:
+            folders[i].parent.mkdir(parents=True, exist_ok=True)
+            with claim(ChooseFolder.claim(folders[i])) as mine:
+                if mine and not done(i):  # asked again under the claim: another worker may just have done it
+                    work(i)
+        held = [i for i in pending if not done(i)]  # by other workers
+        if held:
+            if not waiting:
+                print(f"  waiting for other workers: {what}, {len(held)} left")
+            waiting = True
+            time.sleep(WAIT_SECONDS)
+
+
 def check_minimum(own: ChooseConfig, pairs: int, per_epoch: float, backbones: int, spent: float = 0.0) -> None:
     """A budget that cannot pay for the first rung and one epoch per phase of each confirmation run is refused. The
     race has its share of the budget; the confirmation has what is left after the race and what a time budget has
@@ -351,13 +389,26 @@ def race(
         if not state.remember(f"run rung {rung.index}", lambda cost=cost: affordable(cost)):
             break
         print(f"\nRung {rung.index}: {len(alive)} pairs to {rung.epochs} epoch(s) each")
+        run_rung(own, spec, run_flags, state, rung, alive)
         for i in alive:
-            if state.score(i, rung) is None:
-                state.record(i, rung, *train_pair(spec, run_flags, pairs[i], rung, own.seeds[0], own))
             print(f"  {pairs[i].model} lr {pairs[i].lr:g}: validation top-1 {state.score(i, rung):.2f}%")
         rungs.append(rung)
         alive = [alive[j] for j in survivors([state.score(i, rung) for i in alive], own.eta, own.finalists)]
     return rungs
+
+
+def run_rung(
+    own: ChooseConfig, spec: DatasetSpec, run_flags: list[str], state: RaceState, rung: Rung, alive: list[int]
+) -> None:
+    """Train every pair in `alive` (indices into the race's pairs) to the rung's epochs, with the other workers."""
+    pairs = [state.pairs[i] for i in alive]
+
+    def train(j: int) -> None:
+        print(f"  training {pairs[j].model} lr {pairs[j].lr:g} to {rung.epochs} epoch(s)")
+        state.record(alive[j], rung, *train_pair(spec, run_flags, pairs[j], rung, own.seeds[0], own))
+
+    folders = [own.folder.pairs / pair.name for pair in pairs]
+    share_work(folders, lambda j: state.score(alive[j], rung) is not None, train, f"rung {rung.index}")
 
 
 def standings(state: RaceState, rungs: list[Rung], logme: pd.Series, finalists: int) -> pd.DataFrame:
@@ -426,15 +477,17 @@ def capped(own: ChooseConfig, cap: int) -> bool:
 def confirm(own: ChooseConfig, spec: DatasetSpec, run_flags: list[str], chosen: list[Pair], cap: int) -> Path:
     """Each finalist with each seed under the normal protocol: the test set is read once per run, at its end."""
     root = own.folder.confirmation
-    for pair in chosen:
-        for seed in own.seeds:
-            folder = root / f"{pair.name}-s{seed}"
-            if RunFolder(folder).finished:
-                continue
-            print(f"\nConfirming {pair.model} at lr {pair.lr:g}, seed {seed} (at most {cap} epochs per phase)")
-            argv = [*run_flags, "-model", pair.model, "--lr", repr(pair.lr), "--seed", str(seed), "--out", str(folder),
-                    "--max-epochs", str(cap), "--results", str(own.folder.results)]  # fmt: skip
-            finetune.main(spec, argv + (["--resume"] if folder.exists() else []))
+    runs = [(pair, seed) for pair in chosen for seed in own.seeds]
+    folders = [root / f"{pair.name}-s{seed}" for pair, seed in runs]
+
+    def run(i: int) -> None:
+        (pair, seed), folder = runs[i], folders[i]
+        print(f"\nConfirming {pair.model} at lr {pair.lr:g}, seed {seed} (at most {cap} epochs per phase)")
+        argv = [*run_flags, "-model", pair.model, "--lr", repr(pair.lr), "--seed", str(seed), "--out", str(folder),
+                "--max-epochs", str(cap), "--results", str(own.folder.results)]  # fmt: skip
+        finetune.main(spec, argv + (["--resume"] if folder.exists() else []))
+
+    share_work(folders, lambda i: RunFolder(folders[i]).finished, run, "the confirmation runs")
     return root
 
 
@@ -575,11 +628,12 @@ def main(argv: list[str] | None = None) -> dict:
     if own.dry_run:
         print_plan(own, racing_count)
         return {}
-    open_folder(own, run_flags)
-    ranked = ranking(own, spec, run_flags)
+    shared = open_folder(own, run_flags)
+    with shared:  # the first worker ranks; the others wait and read its table
+        ranked = ranking(own, spec, run_flags)
     racing = kept(own, ranked)
     state = RaceState(own.storage, "race", [Pair(m, lr) for m in racing for lr in own.lr_grid],
-                      str(ranked["dataset_fingerprint"].iloc[0]))  # fmt: skip
+                      str(ranked["dataset_fingerprint"].iloc[0]), shared)  # fmt: skip
     estimate, priced = {name: estimate_epoch_seconds(ranked.loc[name]) for name in racing}, 0.0
     if own.budget.unit == "seconds":  # measured once: a continued choose prices as the first one did
         measured = state.remember("epoch prices", lambda: price_epochs(own, spec, run_flags, racing, ranked))
@@ -589,14 +643,17 @@ def main(argv: list[str] | None = None) -> dict:
     rungs = race(own, spec, run_flags, state, estimate)
     table = standings(state, rungs, ranked["logme"], own.finalists)
     chosen = chosen_pairs(table)
-    close_race(state, table, chosen)
+    with shared:
+        close_race(state, table, chosen)
     print("\nFinalists: " + ", ".join(f"{pair.model} (lr {pair.lr:g})" for pair in chosen))
     spent = table["epochs"].sum() if own.budget.unit == "epochs" else (
         rank_seconds(ranked) + priced + table["seconds"].sum()
     )  # fmt: skip
     costs = [cost_per_epoch(own.budget.unit, table, pair.model, estimate[pair.model]) for pair in chosen]
     cap = state.remember("confirm epochs", lambda: confirm_epochs(own, costs, own.budget.amount - spent))
-    result = answer(own, spec, table, ranked, confirm(own, spec, run_flags, chosen, cap), cap, priced)
+    root = confirm(own, spec, run_flags, chosen, cap)
+    with shared:  # each worker answers alike; one at a time
+        result = answer(own, spec, table, ranked, root, cap, priced)
     bound = "at least" if capped(own, cap) else "about"
     print(
         f"\nPick: {result['pick']} (lr {result['pick_lr']:g}). Best: {result['best']}; tied with it: "

@@ -4,9 +4,12 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import BinaryIO
+
+from filelock import FileLock, Timeout
 
 
 def atomic_write(path: Path, write: Callable[[BinaryIO], None]) -> None:
@@ -27,3 +30,20 @@ def cache_dir() -> Path:
     if os.environ.get("BACKBONES_CACHE"):
         return Path(os.environ["BACKBONES_CACHE"])
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "backbones"
+
+
+@contextmanager
+def claim(path: Path) -> Iterator[bool]:
+    """Whether this process holds the lock file `path` for the block; where another process (here, or on a machine
+    sharing the folder) holds it, False at once rather than a wait. The operating system releases a lock when its
+    holder dies, kill -9 included, so a dead worker's claim passes to the next one that asks."""
+    lock = FileLock(path)
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        yield False
+        return
+    try:
+        yield True
+    finally:
+        lock.release()

@@ -8,11 +8,15 @@ file by default, so a killed race resumes where it was and makes the same decisi
 Why not Optuna's own SuccessiveHalvingPruner: it is asynchronous (ASHA). A trial is judged against the trials that
 reached the rung before it, which suits many workers; one process running the pairs in turn would promote the
 first pairs whatever their scores. The synchronous rule is `survivors` below.
+
+Several workers may share one race (the same --out, and --storage where they run on several machines): each trains
+the pairs no other worker holds, and every worker waits for the rung's last score before the same rule decides.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 
 import optuna
@@ -77,9 +81,17 @@ def plan(pairs: int, eta: int, min_epochs: int, budget: float, floor: int) -> li
 
 
 class RaceState:
-    """The race as an Optuna study: one trial per pair, created once, in the pairs' order."""
+    """The race as an Optuna study: one trial per pair, created once, in the pairs' order. `lock` is held while a
+    decision every worker shares is taken (the trials' creation, `remember`), so that only one worker takes it."""
 
-    def __init__(self, storage: str, name: str, pairs: list[Pair], identity: str) -> None:
+    def __init__(
+        self, storage: str, name: str, pairs: list[Pair], identity: str, lock: AbstractContextManager | None = None
+    ) -> None:
+        self.lock = lock or nullcontext()
+        with self.lock:
+            self._open(storage, name, pairs, identity)
+
+    def _open(self, storage: str, name: str, pairs: list[Pair], identity: str) -> None:
         try:
             self.study = optuna.create_study(
                 study_name=name, storage=storage, direction="maximize", load_if_exists=True
@@ -154,9 +166,10 @@ class RaceState:
     def remember(self, key: str, decide: Callable[[], object]):
         """A decision taken once and kept (whether a rung runs, the confirmation's epochs), so that a resumed race
         repeats it even where it rested on measured seconds."""
-        attrs = self.study.user_attrs
-        if key in attrs:
-            return attrs[key]
-        value = decide()
-        self.study.set_user_attr(key, value)
-        return value
+        with self.lock:
+            attrs = self.study.user_attrs
+            if key in attrs:
+                return attrs[key]
+            value = decide()
+            self.study.set_user_attr(key, value)
+            return value

@@ -55,3 +55,9 @@ class ChooseFolder:
     results = _file("results.csv")  # the confirmation runs' results table
     answer = _file("answer.json")
     summary = _file("choose.md")
+    lock = _file("choose.lock")  # held by the worker taking a decision every worker shares (several may run)
+
+    @staticmethod
+    def claim(folder: Path) -> Path:
+        """The lock a worker holds while it trains in `folder` (a race pair's or a confirmation run's)."""
+        return folder.with_name(folder.name + ".lock")

@@ -3,9 +3,11 @@ guarantee that the test split waits for the confirmation, and a killed choose re
 
 from __future__ import annotations
 
+import collections
 import json
 import math
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -17,6 +19,7 @@ import pytest
 
 from backbones import choose, finetune, rank
 from backbones.errors import UserError
+from backbones.files import claim
 from backbones.race import Rung, keep_count, plan, survivors
 from conftest import ROOT, assert_clean_error, run_inline
 
@@ -114,13 +117,21 @@ def race_decisions(out: Path) -> tuple[pd.DataFrame, dict]:
     return table, {key: answer[key] for key in ("best", "tied", "pick", "pick_lr", "race_epochs", "epochs")}
 
 
+ONE_SEED = ("--seeds", "0")  # one seed, and a budget of 20 epochs: 4 pairs x 1 epoch, the best 2 to 3 epochs, then
+# 3 epochs a phase for each finalist's confirmation run
+
+
+@pytest.fixture(scope="module")
+def lone_choose(tmp_path_factory) -> Path:
+    """A choose run by one worker, uninterrupted: the decisions a killed or shared one must reach."""
+    reference = tmp_path_factory.mktemp("lone") / "choose"
+    choose.main(choose_args(reference, "20", *ONE_SEED))
+    return reference
+
+
 @pytest.mark.slow
-def test_a_choose_killed_mid_race_resumes_to_the_same_decisions(tmp_path):
-    # the race is what is killed: one seed, and a budget of 20 epochs (4 pairs x 1 epoch, the best 2 to 3 epochs;
-    # then 3 epochs a phase for each finalist's confirmation run) is enough here
-    one_seed = ("--seeds", "0")
-    reference = tmp_path / "reference"
-    choose.main(choose_args(reference, "20", *one_seed))
+def test_a_choose_killed_mid_race_resumes_to_the_same_decisions(tmp_path, lone_choose):
+    one_seed, reference = ONE_SEED, lone_choose
     killed = tmp_path / "killed"
     command = [sys.executable, str(ROOT / "choose.py"), *choose_args(killed, "20", *one_seed)]
     process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -136,6 +147,53 @@ def test_a_choose_killed_mid_race_resumes_to_the_same_decisions(tmp_path):
     expected_table, expected_answer = race_decisions(reference)
     pd.testing.assert_frame_equal(table, expected_table)
     assert answer == expected_answer
+
+
+@pytest.mark.slow
+def test_two_workers_share_one_choose_each_pair_and_run_trained_once(tmp_path, lone_choose):
+    """Two choose processes started together on one --out split the race and the confirmation: every (pair, rung)
+    of the lone worker's race and every confirmation run is trained by exactly one of them, and they answer as it
+    did."""
+    shared = tmp_path / "shared"
+    command = [sys.executable, str(ROOT / "choose.py"), *choose_args(shared, "20", *ONE_SEED)]
+    logs = [tmp_path / f"worker{i}.txt" for i in range(2)]  # files, not pipes: a full pipe would stall its worker
+    workers = [subprocess.Popen(command, cwd=ROOT, stdout=log.open("w"), stderr=subprocess.STDOUT) for log in logs]
+    codes = [worker.wait(timeout=900) for worker in workers]
+    outputs = [log.read_text() for log in logs]
+    assert codes == [0, 0], outputs[0][-2000:] + outputs[1][-2000:]
+    table, answer = race_decisions(shared)
+    expected_table, expected_answer = race_decisions(lone_choose)
+    pd.testing.assert_frame_equal(table, expected_table)
+    assert answer == expected_answer
+    # what was trained, from the lone worker's race table: a pair with a score at a rung trained to its epochs
+    expected = collections.Counter()
+    for row in expected_table.itertuples():
+        for column in expected_table.columns:
+            found = re.fullmatch(r"val_top1_rung\d+_(\d+)ep", column)
+            if found and not pd.isna(getattr(row, column)):
+                expected[f"training {row.backbone} lr {row.lr:g} to {found[1]} epoch(s)"] += 1
+    finalists = expected_table[expected_table["finalist"]]
+    expected.update(f"Confirming {row.backbone} at lr {row.lr:g}, seed 0" for row in finalists.itertuples())
+    work = re.compile(r"^\s*(training \S+ lr \S+ to \d+ epoch\(s\)|Confirming \S+ at lr \S+, seed \d+)", re.M)
+    done = [work.findall(text) for text in outputs]
+    assert collections.Counter(done[0] + done[1]) == expected
+    print(f"worker 1 trained {len(done[0])}, worker 2 {len(done[1])} of {sum(expected.values())}")
+
+
+def test_a_claim_held_by_a_live_process_is_refused_and_passes_on_when_it_dies(tmp_path):
+    lock = tmp_path / "pair.lock"
+    holder = "import sys; from filelock import FileLock; lock = FileLock(sys.argv[1]); lock.acquire(); "
+    holder += "print('held', flush=True); sys.stdin.read()"  # holds the lock until killed
+    process = subprocess.Popen([sys.executable, "-c", holder, str(lock)], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    try:
+        assert process.stdout.readline() == b"held\n"
+        with claim(lock) as mine:
+            assert not mine
+    finally:
+        os.kill(process.pid, signal.SIGKILL)
+        process.wait()
+    with claim(lock) as mine:  # the dead holder's lock was released by the system, its file left behind
+        assert mine and lock.exists()
 
 
 def test_a_dry_run_prints_what_an_epoch_budget_buys(tmp_path):
