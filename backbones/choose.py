@@ -566,7 +566,9 @@ def forward_seconds(row: pd.Series) -> float:
     where the ranking read its features from the cache."""
     if str(row.get("features_cached")) == "True":
         return math.nan
-    return float(row["features_seconds"]) / (float(row["n_train"]) + float(row["n_val"]))
+    probed = float(row.get("probe_images", math.nan))  # the training images extracted: a sample, or all
+    extracted = (float(row["n_train"]) if math.isnan(probed) else probed) + float(row["n_val"])
+    return float(row["features_seconds"]) / extracted
 
 
 def estimate_epoch_seconds(row: pd.Series) -> float:

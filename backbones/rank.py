@@ -4,7 +4,8 @@ Usage: python rank.py --dataset eurosat [-models all] [--runs runs/]
 
 Each backbone's penultimate features of the training and validation splits are extracted once (no augmentation)
 and cached; LogME and LEEP score the training split, kNN and a linear probe are fitted on it and scored on the
-validation split. The test split is never read. With --runs, the ranking is checked against fine-tuned runs.
+validation split. The test split is never read. With --runs, the ranking is checked against fine-tuned runs. With
+--probe-images N the training split's part is a class-stratified sample of N images: cheaper, and noisier.
 """
 
 from __future__ import annotations
@@ -23,12 +24,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
+from sklearn.model_selection import train_test_split
 
 from backbones import datasets, models
 from backbones.datasets.common.spec import DatasetSpec
 from backbones.errors import HelpFormatter, UserError, run_cli
 from backbones.files import atomic_write, cache_dir
-from backbones.flags import add_batch_size, add_device, add_models, add_out, add_runs, add_workers, frozen
+from backbones.flags import add_batch_size, add_device, add_models, add_out, add_runs, add_workers, frozen, positive_int
 from backbones.loading import DataConfig, image_cache, load_splits, split_batches, split_identity
 from backbones.options import (
     add_data_arguments,
@@ -68,7 +70,15 @@ def build_parser(spec: DatasetSpec | None) -> argparse.ArgumentParser:
     default_size = "x".join(map(str, spec.image_size)) if spec else "the dataset's"
     add("--image-size", type=image_size, default=default_size, help="feature-extraction size, S or HxW")
     add_data_arguments(parser, spec.default_data if spec else "data")
-    add("--seed", type=int, default=0, help="seeds the splits (as in training), random init and the probe")
+    add("--seed", type=int, default=0, help="seeds the splits (as in training), random init, the probe and its sample")
+    add(
+        "--probe-images",
+        type=positive_int,
+        default=None,
+        metavar="N",
+        help="score from a class-stratified sample of N training images, not all of them: extraction and scoring "
+        "cost about N/n of a full ranking, and the scores are noisier (default: every training image)",
+    )
     add_batch_size(parser, 64, "batch size for feature extraction")
     add_workers(parser)
     add_device(parser)
@@ -88,6 +98,7 @@ class RankConfig:
     weights: str  # 'imagenet', 'none' or a checkpoint file
     data: DataConfig  # the training and validation images, carved as a default-protocol run carves them
     device: str
+    probe_images: int | None = None  # score from a sample of this many training images (None: all)
     runs: tuple[Path, ...] = ()  # fine-tuned runs to check the ranking against
     out: Path | None = None
 
@@ -175,6 +186,22 @@ def extract(name: str, config: RankConfig, catalog, samples: pd.DataFrame, image
     return outputs, reused
 
 
+def probe_sample(samples: pd.DataFrame, images: int | None, seed: int) -> pd.DataFrame:
+    """`samples` with its training split cut to a class-stratified sample of `images` (all where None or more than
+    there are), drawn by `seed`; the validation and test splits untouched."""
+    train = samples[samples["split"] == "train"]
+    if images is None or images >= len(train):
+        return samples
+    try:
+        kept, _ = train_test_split(train.index, train_size=images, stratify=train["label"], random_state=seed)
+    except ValueError as err:  # fewer images than classes, or a class of one image
+        raise UserError(
+            f"--probe-images {images} cannot sample the {len(train)} training images class by class ({err}). Give "
+            "at least one image per class, or leave --probe-images out to score from every training image."
+        ) from err
+    return samples.drop(train.index.difference(kept))
+
+
 def score(outputs: dict, seed: int) -> dict:
     (train, train_probabilities, train_labels), (val, _, val_labels) = outputs["train"], outputs["val"]
     return {
@@ -244,19 +271,22 @@ def rank(config: RankConfig, out: Path, log=print) -> pd.DataFrame:
     """Rank `config.models` on the training and validation splits, print the table and write it to `out`."""
     spec, data = config.spec, config.data
     catalog, samples = load_splits(spec, data)
+    fingerprint = split_identity(spec, data, catalog, samples)["dataset_fingerprint"]  # of the whole split
     counts = samples["split"].value_counts()
     if counts.get("train", 0) < 2 or counts.get("val", 0) < 1:
         raise UserError(
             f"{spec.title} under {data.data} gives {counts.get('train', 0)} training and {counts.get('val', 0)} "
             "validation images; ranking needs both. Add data or raise --val-fraction."
         )
+    samples = probe_sample(samples, config.probe_images, data.seed)
+    probed = int((samples["split"] == "train").sum())
+    sample = f", scored from a class-stratified sample of {probed}" if probed < counts["train"] else ""
     log(
-        f"Ranking {len(config.models)} backbones on {spec.title} ({counts['train']} train / {counts['val']} val "
-        f"images, test split untouched) with {config.weights} weights at {data.image_size[0]}x{data.image_size[1]}"
+        f"Ranking {len(config.models)} backbones on {spec.title} ({counts['train']} train{sample} / {counts['val']} "
+        f"val images, test split untouched) with {config.weights} weights at {data.image_size[0]}x{data.image_size[1]}"
     )
     # decoded once, and only if some backbone's features are not cached yet; the test images are never decoded
     images = functools.cache(lambda: image_cache(spec, data, catalog, samples, log, splits=("train", "val")))
-    fingerprint = split_identity(spec, data, catalog, samples)["dataset_fingerprint"]
     rows, started = [], time.perf_counter()
     for name in config.models:
         begun = time.perf_counter()
@@ -285,6 +315,7 @@ def rank(config: RankConfig, out: Path, log=print) -> pd.DataFrame:
         "val_fraction": data.val_fraction,
         "seed": data.seed,
         "n_train": int(counts["train"]),
+        "probe_images": probed if sample else None,  # blank: every training image
         "n_val": int(counts["val"]),
     }
     print_ranking(table, total, log)

@@ -108,7 +108,8 @@ RANKING_SCORES = (
     ("linear", "linear probe", " top-1 %", 2),
     ("leep", "LEEP", "", 4),
 )
-RANKING_KEY = ("dataset_fingerprint", "weights", "resolution", "train_fraction", "shots", "backbone")
+RANKING_KEY = ("dataset_fingerprint", "weights", "resolution", "train_fraction", "shots", "probe_images", "backbone")
+RANKING_ADDED_LATER = {"probe_images": float("nan")}  # blank: from every training image (all a ranking had before)
 RANKING_TEXT = ("dataset_fingerprint", "weights", "resolution", "backbone")  # read as text: a hash of digits stays one
 
 # What each key of a run's configuration (a run flag, by its argparse name) says about the run, declared once.

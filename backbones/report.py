@@ -192,7 +192,9 @@ def predicted_ranking(
         & (rankings["resolution"] == size)
         & np.isclose(rankings["train_fraction"], setting.get("train_fraction", SETTING_DEFAULTS["train_fraction"]))
         & (rankings["shots"].isna() if shots is None else rankings["shots"] == shots)
-    ].set_index("backbone")
+    ]
+    probed = match["probe_images"].fillna(math.inf)  # one sample size per comparison: the largest, all images first
+    match = match[probed == probed.max()].set_index("backbone")
     if match.empty:
         return board, ""
     measured = board.set_index("backbone")["top1_mean"]
@@ -206,7 +208,8 @@ def predicted_ranking(
                 f"{heading}: Kendall's tau {result['kendall_tau']:+.2f} over {result['backbones']} backbones, first "
                 f"pick {md(result['pick'])}, regret {result['regret']:.2f} top-1 points."
             )
-    return board, "Predicted by rank.py before fine-tuning: " + " ".join(lines) if lines else ""
+    sample = "" if probed.max() == math.inf else f" from a sample of {probed.max():.0f} training images"
+    return board, f"Predicted by rank.py{sample} before fine-tuning: " + " ".join(lines) if lines else ""
 
 
 # ----------------------------------------------------------------------------------------------- writing

@@ -13,7 +13,15 @@ import numpy as np
 import pandas as pd
 
 from backbones import datasets
-from backbones.record import FAMILIES, METRICS, RANKING_KEY, RANKING_SCORES, RANKING_TEXT, SCHEMA
+from backbones.record import (
+    FAMILIES,
+    METRICS,
+    RANKING_ADDED_LATER,
+    RANKING_KEY,
+    RANKING_SCORES,
+    RANKING_TEXT,
+    SCHEMA,
+)
 
 PERCENT = {"top1", "top5", "balanced_accuracy", "macro_f1"}
 OPTIONAL_NUMBERS = {"top5", "ece_temperature_scaled", "peak_memory_mb"}  # None where not applicable or measurable
@@ -190,18 +198,22 @@ def check_analysis(analysis: object, run: dict) -> str:
 
 
 def check_ranking(table: pd.DataFrame) -> str:
-    """rank.py's table: its key and scores present, the scores and timings numbers (a score blank where it does not
-    apply), the names lines of text."""
-    missing = [column for column in (*RANKING_KEY, *(score for score, *_ in RANKING_SCORES)) if column not in table]
+    """rank.py's table: its key and scores present (a column added later may be absent from an older table), the
+    scores, counts and timings numbers (a score blank where it does not apply), the names lines of text."""
+    required = (*RANKING_KEY, *(score for score, *_ in RANKING_SCORES))
+    missing = [column for column in required if column not in table and column not in RANKING_ADDED_LATER]
     if missing:
         return f"it lacks the columns {', '.join(missing)}"
     timings = [column for column in ("features_seconds", "score_seconds") if column in table]
-    for column in (*(score for score, *_ in RANKING_SCORES), "train_fraction", *timings):
+    later = [column for column in RANKING_ADDED_LATER if column in table]
+    for column in (*(score for score, *_ in RANKING_SCORES), "train_fraction", *later, *timings):
         values = pd.to_numeric(table[column], errors="coerce")
         if (values.isna() & table[column].notna()).any() or np.isinf(values).any():
             return f"its column {column} holds something other than finite numbers"
         if column in timings and (values < 0).any():
             return f"its column {column} holds a negative time"
+        if column == "probe_images" and (values.notna() & ((values < 1) | (values % 1 != 0))).any():
+            return f"its column {column} holds something other than a count of images"
     for column in RANKING_TEXT:
         if not table[column].map(lambda v: isinstance(v, str) and v.isprintable()).all():
             return f"its column {column} holds something other than one line of text"

@@ -23,6 +23,7 @@ from backbones.record import (
     ADDED_LATER,
     METRICS,
     NOT_CONFIGURATION,
+    RANKING_ADDED_LATER,
     RANKING_KEY,
     RANKING_TEXT,
     REQUIRED,
@@ -293,6 +294,7 @@ def read_rankings(paths: Sequence[Path], what: str = "--rankings") -> pd.DataFra
             tables.append(pd.read_csv(path, dtype=dict.fromkeys(RANKING_TEXT, str)))
         except (OSError, UnicodeDecodeError, pd.errors.ParserError, pd.errors.EmptyDataError) as err:
             raise UserError(f"{what} {path} cannot be read ({err}); pass CSVs written by rank.py.") from err
+        tables[-1] = tables[-1].assign(**{k: v for k, v in RANKING_ADDED_LATER.items() if k not in tables[-1]})
         problem = check_ranking(tables[-1])
         if problem:
             raise UserError(f"{what} {path} is not a table rank.py wrote: {problem}. Rerun rank.py to get one.")

@@ -60,6 +60,27 @@ def test_ranks_from_cached_features_of_train_and_val_only(tmp_path, monkeypatch)
     pd.testing.assert_frame_equal(same.drop(columns=timings), table.drop(columns=timings))
 
 
+def test_a_probe_sample_is_drawn_class_by_class_from_the_training_split_only(tmp_path, monkeypatch):
+    monkeypatch.setenv("BACKBONES_CACHE", str(tmp_path / "cache"))
+    flags = ["-models", "timm:test_resnet", "--weights", "none", "--image-size", "32"]
+    _, full = rank(tmp_path, *flags)
+    printed, sampled = rank(tmp_path, *flags, "--probe-images", "200")
+    assert "scored from a class-stratified sample of 200" in printed
+    assert full["probe_images"].isna().all() and sampled["probe_images"].tolist() == [200]
+    assert sampled["n_train"].tolist() == full["n_train"].tolist()  # the setting: the whole training split
+    features = tmp_path / "cache" / "features"
+    whole, sample = sorted((np.load(p)["labels"] for p in features.glob("digits-train-*.npz")), key=len, reverse=True)
+    (val,) = (np.load(p)["labels"] for p in features.glob("digits-val-*.npz"))  # one file: the same images twice
+    assert len(whole) == full["n_train"].iloc[0] and len(sample) == 200
+    share = np.bincount(whole) / len(whole)
+    assert np.all(np.abs(np.bincount(sample, minlength=10) - 200 * share) < 1)  # each class in proportion
+    assert len(val) == full["n_val"].iloc[0]  # the validation split whole
+    again, _ = rank(tmp_path, *flags, "--probe-images", "200")
+    assert again.count("features reused from the cache") == 2  # the same seed draws the same sample
+    result = run_inline("rank.py", *RANK, *flags, "--probe-images", "5", "--out", tmp_path / "few.csv")
+    assert_clean_error(result, "--probe-images 5 cannot sample the", "at least one image per class")
+
+
 @pytest.mark.slow
 def test_changed_weights_file_invalidates_the_cache_and_leep_uses_its_head(tmp_path, monkeypatch):
     monkeypatch.setenv("BACKBONES_CACHE", str(tmp_path / "cache"))
@@ -109,6 +130,19 @@ def test_checked_against_fine_tuned_runs(digits_sweep, tmp_path):
     board = pd.read_csv(setting_folder(report) / "leaderboard.csv").set_index("backbone")
     assert board["logme_predicted_rank"].to_dict() == table["logme"].rank(ascending=False).to_dict()
     assert "Predicted by rank.py before fine-tuning: LogME: Kendall's tau" in result.stdout
+
+    # a ranking from a sample of the training images is another estimate: never mixed with the full one
+    _, sampled = rank(tmp_path, "-models", *SWEEP_BACKBONES, "--weights", "none", "--image-size", "32",
+                      "--probe-images", "300")  # fmt: skip
+    both = [tmp_path / "rank-0.csv", tmp_path / "rank-1.csv"]
+    result = run_script("report.py", "--runs", digits_sweep, "--out", tmp_path / "both", "--rankings", *both)
+    board = pd.read_csv(setting_folder(tmp_path / "both") / "leaderboard.csv").set_index("backbone")
+    assert board["logme_predicted_rank"].to_dict() == table["logme"].rank(ascending=False).to_dict()
+    assert "Predicted by rank.py before fine-tuning" in result.stdout
+    result = run_script("report.py", "--runs", digits_sweep, "--out", tmp_path / "one", "--rankings", both[1])
+    board = pd.read_csv(setting_folder(tmp_path / "one") / "leaderboard.csv").set_index("backbone")
+    assert board["logme_predicted_rank"].to_dict() == sampled["logme"].rank(ascending=False).to_dict()
+    assert "Predicted by rank.py from a sample of 300 training images before fine-tuning" in result.stdout
 
 
 def test_agreement_of_a_perfect_and_a_reversed_ranking():

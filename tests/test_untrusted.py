@@ -513,17 +513,24 @@ def test_tables_are_never_written_through_a_planted_link(tmp_path):
     assert victim.read_text() == "mine" and not link.is_symlink()
 
 
-def test_a_ranking_table_with_other_values_is_refused(tmp_path):
+@pytest.mark.parametrize(
+    ("value", "problem"),
+    [
+        ({"logme": "=cmd|' /C calc'!A0"}, "its column logme holds something other than finite numbers"),
+        ({"probe_images": -3}, "its column probe_images holds something other than a count of images"),
+        ({"probe_images": 2.5}, "its column probe_images holds something other than a count of images"),
+    ],
+)
+def test_a_ranking_table_with_other_values_is_refused(tmp_path, value, problem):
     import pandas as pd
 
     runs = sweep(tmp_path)
     row = {"dataset_fingerprint": "0123456789abcdef", "weights": "none", "resolution": "32x32", "train_fraction": 1.0,
-           "shots": None, "backbone": "resnet50", "logme": "=cmd|' /C calc'!A0", "knn": 50.0, "linear": 50.0,
-           "leep": None}  # fmt: skip
-    pd.DataFrame([row]).to_csv(tmp_path / "rank.csv", index=False)
+           "shots": None, "backbone": "resnet50", "logme": 1.0, "knn": 50.0, "linear": 50.0, "leep": None}  # fmt: skip
+    pd.DataFrame([{**row, **value}]).to_csv(tmp_path / "rank.csv", index=False)  # without probe_images: read as all
     assert_clean_error(
         make_report(runs, tmp_path / "report", "--rankings", tmp_path / "rank.csv"),
-        "is not a table rank.py wrote: its column logme holds something other than finite numbers",
+        "is not a table rank.py wrote: " + problem,
     )
 
 
