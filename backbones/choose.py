@@ -25,16 +25,16 @@ import re
 import sys
 import time
 from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
-from filelock import FileLock
 
 from backbones import bench, datasets, finetune, models, rank, report
 from backbones.datasets.common.spec import DatasetSpec
 from backbones.errors import HelpFormatter, UserError, run_cli
-from backbones.files import claim
+from backbones.files import claim, shared_lock
 from backbones.flags import add_models, add_out, positive_int
 from backbones.options import build_parser, positive_float
 from backbones.race import Pair, RaceState, Rung, next_rung, plan, survivors
@@ -172,7 +172,7 @@ def parse_args(argv: list[str]) -> tuple[ChooseConfig, DatasetSpec, list[str]]:
 
 
 # ----------------------------------------------------------------------------------------------- the folder
-def open_folder(own: ChooseConfig, run_flags: list[str]) -> FileLock:
+def open_folder(own: ChooseConfig, run_flags: list[str]) -> AbstractContextManager:
     """choose's folder: new, or the same choose's to continue (its flags saved in choose.json must match); returns
     the lock a worker holds while it takes a decision every worker of this choose shares."""
     settings = {
@@ -182,7 +182,7 @@ def open_folder(own: ChooseConfig, run_flags: list[str]) -> FileLock:
         **{key: getattr(own, key) for key in ("finalists", "seeds")},
         "run_flags": run_flags,
     }
-    path, shared = own.folder.settings, FileLock(own.folder.lock)
+    path, shared = own.folder.settings, shared_lock(own.folder.lock)
     if path.exists():  # written whole (write_json), so it is read without the lock, and a refusal leaves no lock file
         check_settings(own, settings)
         return shared

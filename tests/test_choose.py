@@ -196,6 +196,24 @@ def test_a_claim_held_by_a_live_process_is_refused_and_passes_on_when_it_dies(tm
         assert mine and lock.exists()
 
 
+def test_a_lock_file_that_is_a_symbolic_link_is_refused_and_its_target_kept(tmp_path):
+    argv = choose_args(tmp_path / "choose", "40")
+    own, _, run_flags = choose.parse_args(argv)
+    choose.open_folder(own, run_flags)
+    victim = tmp_path / "mine.txt"
+    victim.write_text("mine")
+    own.folder.lock.unlink(missing_ok=True)
+    own.folder.lock.symlink_to(victim)  # a crafted folder: its lock points at a file of the user's
+    result = run_inline("choose.py", *argv)
+    assert_clean_error(result, "choose.lock is a symbolic link, not a lock file this tool made")
+    assert victim.read_text() == "mine" and not own.folder.ranking.exists()
+    claimed = tmp_path / "pair.lock"
+    claimed.symlink_to(victim)
+    with pytest.raises(UserError, match="pair.lock is a symbolic link"), claim(claimed):
+        pass
+    assert victim.read_text() == "mine"
+
+
 def test_a_dry_run_prints_what_an_epoch_budget_buys(tmp_path):
     # 3 backbones x 3 rates = 9 pairs; the race's half of 60 epochs is 30: 9 x 1 epoch, then the best 3 to 3 epochs
     # (3 x 2 more) = 15; 2 pairs would be left, both finalists. Confirmation: (60 - 15) / (2 finalists x 2 seeds x
