@@ -280,10 +280,10 @@ def rank(config: RankConfig, out: Path, log=print) -> pd.DataFrame:
         )
     samples = probe_sample(samples, config.probe_images, data.seed)
     probed = int((samples["split"] == "train").sum())
-    sample = f", scored from a class-stratified sample of {probed}" if probed < counts["train"] else ""
+    sample = f"; scored from a class-stratified sample of {probed} training images" if probed < counts["train"] else ""
     log(
-        f"Ranking {len(config.models)} backbones on {spec.title} ({counts['train']} train{sample} / {counts['val']} "
-        f"val images, test split untouched) with {config.weights} weights at {data.image_size[0]}x{data.image_size[1]}"
+        f"Ranking {len(config.models)} backbones on {spec.title} ({counts['train']} train / {counts['val']} val images"
+        f"{sample}; test split untouched) with {config.weights} weights at {data.image_size[0]}x{data.image_size[1]}"
     )
     # decoded once, and only if some backbone's features are not cached yet; the test images are never decoded
     images = functools.cache(lambda: image_cache(spec, data, catalog, samples, log, splits=("train", "val")))

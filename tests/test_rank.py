@@ -65,7 +65,7 @@ def test_a_probe_sample_is_drawn_class_by_class_from_the_training_split_only(tmp
     flags = ["-models", "timm:test_resnet", "--weights", "none", "--image-size", "32"]
     _, full = rank(tmp_path, *flags)
     printed, sampled = rank(tmp_path, *flags, "--probe-images", "200")
-    assert "scored from a class-stratified sample of 200" in printed
+    assert "val images; scored from a class-stratified sample of 200 training images; test split" in printed
     assert full["probe_images"].isna().all() and sampled["probe_images"].tolist() == [200]
     assert sampled["n_train"].tolist() == full["n_train"].tolist()  # the setting: the whole training split
     features = tmp_path / "cache" / "features"
