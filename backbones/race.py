@@ -24,6 +24,7 @@ import optuna
 from backbones.errors import UserError
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)  # the race prints its own lines
+SQLITE_WAIT_SECONDS = 60  # how long a worker's write to the race's SQLite file waits for another worker's
 
 
 @dataclass(frozen=True)
@@ -93,8 +94,13 @@ class RaceState:
 
     def _open(self, storage: str, name: str, pairs: list[Pair], identity: str) -> None:
         try:
+            # several workers write one SQLite file: a write waits for another's rather than failing at once
+            wait = {"connect_args": {"timeout": SQLITE_WAIT_SECONDS}} if storage.startswith("sqlite") else {}
             self.study = optuna.create_study(
-                study_name=name, storage=storage, direction="maximize", load_if_exists=True
+                study_name=name,
+                storage=optuna.storages.RDBStorage(storage, engine_kwargs=wait),
+                direction="maximize",
+                load_if_exists=True,
             )
         except Exception as err:  # SQLAlchemy raises many types for a bad URL or an unreadable file
             raise UserError(
