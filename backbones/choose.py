@@ -292,11 +292,12 @@ def share_work(folders: Sequence[Path], done: Callable[[int], bool], work: Calla
     """Do every task not done yet (task i trains in `folders[i]`), sharing them with the other workers of this choose:
     a worker takes a task by claiming its folder, leaves those another holds, and then waits until they are done.
     A task is done once, whichever worker does it; a dead worker's claim passes to the next that asks."""
+    for parent in {folder.parent for folder in folders}:  # where the claims go, beside the tasks' folders
+        parent.mkdir(parents=True, exist_ok=True)
     waiting = False
     while pending := [i for i in range(len(folders)) if not done(i)]:
         for i in pending:
-            folders[i].parent.mkdir(parents=True, exist_ok=True)
-            with claim(ChooseFolder.claim(folders[i])) as mine:
+            with claim(ChooseFolder.lock_of(folders[i])) as mine:
                 if mine and not done(i):  # asked again under the claim: another worker may just have done it
                     work(i)
         held = [i for i in pending if not done(i)]  # by other workers
@@ -368,9 +369,10 @@ def train_pair(spec: DatasetSpec, run_flags: list[str], pair: Pair, rung: Rung, 
 
 
 def race(
-    own: ChooseConfig, spec: DatasetSpec, run_flags: list[str], state: RaceState, estimate: dict[str, float]
+    own: ChooseConfig, spec: DatasetSpec, run_flags: list[str], state: RaceState, prices: dict[str, float]
 ) -> list[Rung]:
-    """Successive halving until the race's share of the budget is spent; returns the rungs run."""
+    """Successive halving until the race's share of the budget is spent; returns the rungs run. `prices`: a time
+    budget's measured seconds per epoch of each backbone, until its pairs have trained."""
     pairs, rungs, alive, rung = state.pairs, [], list(range(len(state.pairs))), None
     share = own.race_share * own.budget.amount
 
@@ -378,7 +380,7 @@ def race(
         if own.budget.unit == "epochs":
             return 1.0
         epochs, seconds = state.spent(index)
-        return seconds / epochs if epochs else estimate.get(pairs[index].model, 0.0)
+        return seconds / epochs if epochs else prices.get(pairs[index].model, 0.0)
 
     def affordable(cost: float) -> bool:  # the first rung always runs: the budget's minimum was checked
         spent = sum(state.spent(i)[0 if own.budget.unit == "epochs" else 1] for i in range(len(pairs)))
@@ -636,13 +638,13 @@ def main(argv: list[str] | None = None) -> dict:
     racing = kept(own, ranked)
     state = RaceState(own.storage, "race", [Pair(m, lr) for m in racing for lr in own.lr_grid],
                       str(ranked["dataset_fingerprint"].iloc[0]), shared)  # fmt: skip
-    estimate, priced = {name: estimate_epoch_seconds(ranked.loc[name]) for name in racing}, 0.0
+    prices, priced = {}, 0.0  # an epoch budget counts epochs: there is nothing to price
     if own.budget.unit == "seconds":  # measured once: a continued choose prices as the first one did
         measured = state.remember("epoch prices", lambda: price_epochs(own, spec, run_flags, racing, ranked))
-        estimate, priced = measured["prices"], measured["seconds"]
-        per_epoch = sum(estimate.values()) / len(racing)
+        prices, priced = measured["prices"], measured["seconds"]
+        per_epoch = sum(prices.values()) / len(racing)
         check_minimum(own, racing_count * len(own.lr_grid), per_epoch, racing_count, rank_seconds(ranked) + priced)
-    rungs = race(own, spec, run_flags, state, estimate)
+    rungs = race(own, spec, run_flags, state, prices)
     table = standings(state, rungs, ranked["logme"], own.finalists)
     chosen = chosen_pairs(table)
     with shared:
@@ -651,7 +653,7 @@ def main(argv: list[str] | None = None) -> dict:
     spent = table["epochs"].sum() if own.budget.unit == "epochs" else (
         rank_seconds(ranked) + priced + table["seconds"].sum()
     )  # fmt: skip
-    costs = [cost_per_epoch(own.budget.unit, table, pair.model, estimate[pair.model]) for pair in chosen]
+    costs = [cost_per_epoch(own.budget.unit, table, pair.model, prices.get(pair.model, 1.0)) for pair in chosen]
     cap = state.remember("confirm epochs", lambda: confirm_epochs(own, costs, own.budget.amount - spent))
     root = confirm(own, spec, run_flags, chosen, cap)
     with shared:  # each worker answers alike; one at a time

@@ -280,7 +280,8 @@ def rank(config: RankConfig, out: Path, log=print) -> pd.DataFrame:
         )
     samples = probe_sample(samples, config.probe_images, data.seed)
     probed = int((samples["split"] == "train").sum())
-    sample = f"; scored from a class-stratified sample of {probed} training images" if probed < counts["train"] else ""
+    sampled = probed < counts["train"]
+    sample = f"; scored from a class-stratified sample of {probed} training images" if sampled else ""
     log(
         f"Ranking {len(config.models)} backbones on {spec.title} ({counts['train']} train / {counts['val']} val images"
         f"{sample}; test split untouched) with {config.weights} weights at {data.image_size[0]}x{data.image_size[1]}"
@@ -315,7 +316,7 @@ def rank(config: RankConfig, out: Path, log=print) -> pd.DataFrame:
         "val_fraction": data.val_fraction,
         "seed": data.seed,
         "n_train": int(counts["train"]),
-        "probe_images": probed if sample else None,  # blank: every training image
+        "probe_images": probed if sampled else None,  # blank: every training image
         "n_val": int(counts["val"]),
     }
     print_ranking(table, total, log)

@@ -58,6 +58,6 @@ class ChooseFolder:
     lock = _file("choose.lock")  # held by the worker taking a decision every worker shares (several may run)
 
     @staticmethod
-    def claim(folder: Path) -> Path:
+    def lock_of(folder: Path) -> Path:
         """The lock a worker holds while it trains in `folder` (a race pair's or a confirmation run's)."""
         return folder.with_name(folder.name + ".lock")
