@@ -109,7 +109,12 @@ def build_own_parser() -> argparse.ArgumentParser:
     add("--finalists", type=positive_int, default=2, help="backbones confirmed with --seeds")
     add("--seeds", type=int, nargs="+", default=[0, 1, 2], help="seeds of the confirmation (the race uses the first)")
     add_out(parser, None, "choose's folder (default: runs/choose-<dataset>)")
-    add("--storage", default=None, help="Optuna storage URL for the race (default: sqlite:///<out>/race.db)")
+    add(
+        "--storage",
+        default=None,
+        help="Optuna storage URL for the race; a database URL lets workers on several machines sharing --out join it "
+        "(default: sqlite:///<out>/race.db)",
+    )
     add("--dry-run", action="store_true", help="print what an epoch budget buys (rungs, confirmation) and stop")
     return parser
 
