@@ -97,6 +97,14 @@ def build_own_parser() -> argparse.ArgumentParser:
     add_models(parser, ["all"], "candidates")
     add("--keep", type=positive_int, default=None, help="race only the best K by LogME (default: every candidate)")
     add(
+        "--probe-images",
+        type=positive_int,
+        default=None,
+        metavar="N",
+        help="rank from a class-stratified sample of N training images, as rank.py --probe-images: cheaper, noisier "
+        "(default: every training image)",
+    )
+    add(
         "--lr-grid",
         type=positive_float,
         nargs="+",
@@ -127,6 +135,7 @@ class ChooseConfig:
     budget: Budget
     models: list[str]  # registry names, aliases and 'all' resolved
     keep: int | None
+    probe_images: int | None  # the ranking's sample of training images (None: all)
     lr_grid: list[float]  # sorted, each once
     eta: int
     min_epochs: int
@@ -162,6 +171,7 @@ def parse_args(argv: list[str]) -> tuple[ChooseConfig, DatasetSpec, list[str]]:
         budget=own.budget,
         models=models.resolve_names(own.models),
         keep=own.keep,
+        probe_images=own.probe_images,
         lr_grid=sorted(set(own.lr_grid)),
         eta=own.eta,
         min_epochs=own.min_epochs,
@@ -186,6 +196,7 @@ def open_folder(own: ChooseConfig, run_flags: list[str]) -> AbstractContextManag
         **{key: getattr(own, key) for key in ("models", "keep", "lr_grid", "eta", "min_epochs", "race_share")},
         **{key: getattr(own, key) for key in ("finalists", "seeds")},
         "run_flags": run_flags,
+        **({"probe_images": own.probe_images} if own.probe_images else {}),  # absent: a folder from before the flag
     }
     path, shared = own.folder.settings, shared_lock(own.folder.lock)
     if path.exists():  # written whole (write_json), so it is read without the lock, and a refusal leaves no lock file
@@ -214,7 +225,7 @@ def check_settings(own: ChooseConfig, settings: dict) -> None:
     if saved != settings and only_budget_changed(saved, settings) and not own.folder.pairs.exists():
         write_json(settings, path)  # the race has not started: nothing the budget decides was decided yet
     elif saved != settings:
-        changed = [key for key in settings if saved.get(key) != settings[key]]
+        changed = [key for key in {**settings, **saved} if saved.get(key) != settings.get(key)]
         raise UserError(
             f"{own.out} holds a choose started with other settings ({', '.join(changed)}); rerunning continues "
             "it only with the same flags. Give those, or a new --out."
@@ -235,7 +246,7 @@ def ranking(own: ChooseConfig, spec: DatasetSpec, run_flags: list[str]) -> pd.Da
         return read_rankings([path], what).set_index("backbone")
     argv = ["--dataset", spec.name, "--models", *own.models, "--seed", str(own.seeds[0]), "--out", str(path)]
     config = rank.parse_args([*argv, *run_flags], known_only=True)
-    rank.rank(dataclasses.replace(config, models=tuple(own.models), runs=()), path)
+    rank.rank(dataclasses.replace(config, models=tuple(own.models), probe_images=own.probe_images, runs=()), path)
     return read_rankings([path], what).set_index("backbone")
 
 
@@ -589,6 +600,8 @@ def write_summary(own: ChooseConfig, spec: DatasetSpec, board: pd.DataFrame, tab
     sweep_cost = {unit: result[f"sweep_{unit}_estimated"] for unit in ("epochs", "seconds")}
     ratio = {unit: f"{result[unit] / cost:.2f}" if cost else "unknown" for unit, cost in sweep_cost.items()}
     sweep = f"{result['sweep_epochs_estimated']:.0f} | {seconds_text(result['sweep_seconds_estimated'])}"
+    sampled = f" from {own.probe_images} training images each" if own.probe_images else ""
+    ranking_row = f"ranking ({len(own.models)} candidates{sampled}, {table['backbone'].nunique()} raced)"
     text = f"""# Choosing a backbone for {md(spec.title)}
 
 {report.recommendation(board)}
@@ -600,7 +613,7 @@ best. Finalists: {md(", ".join(pair.model for pair in chosen_pairs(table)))}.
 
 | | epochs | seconds |
 |---|---|---|
-| ranking ({len(own.models)} candidates, {table["backbone"].nunique()} raced) | 0 | {result["rank_seconds"]:.0f} |
+| {ranking_row} | 0 | {result["rank_seconds"]:.0f} |
 | pricing an epoch of each raced backbone (a time budget only) | 0 | {result["price_seconds"]:.0f} |
 | race | {result["race_epochs"]} | {result["race_seconds"]:.0f} |
 | confirmation | {result["confirm_epochs"]} | {result["confirm_seconds"]:.0f} |

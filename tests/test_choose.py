@@ -14,6 +14,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -306,3 +307,19 @@ def test_a_damaged_ranking_read_back_is_a_clear_error(tmp_path):
         "is not a table rank.py wrote: it lacks the columns dataset_fingerprint",
     )
     assert result.returncode == 2
+
+
+def test_probe_images_ranks_from_a_sample_and_a_rerun_must_ask_for_the_same(tmp_path, monkeypatch):
+    monkeypatch.setenv("BACKBONES_CACHE", str(tmp_path / "cache"))
+    argv = choose_args(tmp_path / "choose", "40", "--probe-images", "100")
+    own, spec, run_flags = choose.parse_args(argv)
+    choose.open_folder(own, run_flags)
+    ranked = choose.ranking(own, spec, run_flags)
+    assert ranked["probe_images"].tolist() == [100, 100]
+    assert (ranked["n_train"] + ranked["n_val"]).tolist() == [1797 - 364] * 2  # the setting: the whole split
+    extracted = sorted(len(np.load(p)["labels"]) for p in (tmp_path / "cache" / "features").glob("digits-train-*"))
+    assert extracted == [100, 100]  # one sample per backbone, the rest of the training split never extracted
+    for other in (["--probe-images", "200"], []):  # another sample, or every image: another ranking
+        result = run_inline("choose.py", *choose_args(tmp_path / "choose", "40", *other))
+        assert_clean_error(result, "other settings (probe_images)", "a new --out")
+    assert sorted(p.name for p in own.out.iterdir()) == ["choose.json", "choose.lock", "ranking.csv"]
