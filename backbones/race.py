@@ -103,8 +103,14 @@ class RaceState:
                 load_if_exists=True,
             )
         except Exception as err:  # SQLAlchemy raises many types for a bad URL or an unreadable file
+            driver = (
+                " SQLAlchemy lacks the database's driver: install it (PostgreSQL: pip install 'psycopg[binary]'; "
+                "MySQL: pip install mysqlclient)."
+                if isinstance(err, ImportError)
+                else ""
+            )
             raise UserError(
-                f"The race's Optuna storage {storage} cannot be opened ({type(err).__name__}: {err}). Pass a "
+                f"The race's Optuna storage {storage} cannot be opened ({type(err).__name__}: {err}).{driver} Pass a "
                 "writable SQLite file (sqlite:///path/race.db) or a database URL with --storage."
             ) from err
         saved = self.study.user_attrs.get("data")

@@ -21,7 +21,7 @@ import pytest
 from backbones import choose, finetune, rank
 from backbones.errors import UserError
 from backbones.files import claim
-from backbones.race import Rung, keep_count, plan, survivors
+from backbones.race import Pair, RaceState, Rung, keep_count, plan, survivors
 from conftest import ROOT, assert_clean_error, run_inline
 
 TINY = ("timm:test_resnet", "timm:test_efficientnet")  # two families, about a second an epoch at 32 px
@@ -323,3 +323,16 @@ def test_probe_images_ranks_from_a_sample_and_a_rerun_must_ask_for_the_same(tmp_
         result = run_inline("choose.py", *choose_args(tmp_path / "choose", "40", *other))
         assert_clean_error(result, "other settings (probe_images)", "a new --out")
     assert sorted(p.name for p in own.out.iterdir()) == ["choose.json", "choose.lock", "ranking.csv"]
+
+
+@pytest.mark.parametrize(
+    ("url", "says"),
+    [
+        ("sqlite:///{tmp}/no-such-folder/race.db", "unable to open database file"),
+        ("mysql://me@127.0.0.1/race", "lacks the database's driver: install it"),  # no MySQL driver is installed
+    ],
+)
+def test_a_storage_that_cannot_be_opened_is_a_clear_error(tmp_path, url, says):
+    with pytest.raises(UserError, match="The race's Optuna storage .* cannot be opened") as refused:
+        RaceState(url.format(tmp=tmp_path), "race", [Pair("timm:test_resnet", 1e-3)], "digits")
+    assert says in str(refused.value) and "--storage" in str(refused.value)
