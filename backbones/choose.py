@@ -530,6 +530,7 @@ def answer(
         "tied": tied["backbone"].tolist(),
         "pick": cheapest["backbone"],
         "pick_lr": learning_rate[cheapest["backbone"]],
+        "pick_run": pick_run(runs, cheapest["backbone"]),
         "confirm_epochs_per_phase_cap": cap,
         **cost(own, table, ranked, runs, priced),
     }
@@ -538,6 +539,16 @@ def answer(
     write_summary(own, spec, board, table, result)
     write_json(result, own.folder.answer)
     return result
+
+
+def pick_run(runs: list[dict], pick: str) -> str:
+    """The pick's confirmation run to use (predict.py, export.py): its seed with the best validation top-1, the
+    score the runs selected on; the test set has been read, but never to choose."""
+
+    def selected(run: dict) -> float:  # -1: a run from before the score was recorded
+        return -1.0 if run["best_selection_top1"] is None else run["best_selection_top1"]
+
+    return max((run for run in runs if run["model"] == pick), key=selected)["folder"]
 
 
 def cost(own: ChooseConfig, table: pd.DataFrame, ranked: pd.DataFrame, runs: list[dict], priced: float = 0.0) -> dict:
@@ -607,7 +618,8 @@ def write_summary(own: ChooseConfig, spec: DatasetSpec, board: pd.DataFrame, tab
 {report.recommendation(board)}
 
 **Pick: {md(result["pick"])}** at learning rate {result["pick_lr"]:g}: the cheapest (GFLOPs) of those tied with the
-best. Finalists: {md(", ".join(pair.model for pair in chosen_pairs(table)))}.
+best. Finalists: {md(", ".join(pair.model for pair in chosen_pairs(table)))}. Its run with the best validation
+top-1, for `predict.py --run` and `export.py --run`: {md(result["pick_run"])}.
 
 ## Cost
 
@@ -681,7 +693,9 @@ def main(argv: list[str] | None = None) -> dict:
         f"\nPick: {result['pick']} (lr {result['pick_lr']:g}). Best: {result['best']}; tied with it: "
         f"{', '.join(result['tied'])}. choose spent {result['epochs']} epochs and {result['seconds']:.0f} s; the "
         f"full sweep would take {bound} {result['sweep_epochs_estimated']:.0f} epochs and "
-        f"{seconds_text(result['sweep_seconds_estimated'])} s. Details in {own.folder.summary}."
+        f"{seconds_text(result['sweep_seconds_estimated'])} s. Details in {own.folder.summary}.\n"
+        f"Use it: python predict.py --run {result['pick_run']} IMAGES, or python export.py --run "
+        f"{result['pick_run']} --format onnx --out model/"
     )
     return result
 

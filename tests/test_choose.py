@@ -17,6 +17,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from PIL import Image
+from sklearn.datasets import load_digits
 
 from backbones import choose, finetune, rank
 from backbones.errors import UserError
@@ -79,7 +81,8 @@ def test_bad_budgets_and_flags_get_a_clear_error_before_any_work(tmp_path, budge
 @pytest.mark.slow
 def test_the_test_split_is_read_only_by_the_confirmation_once_per_run(tmp_path, monkeypatch):
     """Every read of a split's images (decoding into the cache, batching) is watched: the ranking and the race read
-    the training and validation splits only; each confirmation run then scores the test split once."""
+    the training and validation splits only; each confirmation run then scores the test split once. The answer then
+    hands on the pick's run chosen on validation too, and predict.py classifies new images with it."""
     events = []
 
     def watch(module, name: str, split_of) -> None:
@@ -110,6 +113,17 @@ def test_the_test_split_is_read_only_by_the_confirmation_once_per_run(tmp_path, 
     runs = sorted((tmp_path / "choose" / "confirm").glob("*/metrics.json"))
     assert len(runs) == 4 and {json.loads(p.read_text())["selection"] for p in runs} == {"val"}
     assert result["pick"] in result["tied"] and result["best"] in TINY
+    # the run it hands on is the pick's seed with the best validation top-1, and predict.py takes it
+    selected = {p.parent: json.loads(p.read_text()) for p in runs}
+    of_pick = {folder: run["best_selection_top1"] for folder, run in selected.items() if run["model"] == result["pick"]}
+    assert len(of_pick) == 2 and of_pick[Path(result["pick_run"])] == max(of_pick.values())
+    new, digits = tmp_path / "new", load_digits()
+    new.mkdir()
+    for i in range(3):
+        Image.fromarray((digits.images[i] * 16).astype(np.uint8)).save(new / f"{i}.png")
+    predicted = run_inline("predict.py", "--run", result["pick_run"], new, "--out", tmp_path / "p.csv")
+    assert predicted.returncode == 0, predicted.stderr
+    assert sorted(pd.read_csv(tmp_path / "p.csv")["status"]) == ["ok"] * 3
 
 
 def race_decisions(out: Path) -> tuple[pd.DataFrame, dict]:
