@@ -20,7 +20,7 @@ RANK = ["--dataset", "digits", "--workers", "0", "-bs", "128"]
 
 def rank(tmp_path, *args: str, env: dict | None = None):
     out = tmp_path / f"rank-{len(list(tmp_path.glob('rank-*.csv')))}.csv"
-    result = run_script("rank.py", *RANK, *args, "--out", out, env=env)
+    result = run_inline("rank.py", *RANK, *args, "--out", out, env=env)  # in-process: no start-up of its own
     assert result.returncode == 0, result.stderr[-3000:]
     return result.stdout, pd.read_csv(out).set_index("backbone")
 
