@@ -521,7 +521,8 @@ def answer(
 ) -> dict:
     """The recommendation and its cost against the full sweep's; answer.json, choose.md, race.csv and race.png."""
     runs, _ = finished_runs([root])
-    board = report.leaderboard(runs_table(runs)[0], seed=own.seeds[0])
+    measured = runs_table(runs)[0]
+    board = report.leaderboard(measured, seed=own.seeds[0])
     tied = board[board["tied_with_best"]]
     cheapest = tied.sort_values(["gflops_mean", "latency_ms_batch1_mean"]).iloc[0]
     learning_rate = {pair.model: pair.lr for pair in chosen_pairs(table)}
@@ -530,7 +531,7 @@ def answer(
         "tied": tied["backbone"].tolist(),
         "pick": cheapest["backbone"],
         "pick_lr": learning_rate[cheapest["backbone"]],
-        "pick_run": pick_run(runs, cheapest["backbone"]),
+        "pick_run": pick_run(measured, cheapest["backbone"]),
         "confirm_epochs_per_phase_cap": cap,
         **cost(own, table, ranked, runs, priced),
     }
@@ -541,14 +542,12 @@ def answer(
     return result
 
 
-def pick_run(runs: list[dict], pick: str) -> str:
+def pick_run(measured: pd.DataFrame, pick: str) -> str:
     """The pick's confirmation run to use (predict.py, export.py): its seed with the best validation top-1, the
-    score the runs selected on; the test set has been read, but never to choose."""
-
-    def selected(run: dict) -> float:  # -1: a run from before the score was recorded
-        return -1.0 if run["best_selection_top1"] is None else run["best_selection_top1"]
-
-    return max((run for run in runs if run["model"] == pick), key=selected)["folder"]
+    score the runs selected on (`measured`: runs_table's rows; a run without the score last); the test set has been
+    read, but never to choose."""
+    of_pick = measured[measured["model"] == pick].sort_values("selection_top1", ascending=False, kind="stable")
+    return str(of_pick["folder"].iloc[0])
 
 
 def cost(own: ChooseConfig, table: pd.DataFrame, ranked: pd.DataFrame, runs: list[dict], priced: float = 0.0) -> dict:
